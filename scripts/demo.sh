@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The main job on one box: export ResNet-50 → ipsbench-serve (ONNX Runtime, CPU) → ipsbench-load sweep → report.
+# Every process it starts is stopped on exit, Ctrl-C included.
+set -euo pipefail
+
+MODEL=${MODEL:-resnet50}
+REPO=${REPO:-models}
+CONCURRENCY=${CONCURRENCY:-1,2,4}
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+OUT=${OUT:-reports/demo-$(date +%Y%m%d-%H%M%S)}
+READY_TIMEOUT_S=${READY_TIMEOUT_S:-120}
+
+if [[ ! -f $REPO/$MODEL/config.pbtxt ]]; then
+  ipsbench-export "$MODEL" --out "$REPO"
+else
+  echo "using the model already in $REPO/$MODEL (delete it to export again)"
+fi
+
+mkdir -p "$OUT"
+server_log=$OUT/server.log
+ipsbench-serve --model-repository "$REPO" --grpc-port 0 --metrics-port 0 >"$server_log" 2>&1 &
+server_pid=$!
+stop_server() {
+  if kill -0 "$server_pid" 2>/dev/null; then
+    kill -TERM "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+  fi
+}
+trap stop_server EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Ready when the server says so (it prints the bound port first), never after a fixed sleep.
+for ((i = 0; i < READY_TIMEOUT_S * 10; i++)); do
+  grep -q '^ipsbench-serve: ready' "$server_log" 2>/dev/null && break
+  kill -0 "$server_pid" 2>/dev/null || { cat "$server_log" >&2; echo "ipsbench-serve exited before it was ready" >&2; exit 1; }
+  sleep 0.1
+done
+grep -q '^ipsbench-serve: ready' "$server_log" || { cat "$server_log" >&2; echo "ipsbench-serve not ready after ${READY_TIMEOUT_S}s" >&2; exit 1; }
+target=$(sed -n 's/^ipsbench-serve: gRPC listening on \(.*\)$/\1/p' "$server_log" | head -n 1)
+echo "ipsbench-serve is up on $target (log: $server_log)"
+
+ipsbench-load sweep --target "$target" --model "$MODEL" --concurrency "$CONCURRENCY" \
+  --duration "$DURATION" --warmup "$WARMUP" --out "$OUT"
