@@ -1,0 +1,1 @@
+"""Scenarios: locust load shapes made of measured steps."""

@@ -1,0 +1,144 @@
+"""The recorder accounts for every request and its percentiles match exact ones from raw timings."""
+import grpc
+import numpy as np
+import pytest
+
+from loadgen.recorder import MAX_ERROR_KINDS, error_message_kind, OVERFLOW_MESSAGE, Outcome, RunRecorder, StepRecord
+from loadgen.report.schema import PERCENTILES, latency_summary
+
+MS = 1_000_000  # ns
+
+
+def step_with_window(warmup_s=1.0, window_s=10.0) -> StepRecord:
+    return StepRecord(index=0, concurrency=4, warmup_s=warmup_s, window_s=window_s, start_ns=0)
+
+
+def exact_percentile(latencies_us: np.ndarray, percentile: float) -> float:
+    """Nearest-rank percentile, the definition HDR histograms follow."""
+    return float(np.percentile(latencies_us, percentile, method="inverted_cdf"))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_percentiles_within_one_percent_of_exact_values(seed):
+    rng = np.random.default_rng(seed)
+    latencies_ns = (rng.lognormal(mean=np.log(4e6), sigma=0.6, size=20_000)).astype(np.int64)  # ~4 ms median
+    step = step_with_window()
+    sent = 2_000 * MS  # inside the window
+    for latency in latencies_ns:
+        step.record_issued()
+        step.record_ok(sent, sent + int(latency), images=2)
+
+    summary = latency_summary(step.histograms[Outcome.OK])
+    exact_us = latencies_ns / 1000
+    assert summary["count"] == len(latencies_ns)
+    for name, percentile in PERCENTILES:
+        exact = exact_percentile(exact_us, percentile)
+        assert abs(summary[name] - exact) <= 0.01 * exact, (name, summary[name], exact)
+    assert abs(summary["max"] - exact_us.max()) <= 0.01 * exact_us.max()
+    assert abs(summary["min"] - exact_us.min()) <= 0.01 * exact_us.min()
+    assert abs(summary["mean"] - exact_us.mean()) <= 0.01 * exact_us.mean()
+    assert summary["p50"] <= summary["p90"] <= summary["p95"] <= summary["p99"] <= summary["p99.9"] <= summary["max"]
+
+
+def test_every_outcome_is_counted_and_the_identity_holds():
+    step = step_with_window()
+    sent = 2_000 * MS
+    outcomes = [
+        (None, None),
+        (grpc.StatusCode.UNAVAILABLE, "Exceeds maximum queue size"),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"),
+        (grpc.StatusCode.CANCELLED, "Cancelled"),
+        (grpc.StatusCode.INVALID_ARGUMENT, "unexpected shape for input 'input'"),
+        (grpc.StatusCode.INTERNAL, "internal error"),
+    ]
+    for code, message in outcomes:
+        step.record_issued()
+        if code is None:
+            step.record_ok(sent, sent + 5 * MS, images=1)
+        else:
+            step.record_error(code, message, sent, sent + 5 * MS)
+    step.record_issued()
+    step.record_client_error(RuntimeError("boom"), sent, sent + MS)
+    step.record_issued()
+    step.record_abandoned()
+
+    assert step.issued == 8
+    assert {o: step.counts[o] for o in Outcome} == {
+        Outcome.OK: 1, Outcome.REJECTED: 1, Outcome.DEADLINE: 1, Outcome.CANCELLED: 1,
+        Outcome.FAILED: 3, Outcome.ABANDONED: 1,
+    }
+    assert step.identity_holds()
+    codes = {(outcome, code): kind.count for (outcome, code, _), kind in step.errors.items()}
+    assert codes == {
+        ("rejected", "UNAVAILABLE"): 1, ("deadline", "DEADLINE_EXCEEDED"): 1, ("cancelled", "CANCELLED"): 1,
+        ("failed", "INVALID_ARGUMENT"): 1, ("failed", "INTERNAL"): 1, ("failed", "CLIENT"): 1,
+    }
+    step.record_issued()  # issued but never resolved: the identity no longer holds
+    assert not step.identity_holds()
+
+
+def test_warmup_and_late_completions_are_counted_but_not_measured():
+    step = step_with_window(warmup_s=1.0, window_s=2.0)  # window: [1 s, 3 s)
+    for done_ms in (500, 999, 1000, 2000, 2999, 3000, 3500):
+        step.record_issued()
+        step.record_ok(done_ms * MS - 4 * MS, done_ms * MS, images=3)
+    assert step.counts[Outcome.OK] == 7
+    assert step.window_counts[Outcome.OK] == 3
+    assert step.window_images_ok == 9
+    assert step.histograms[Outcome.OK].get_total_count() == 3
+    assert step.measured_window_s == 2.0
+    assert step.issuing(2_999 * MS) and not step.issuing(3_000 * MS)
+
+
+def test_interrupt_ends_the_window_and_issuing_early():
+    recorder = RunRecorder(clock_ns=iter([0, 0, 1_500 * MS]).__next__)
+    step = recorder.open_step(concurrency=2, warmup_s=1.0, window_s=10.0)
+    recorder.interrupt()
+    assert recorder.current is None
+    assert step.interrupted and step.measured_window_s == 0.5
+    assert not step.issuing(1_600 * MS)
+
+
+def test_error_kinds_are_bounded():
+    step = step_with_window()
+    for number in range(MAX_ERROR_KINDS + 10):
+        step.record_issued()
+        step.record_error(grpc.StatusCode.INTERNAL, f"error {number}", 0, MS)
+    assert len(step.errors) == MAX_ERROR_KINDS + 1
+    assert step.errors[("failed", "INTERNAL", OVERFLOW_MESSAGE)].count == 10
+    assert sum(kind.count for kind in step.errors.values()) == MAX_ERROR_KINDS + 10
+
+
+def test_encoded_steps_merge_like_one_recorder():
+    rng = np.random.default_rng(7)
+    latencies_ns = rng.integers(1 * MS, 50 * MS, size=4_000)
+    whole, first, second = step_with_window(), step_with_window(), step_with_window()
+    for number, latency in enumerate(latencies_ns):
+        for step in (whole, first if number % 2 else second):
+            step.record_issued()
+            step.record_ok(2_000 * MS, 2_000 * MS + int(latency), images=1)
+            step.record_issued()
+            step.record_error(grpc.StatusCode.UNAVAILABLE, "Exceeds maximum queue size", 2_000 * MS, 2_001 * MS)
+
+    merged = StepRecord.decode(first.encode())
+    merged.merge_encoded(second.encode())
+
+    assert merged.issued == whole.issued and merged.counts == whole.counts
+    assert merged.window_counts == whole.window_counts and merged.window_images_ok == whole.window_images_ok
+    assert merged.identity_holds()
+    assert latency_summary(merged.histograms[Outcome.OK]) == latency_summary(whole.histograms[Outcome.OK])
+    assert {k: v.count for k, v in merged.errors.items()} == {k: v.count for k, v in whole.errors.items()}
+    with pytest.raises(ValueError, match="cannot merge step"):
+        merged.merge_encoded({**first.encode(), "index": 3})
+
+
+def test_request_ids_in_error_messages_do_not_split_error_rows():
+    step = step_with_window()
+    for request_id in ("b8f382ee2a074b90", "9fb6a57fc8344fe7", "123e4567-e89b-12d3-a456-426614174000"):
+        step.record_issued()
+        step.record_error(grpc.StatusCode.INTERNAL, f"internal server error (request id {request_id})", 0, MS)
+    assert [(key, kind.count) for key, kind in step.errors.items()] == [
+        (("failed", "INTERNAL", "internal server error (request id <id>)"), 3)
+    ]
+    assert error_message_kind("Exceeds maximum queue size") == "Exceeds maximum queue size"
+    assert error_message_kind("x" * 1000) == "x" * 200
