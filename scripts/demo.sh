@@ -10,9 +10,10 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 OUT=${OUT:-reports/demo-$(date +%Y%m%d-%H%M%S)}
 READY_TIMEOUT_S=${READY_TIMEOUT_S:-120}
+IMAGE_SIZE=${IMAGE_SIZE:-}  # empty: the model's own input size
 
 if [[ ! -f $REPO/$MODEL/config.pbtxt ]]; then
-  ipsbench-export "$MODEL" --out "$REPO"
+  ipsbench-export "$MODEL" --out "$REPO" ${IMAGE_SIZE:+--image-size "$IMAGE_SIZE"}
 else
   echo "using the model already in $REPO/$MODEL (delete it to export again)"
 fi

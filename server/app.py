@@ -1,0 +1,248 @@
+"""The server's lifecycle: ``serve()`` → ``startup()`` → ``main_loop()`` → ``shutdown()``.
+
+Start-up binds gRPC first (ServerLive answers while models load; ServerReady and health stay false), then loads and
+warms every model, then reports ready. SIGTERM/SIGINT start a graceful shutdown: health NOT_SERVING and ServerReady
+false first, new inference refused with UNAVAILABLE, in-flight requests given ``grace_period_s`` to finish. A second
+signal, or the grace period running out, ends the process at once with a non-zero code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from importlib import metadata
+
+import grpc
+from prometheus_client import CollectorRegistry
+
+from server.core import InferenceCore, LoadedModel, ModelRegistry
+from server.grpc_service import InferenceServicer
+from server.health import Health
+from server.loader import load_source
+from server.metrics import MetricsServer, ServerCollector
+from server.repository import ModelLoadError, scan_repository
+from server.settings import Settings
+from server.stats import ServerStats
+
+log = logging.getLogger(__name__)
+
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_GRACE_S = 1.0
+"""After in-flight inference is done, how long other open RPCs get before the gRPC server cancels them."""
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("ipsbench")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _url_host(host: str) -> str:
+    """``[::1]`` for IPv6 literals, the host itself otherwise."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _stdout(line: str) -> None:
+    print(line, flush=True)
+
+
+class App:
+    """One server process. ``announce`` receives the start-up lines that scripts parse (stdout by default)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: CollectorRegistry | None = None,
+        announce: Callable[[str], None] = _stdout,
+    ) -> None:
+        self.settings = settings
+        self.metrics_registry = registry if registry is not None else CollectorRegistry()
+        self.announce = announce
+        self.models = ModelRegistry()
+        self.server_stats = ServerStats()
+        self.core = InferenceCore(self.models, self.server_stats, package_version())
+        self.health = Health()
+        self.grpc_port: int | None = None
+        self.metrics_port: int | None = None
+        self.forced_exit = False
+        """True when the process must exit without waiting for engine threads (grace expired, second signal)."""
+        self._grpc_server: grpc.aio.Server | None = None
+        self._metrics_server: MetricsServer | None = None
+        self._exit = asyncio.Event()
+        self._force = asyncio.Event()
+
+    # -- entry point -----------------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        return asyncio.run(self.serve())
+
+    async def serve(self) -> int:
+        """Run until a signal or :meth:`request_exit`; return the process exit code."""
+        loop = asyncio.get_running_loop()
+        for sig in HANDLED_SIGNALS:
+            loop.add_signal_handler(sig, self.request_exit, sig)
+        code = 0
+        try:
+            startup = asyncio.create_task(self.startup(), name="startup")
+            exit_wait = asyncio.create_task(self._exit.wait(), name="exit-wait")
+            await asyncio.wait({startup, exit_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if startup.done():
+                exit_wait.cancel()
+                if startup.result():
+                    await self.main_loop()
+                else:
+                    code = 1
+            else:
+                log.info("stop requested during start-up")
+                startup.cancel()
+                await asyncio.gather(startup, return_exceptions=True)
+        finally:
+            code = await self.shutdown() or code
+            for sig in HANDLED_SIGNALS:
+                loop.remove_signal_handler(sig)
+        return code
+
+    def request_exit(self, sig: int | None = None) -> None:
+        name = signal.Signals(sig).name if sig else "request"
+        if self._exit.is_set():
+            log.warning("%s again: exiting now without waiting for in-flight requests", name)
+            self._force.set()
+            return
+        log.info("%s received: shutting down gracefully (send it again to force)", name)
+        self._exit.set()
+
+    # -- phases ----------------------------------------------------------------------------------------------------
+
+    async def startup(self) -> bool:
+        """Bind the ports, load and warm every model, report ready. False when the server must exit."""
+        settings = self.settings
+        await self.health.set_serving(False)
+        if not await self._start_grpc():
+            return False
+        host = _url_host(settings.host)
+        self.announce(f"ipsbench-serve: gRPC listening on {host}:{self.grpc_port}")
+        if settings.allow_metrics:
+            try:
+                self._start_metrics()
+            except OSError as exc:
+                log.error("cannot serve metrics on %s:%d: %s", settings.host, settings.metrics_port, exc)
+                return False
+            self.announce(f"ipsbench-serve: metrics on http://{host}:{self.metrics_port}/metrics")
+        if settings.is_loopback:
+            log.info("listening on %s only; pass --host 0.0.0.0 to accept remote clients", settings.host)
+        else:
+            log.warning("listening on %s without TLS: anyone who can reach this port can use it", settings.host)
+        if not await self._load_models():
+            return False
+        self.core.mark_loaded()
+        await self.health.set_serving(self.core.ready)
+        if self.core.ready:
+            self.announce("ipsbench-serve: ready")
+        else:
+            log.warning("serving, but not ready: %d model(s) failed to load", len(self.models.failed))
+        return True
+
+    async def main_loop(self) -> None:
+        await self._exit.wait()
+
+    async def shutdown(self) -> int:
+        """NOT_SERVING, refuse new work, drain in-flight inference within the grace period, stop. Returns the code."""
+        code = 0
+        await self.health.enter_shutdown()
+        self.core.begin_shutdown()
+        grace = self.settings.grace_period_s
+        if self.core.inflight:
+            log.info("waiting up to %.1f s for %d in-flight request(s)", grace, self.core.inflight)
+        drained = await self._wait_drained(grace)
+        if not drained:
+            if self._force.is_set():
+                log.error("forced exit with %d request(s) still in flight", self.core.inflight)
+            else:
+                log.error("Exit timeout expired. Exiting immediately. (%d request(s) in flight)", self.core.inflight)
+            self.forced_exit = True
+            code = 1
+        if self._grpc_server is not None:
+            await self._grpc_server.stop(STOP_GRACE_S if drained else 0)
+        for model in self.models:
+            await model.batcher.stop(wait=drained)
+        if self._metrics_server is not None:
+            self._metrics_server.stop()
+        log.info("stopped")
+        return code
+
+    # -- helpers ---------------------------------------------------------------------------------------------------
+
+    async def _start_grpc(self) -> bool:
+        settings = self.settings
+        max_bytes = settings.grpc_max_message_bytes
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", max_bytes),
+                ("grpc.max_send_message_length", max_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+            maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
+        )
+        InferenceServicer(self.core).add_to_server(server)
+        self.health.add_to_server(server)
+        address = f"{_url_host(settings.host)}:{settings.grpc_port}"
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            log.error("cannot listen on %s: %s", address, exc)
+            return False
+        if not port:
+            log.error("cannot listen on %s", address)
+            return False
+        await server.start()
+        self._grpc_server = server
+        self.grpc_port = port
+        return True
+
+    def _start_metrics(self) -> None:
+        self.metrics_registry.register(ServerCollector(self.models.stats, self.server_stats))
+        self._metrics_server = MetricsServer(self.metrics_registry, self.settings.host, self.settings.metrics_port)
+        self._metrics_server.start()
+        self.metrics_port = self._metrics_server.port
+
+    async def _load_models(self) -> bool:
+        try:
+            sources, errors = await asyncio.to_thread(scan_repository, self.settings.model_repository)
+        except OSError as exc:
+            log.error("cannot read the model repository: %s", exc)
+            return False
+        for source in sources:
+            try:
+                versions = await asyncio.to_thread(load_source, source)
+            except Exception as exc:  # noqa: BLE001 - every load failure is reported the same way
+                log.debug("load failure details for model '%s'", source.name, exc_info=True)
+                errors.append(ModelLoadError(source.name, str(exc).strip() or type(exc).__name__))
+                continue
+            for version in versions:
+                model = LoadedModel(version)
+                model.batcher.start()
+                self.models.add(model)
+                log.info("model '%s' version %d is ready", model.spec.name, model.version)
+        for error in errors:
+            log.error("load failed for model '%s': %s", error.name, error.message)
+            self.models.add_failed(error.name, error.message)
+        if errors and self.settings.exit_on_error:
+            log.error("exiting: %d model(s) failed to load (exit_on_error)", len(errors))
+            return False
+        if not sources and not errors:
+            log.warning("the model repository has no models")
+        return True
+
+    async def _wait_drained(self, timeout_s: float) -> bool:
+        if not self.core.inflight:
+            return True
+        idle = asyncio.create_task(self.core.wait_idle())
+        force = asyncio.create_task(self._force.wait())
+        await asyncio.wait({idle, force}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        done = idle.done()
+        idle.cancel()
+        force.cancel()
+        return done

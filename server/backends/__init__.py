@@ -1,0 +1,1 @@
+"""Inference backends, imported by name only when a model uses them."""

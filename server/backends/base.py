@@ -1,0 +1,34 @@
+"""What every backend provides: a loader that turns one model version into engine instances."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from server.model import InstanceSpec, ModelSpec
+
+
+class ModelInstance(ABC):
+    """One engine instance. ``run`` is called from a worker thread, one batch at a time per instance."""
+
+    @abstractmethod
+    def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> list[np.ndarray]:
+        """Run one batch; return the outputs in the order of ``output_names``."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the engine's resources."""
+
+
+class Backend(ABC):
+    """Creates instances of one model version from its file."""
+
+    name: str = ""
+
+    @abstractmethod
+    def load(self, spec: ModelSpec, version: int, model_path: Path, instance: InstanceSpec) -> ModelInstance:
+        """Load ``model_path`` for ``instance``; raise an exception with a clear message on failure."""

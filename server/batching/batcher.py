@@ -1,0 +1,295 @@
+"""Per-model request queue and dynamic batcher: one future per request, a recomputed deadline, N engine instances.
+
+The collector takes an idle instance, then forms a batch from the head of the queue: it dispatches as soon as the
+batch is full (``max_batch_size``), cannot grow (the next request does not fit), or the oldest request has waited
+``max_queue_delay_microseconds``; before that, it dispatches the largest ``preferred_batch_size`` it can form.
+Without preferred sizes, as in Triton, the full batch is the preferred one. Engine calls run in a thread pool
+with one thread per instance. Every request ends in exactly one result or one error: a failed batch fails all
+its requests; if the collector dies, everything pending fails. A bounded queue (``max_queue_size``) rejects at
+once; queue timeouts (``default_timeout_microseconds`` with ``REJECT``) are enforced when a batch is formed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from server.backends.base import ModelInstance
+from server.batching.batch import merge, split
+from server.errors import ServerError, internal_error, new_request_id, unavailable
+from server.model import BatchingPolicy
+from server.stats import ModelStats
+
+log = logging.getLogger(__name__)
+
+QUEUE_FULL_MESSAGE = "Exceeds maximum queue size"
+QUEUE_TIMEOUT_MESSAGE = "Request timeout expired"
+SHUTTING_DOWN_MESSAGE = "Server is shutting down"
+
+
+@dataclass(slots=True)
+class QueuedRequest:
+    inputs: dict[str, np.ndarray]
+    batch_size: int
+    """Samples in this request (its batch dimension; 1 for models without one)."""
+    batch_key: object
+    """Requests batch together only when their keys are equal (same optional inputs and variable dims)."""
+    future: asyncio.Future
+    enqueued_ns: int = 0
+
+
+@dataclass(slots=True)
+class Timing:
+    """Durations of one execution, in nanoseconds, shared by every request of the batch."""
+
+    queue_ns: int = 0
+    compute_input_ns: int = 0
+    compute_infer_ns: int = 0
+    compute_output_ns: int = 0
+
+
+@dataclass(slots=True)
+class BatchResult:
+    outputs: list[np.ndarray]
+    """This request's outputs, in the model's output order."""
+    timing: Timing = field(default_factory=Timing)
+
+
+class Batcher:
+    """Queue, batch and execute requests for one model version."""
+
+    def __init__(
+        self,
+        label: str,
+        policy: BatchingPolicy,
+        instances: Sequence[ModelInstance],
+        output_names: Sequence[str],
+        stats: ModelStats,
+    ) -> None:
+        if not instances:
+            raise ValueError("a batcher needs at least one instance")
+        self._label = label
+        self._policy = policy
+        self._instances = list(instances)
+        self._output_names = list(output_names)
+        self._stats = stats
+        self._batched = policy.max_batch_size > 0
+        self._queue: collections.deque[QueuedRequest] = collections.deque()
+        self._idle: asyncio.Queue[ModelInstance] = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=len(self._instances), thread_name_prefix=f"engine-{label}")
+        self._waiter: asyncio.Future | None = None
+        self._collector: asyncio.Task | None = None
+        self._running: set[asyncio.Task] = set()
+        self._closed_reason: ServerError | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for instance in self._instances:
+            self._idle.put_nowait(instance)
+        self._collector = asyncio.get_running_loop().create_task(self._collect_forever(), name=f"batcher-{self._label}")
+        self._collector.add_done_callback(self._on_collector_done)
+
+    @property
+    def alive(self) -> bool:
+        return self._collector is not None and not self._collector.done()
+
+    async def stop(self, wait: bool = True) -> None:
+        """Stop collecting and fail what is still queued; with ``wait``, let running batches finish and close
+        the engines, else leave running engine calls behind (the process is about to exit)."""
+        self._closed_reason = unavailable(SHUTTING_DOWN_MESSAGE)
+        if self._collector is not None and not self._collector.done():
+            self._collector.cancel()
+            await asyncio.gather(self._collector, return_exceptions=True)
+        self._fail_queued(lambda: unavailable(SHUTTING_DOWN_MESSAGE))
+        if wait and self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        self._executor.shutdown(wait=wait, cancel_futures=True)
+        if wait:
+            for instance in self._instances:
+                instance.close()
+
+    # -- producer side ---------------------------------------------------------------------------------------------
+
+    def submit(self, request: QueuedRequest) -> None:
+        """Queue ``request``; its future resolves to a :class:`BatchResult` or a :class:`ServerError`."""
+        if self._closed_reason is not None:
+            raise self._closed_reason
+        limit = self._policy.max_queue_size
+        if limit and len(self._queue) >= limit:
+            raise unavailable(QUEUE_FULL_MESSAGE)
+        request.enqueued_ns = time.perf_counter_ns()
+        self._queue.append(request)
+        self._stats.set_pending(len(self._queue))
+        self._wake()
+
+    # -- collector -------------------------------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self, timeout_s: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        handle = loop.call_later(timeout_s, self._wake) if timeout_s is not None else None
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if handle is not None:
+                handle.cancel()
+
+    async def _collect_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            instance = await self._idle.get()
+            try:
+                batch = await self._next_batch()
+            except BaseException:
+                self._idle.put_nowait(instance)
+                raise
+            self._stats.set_pending(len(self._queue))
+            task = loop.create_task(self._execute(instance, batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _next_batch(self) -> list[QueuedRequest]:
+        policy = self._policy
+        while True:
+            self._drop_expired()
+            if not self._queue:
+                await self._wait(None)
+                continue
+            if not policy.dynamic:
+                return [self._queue.popleft()]
+            count, size, blocked, preferred_count = self._fit()
+            now = time.perf_counter_ns()
+            deadline = self._queue[0].enqueued_ns + policy.max_queue_delay_ns
+            if not (size >= policy.max_batch_size or blocked or now >= deadline):
+                count = preferred_count
+            if count:
+                batch = [self._queue.popleft() for _ in range(count)]
+                batch = [r for r in batch if not r.future.done()]
+                if batch:
+                    return batch
+                continue
+            await self._wait((deadline - now) / 1e9)
+
+    def _fit(self) -> tuple[int, int, bool, int]:
+        """Scan from the head for one batch: (requests that fit, their samples, whether the next one did not fit,
+        requests up to the largest preferred batch size reached on the way, or 0)."""
+        limit = self._policy.max_batch_size
+        preferred = self._policy.preferred_batch_sizes
+        key = None
+        count = size = preferred_count = 0
+        for request in self._queue:
+            if request.future.done():
+                count += 1
+                continue
+            if size and (request.batch_key != key or size + request.batch_size > limit):
+                return count, size, True, preferred_count
+            key = request.batch_key
+            size += request.batch_size
+            count += 1
+            if size in preferred:
+                preferred_count = count
+        return count, size, False, preferred_count
+
+    def _drop_expired(self) -> None:
+        queue = self._queue
+        while queue and queue[0].future.done():
+            queue.popleft()
+        timeout_ns = self._policy.default_timeout_ns
+        if not timeout_ns or not self._policy.timeout_reject or not queue:
+            return
+        oldest_allowed = time.perf_counter_ns() - timeout_ns
+        if queue[0].enqueued_ns > oldest_allowed:
+            return
+        kept: collections.deque[QueuedRequest] = collections.deque()
+        for request in queue:
+            if request.enqueued_ns <= oldest_allowed:
+                if not request.future.done():
+                    request.future.set_exception(unavailable(QUEUE_TIMEOUT_MESSAGE))
+            else:
+                kept.append(request)
+        self._queue = kept
+        self._stats.set_pending(len(kept))
+
+    # -- execution -------------------------------------------------------------------------------------------------
+
+    async def _execute(self, instance: ModelInstance, batch: list[QueuedRequest]) -> None:
+        start_ns = time.perf_counter_ns()
+        sizes = [request.batch_size for request in batch]
+        try:
+            try:
+                parts, timing = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._run_batch, instance, [r.inputs for r in batch], sizes
+                )
+            except Exception as exc:
+                request_id = new_request_id()
+                log.error(
+                    "model %s: batch of %d request(s) failed (request id %s)",
+                    self._label,
+                    len(batch),
+                    request_id,
+                    exc_info=exc,
+                )
+                for request in batch:
+                    if not request.future.done():
+                        request.future.set_exception(internal_error(request_id))
+                return
+            self._stats.record_execution(sum(sizes), timing)
+            for request, outputs in zip(batch, parts):
+                if not request.future.done():
+                    request_timing = Timing(
+                        start_ns - request.enqueued_ns,
+                        timing.compute_input_ns,
+                        timing.compute_infer_ns,
+                        timing.compute_output_ns,
+                    )
+                    request.future.set_result(BatchResult(outputs, request_timing))
+        finally:
+            self._idle.put_nowait(instance)
+
+    def _run_batch(
+        self, instance: ModelInstance, inputs: list[dict[str, np.ndarray]], sizes: list[int]
+    ) -> tuple[list[list[np.ndarray]], Timing]:
+        t0 = time.perf_counter_ns()
+        merged = merge(inputs)
+        t1 = time.perf_counter_ns()
+        outputs = instance.run(merged, self._output_names)
+        t2 = time.perf_counter_ns()
+        if len(outputs) != len(self._output_names):
+            raise RuntimeError(f"engine returned {len(outputs)} outputs, expected {len(self._output_names)}")
+        parts = split(outputs, sizes) if self._batched else [list(outputs)]
+        t3 = time.perf_counter_ns()
+        return parts, Timing(0, t1 - t0, t2 - t1, t3 - t2)
+
+    # -- failure handling ------------------------------------------------------------------------------------------
+
+    def _on_collector_done(self, task: asyncio.Task) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        request_id = new_request_id()
+        log.error("model %s: batcher stopped unexpectedly (request id %s)", self._label, request_id, exc_info=exc)
+        self._closed_reason = unavailable(f"model '{self._label}' is not ready: its batcher stopped")
+        self._fail_queued(lambda: internal_error(request_id))
+
+    def _fail_queued(self, make_error) -> None:
+        while self._queue:
+            request = self._queue.popleft()
+            if not request.future.done():
+                request.future.set_exception(make_error())
+        self._stats.set_pending(0)

@@ -1,0 +1,263 @@
+"""The transport-free server: model registry, readiness, and inference dispatch.
+
+The gRPC layer converts messages to and from the types used here; nothing in this module knows about gRPC
+besides the status code each :class:`~server.errors.ServerError` carries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+from tritonclient.grpc import model_config_pb2
+
+from server.batching.batcher import SHUTTING_DOWN_MESSAGE, Batcher, QueuedRequest
+from server.errors import FailureReason, ServerError, invalid_argument, not_found, unavailable
+from server.loader import LoadedVersion
+from server.model import ModelSpec
+from server.stats import ModelStats, ServerStats
+from server.validate import InferRequest, validate_request
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "ipsbench"
+EXTENSIONS = ("model_configuration", "statistics")
+LOADING_MESSAGE = "Server is not ready: models are still loading"
+
+
+@dataclass(slots=True)
+class OutputTensor:
+    name: str
+    datatype: str
+    array: np.ndarray
+
+
+@dataclass(slots=True)
+class InferResponse:
+    model_name: str
+    model_version: str
+    id: str
+    outputs: list[OutputTensor]
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    name: str
+    version: str
+    state: str
+    reason: str
+
+
+class LoadedModel:
+    """One served model version: spec, batcher and statistics."""
+
+    def __init__(self, loaded: LoadedVersion) -> None:
+        spec = loaded.spec
+        self.spec = spec
+        self.version = loaded.version
+        self.version_text = str(loaded.version)
+        self.stats = ModelStats(spec.name, loaded.version)
+        self.batcher = Batcher(
+            f"{spec.name}:{loaded.version}", spec.batching, loaded.instances, spec.output_names, self.stats
+        )
+        self._output_index = {name: i for i, name in enumerate(spec.output_names)}
+        self._all_outputs = tuple(
+            (i, name, spec.outputs[name].datatype.protocol) for i, name in enumerate(spec.output_names)
+        )
+
+    @property
+    def ready(self) -> bool:
+        return self.batcher.alive
+
+    def select_outputs(self, requested: Sequence[str], arrays: list[np.ndarray]) -> list[OutputTensor]:
+        if not requested:
+            return [OutputTensor(name, datatype, arrays[i]) for i, name, datatype in self._all_outputs]
+        return [
+            OutputTensor(name, self.spec.outputs[name].datatype.protocol, arrays[self._output_index[name]])
+            for name in requested
+        ]
+
+
+def _display(name: str) -> str:
+    """A model name as it may be echoed in an error: printable and bounded."""
+    if len(name) > 128 or not name.isprintable():
+        return repr(name[:128])[1:-1] + ("..." if len(name) > 128 else "")
+    return name
+
+
+class ModelRegistry:
+    """Loaded model versions by name; the only way a request reaches a model."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, dict[int, LoadedModel]] = {}
+        self._failed: dict[str, str] = {}
+
+    def add(self, model: LoadedModel) -> None:
+        self._models.setdefault(model.spec.name, {})[model.version] = model
+
+    def add_failed(self, name: str, reason: str) -> None:
+        self._failed[name] = reason
+
+    @property
+    def failed(self) -> dict[str, str]:
+        return dict(self._failed)
+
+    def __iter__(self) -> Iterator[LoadedModel]:
+        for versions in self._models.values():
+            yield from versions.values()
+
+    def stats(self) -> list[ModelStats]:
+        return [model.stats for model in self]
+
+    def versions(self, name: str) -> dict[int, LoadedModel]:
+        """Versions of a model; raises NOT_FOUND with Triton's text when none is loaded."""
+        if not name.strip():
+            raise invalid_argument("Model name cannot be empty.")
+        versions = self._models.get(name)
+        if versions is None:
+            if name in self._failed:
+                raise not_found(f"Request for unknown model: '{name}' has no available versions")
+            raise not_found(f"Request for unknown model: '{_display(name)}' is not found")
+        return versions
+
+    def get(self, name: str, version: str) -> LoadedModel:
+        versions = self.versions(name)
+        if not version:
+            return versions[max(versions)]
+        try:
+            number = int(version)
+        except ValueError:
+            raise invalid_argument(
+                f"failed to get model version from specified version string '{_display(version)}', "
+                "version should be an integral value > 0"
+            ) from None
+        model = versions.get(number)
+        if model is None:
+            raise not_found(f"Request for unknown model: '{name}' version {number} is not found")
+        return model
+
+
+class InferenceCore:
+    """Readiness, metadata and inference over a :class:`ModelRegistry`."""
+
+    def __init__(self, registry: ModelRegistry, server_stats: ServerStats, version: str) -> None:
+        self.registry = registry
+        self.server_stats = server_stats
+        self.version = version
+        self._loaded = False
+        self._shutting_down = False
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- lifecycle -------------------------------------------------------------------------------------------------
+
+    def mark_loaded(self) -> None:
+        self._loaded = True
+
+    def begin_shutdown(self) -> None:
+        """Readiness false and new inference refused from now on; in-flight requests continue."""
+        self._shutting_down = True
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    # -- health and metadata ---------------------------------------------------------------------------------------
+
+    @property
+    def live(self) -> bool:
+        return True
+
+    @property
+    def ready(self) -> bool:
+        return (
+            self._loaded
+            and not self._shutting_down
+            and not self.registry.failed
+            and all(model.ready for model in self.registry)
+        )
+
+    def model_ready(self, name: str, version: str) -> bool:
+        try:
+            model = self.registry.get(name, version)
+        except ServerError as exc:
+            if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
+                raise
+            return False
+        return model.ready and not self._shutting_down
+
+    def model_metadata(self, name: str, version: str) -> tuple[ModelSpec, list[str]]:
+        """The spec and the versions to list: the one asked for, else every loaded version."""
+        model = self.registry.get(name, version)
+        if version:
+            return model.spec, [model.version_text]
+        return model.spec, [str(v) for v in sorted(self.registry.versions(name))]
+
+    def model_config(self, name: str, version: str) -> model_config_pb2.ModelConfig:
+        return self.registry.get(name, version).spec.config
+
+    def model_statistics(self, name: str, version: str) -> list[ModelStats]:
+        if not name:
+            if version:
+                raise invalid_argument("a model version needs a model name")
+            return self.registry.stats()
+        if not version:
+            return [m.stats for _, m in sorted(self.registry.versions(name).items())]
+        return [self.registry.get(name, version).stats]
+
+    def repository_index(self, ready_only: bool) -> list[IndexEntry]:
+        entries = [
+            IndexEntry(m.spec.name, m.version_text, "READY" if m.ready else "UNAVAILABLE", "") for m in self.registry
+        ]
+        entries += [IndexEntry(name, "", "UNAVAILABLE", reason) for name, reason in self.registry.failed.items()]
+        entries.sort(key=lambda e: (e.name, e.version))
+        return [e for e in entries if e.state == "READY"] if ready_only else entries
+
+    # -- inference -------------------------------------------------------------------------------------------------
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        start_ns = time.perf_counter_ns()
+        if self._shutting_down:
+            raise unavailable(SHUTTING_DOWN_MESSAGE)
+        if not self._loaded:
+            raise unavailable(LOADING_MESSAGE)
+        try:
+            model = self.registry.get(request.model_name, request.model_version)
+        except ServerError as exc:
+            if exc.code == grpc.StatusCode.NOT_FOUND:
+                self.server_stats.unknown_model_requests += 1
+            raise
+        stats = model.stats
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            validated = validate_request(model.spec, request)
+            future = asyncio.get_running_loop().create_future()
+            model.batcher.submit(QueuedRequest(validated.arrays, validated.batch_size, validated.batch_key, future))
+            result = await future
+        except ServerError as exc:
+            stats.record_failure(exc.reason, time.perf_counter_ns() - start_ns)
+            raise
+        except asyncio.CancelledError:
+            stats.record_failure(FailureReason.CANCELED, time.perf_counter_ns() - start_ns)
+            raise
+        except Exception:
+            stats.record_failure(FailureReason.OTHER, time.perf_counter_ns() - start_ns)
+            raise
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+        stats.record_success(validated.batch_size, time.perf_counter_ns() - start_ns, result.timing)
+        return InferResponse(
+            model.spec.name, model.version_text, request.id, model.select_outputs(request.outputs, result.outputs)
+        )

@@ -1,0 +1,190 @@
+"""Prometheus metrics with Triton's names, read from :mod:`server.stats` at scrape time.
+
+One collector declares every family once on an injected ``CollectorRegistry``. Labels come only from loaded model
+names and versions. The text is rendered in Prometheus' 0.0.4 text format exactly as Triton writes it (counter
+names without a ``_total`` suffix), on a port of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from server.stats import FAILURE_REASONS, ModelStats, ServerStats
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+# (name, help, value of one ModelStats) for Triton's per-model counters.
+_COUNTERS: tuple[tuple[str, str, Callable[[ModelStats], int]], ...] = (
+    (
+        "nv_inference_request_success",
+        "Number of successful inference requests, all batch sizes",
+        lambda s: s.success.count,
+    ),
+    (
+        "nv_inference_count",
+        "Number of inferences performed (does not include cached requests)",
+        lambda s: s.inference_count,
+    ),
+    (
+        "nv_inference_exec_count",
+        "Number of model executions performed (does not include cached requests)",
+        lambda s: s.execution_count,
+    ),
+    (
+        "nv_inference_request_duration_us",
+        "Cumulative inference request duration in microseconds",
+        lambda s: s.success.ns // 1000,
+    ),
+    (
+        "nv_inference_queue_duration_us",
+        "Cumulative inference queuing duration in microseconds",
+        lambda s: s.queue.ns // 1000,
+    ),
+    (
+        "nv_inference_compute_input_duration_us",
+        "Cumulative compute input duration in microseconds",
+        lambda s: s.compute_input.ns // 1000,
+    ),
+    (
+        "nv_inference_compute_infer_duration_us",
+        "Cumulative compute inference duration in microseconds",
+        lambda s: s.compute_infer.ns // 1000,
+    ),
+    (
+        "nv_inference_compute_output_duration_us",
+        "Cumulative inference compute output duration in microseconds",
+        lambda s: s.compute_output.ns // 1000,
+    ),
+)
+_FAILURE = ("nv_inference_request_failure", "Number of failed inference requests, all batch sizes")
+_PENDING = (
+    "nv_inference_pending_request_count",
+    "Instantaneous number of pending requests awaiting execution per-model.",
+)
+_BATCH = ("ipsbench_batch_size", "Batch sizes executed (samples per engine call)")
+_UNKNOWN = ("ipsbench_unknown_model_requests", "Requests naming a model that is not loaded (the name is not recorded)")
+
+
+class ServerCollector(Collector):
+    """Reads the statistics of every loaded model version at scrape time."""
+
+    def __init__(self, models: Callable[[], Iterable[ModelStats]], server: ServerStats) -> None:
+        self._models = models
+        self._server = server
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families([])
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(list(self._models()))
+
+    def _families(self, models: list[ModelStats]) -> Iterator[Metric]:
+        for name, help_text, value in _COUNTERS:
+            family = Metric(name, help_text, "counter")
+            for stats in models:
+                family.add_sample(name, _labels(stats), value(stats))
+            yield family
+        failure = Metric(*_FAILURE, "counter")
+        for stats in models:
+            for reason in FAILURE_REASONS:
+                failure.add_sample(_FAILURE[0], {**_labels(stats), "reason": reason}, stats.failures[reason].count)
+        yield failure
+        pending = Metric(*_PENDING, "gauge")
+        for stats in models:
+            pending.add_sample(_PENDING[0], _labels(stats), stats.pending_count)
+        yield pending
+        batch = HistogramMetricFamily(*_BATCH, labels=["model", "version"])
+        for stats in models:
+            sizes = sorted((size, b.compute_infer.count) for size, b in list(stats.batches.items()))
+            buckets = [(floatToGoString(le), sum(n for size, n in sizes if size <= le)) for le in BATCH_SIZE_BUCKETS]
+            buckets.append(("+Inf", sum(n for _, n in sizes)))
+            batch.add_metric([stats.name, str(stats.version)], buckets, sum(size * n for size, n in sizes))
+        yield batch
+        unknown = Metric(_UNKNOWN[0] + "_total", _UNKNOWN[1], "counter")
+        unknown.add_sample(_UNKNOWN[0] + "_total", {}, self._server.unknown_model_requests)
+        yield unknown
+
+
+def _labels(stats: ModelStats) -> dict[str, str]:
+    return {"model": stats.name, "version": str(stats.version)}
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """Prometheus text format 0.0.4, names exactly as collected."""
+    lines: list[str] = []
+    for family in registry.collect():
+        kind = "untyped" if family.type == "unknown" else family.type
+        lines.append(f"# HELP {family.name} {_escape(family.documentation, help_text=True)}")
+        lines.append(f"# TYPE {family.name} {kind}")
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(sample.labels.items()))
+            lines.append(
+                f"{sample.name}{{{labels}}} {floatToGoString(sample.value)}"
+                if labels
+                else f"{sample.name} {floatToGoString(sample.value)}"
+            )
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _escape(text: str, help_text: bool = False) -> str:
+    text = text.replace("\\", "\\\\").replace("\n", "\\n")
+    return text if help_text else text.replace('"', '\\"')
+
+
+class MetricsServer:
+    """``GET /metrics`` on its own port, served from a daemon thread."""
+
+    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+        handler = type("MetricsHandler", (_Handler,), {"registry": registry})
+        server_class = _IPv6Server if ":" in host else ThreadingHTTPServer
+        self._httpd = server_class((host.strip("[]"), port), handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1}, name="metrics-http", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        return self._httpd.server_address[1]
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+class _Handler(BaseHTTPRequestHandler):
+    registry: CollectorRegistry
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        if self.path.split("?", 1)[0] not in ("/metrics", "/metrics/"):
+            self.send_error(404, "only /metrics is served here")
+            return
+        body = render(self.registry)
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPE)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's signature
+        log.debug("metrics: " + format, *args)

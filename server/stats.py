@@ -1,0 +1,94 @@
+"""Per model version statistics, kept as Triton keeps them; the single source for ModelStatistics and metrics.
+
+Updated only from the event loop thread; read by the gRPC ModelStatistics RPC and by the Prometheus collector.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from server.errors import FailureReason
+
+if TYPE_CHECKING:
+    from server.batching.batcher import Timing
+
+FAILURE_REASONS = (FailureReason.REJECTED, FailureReason.CANCELED, FailureReason.BACKEND, FailureReason.OTHER)
+
+
+@dataclass(slots=True)
+class Duration:
+    """Triton's StatisticDuration: a count and a cumulative duration in nanoseconds."""
+
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
+        self.ns += ns
+
+
+@dataclass(slots=True)
+class BatchDurations:
+    """Triton's InferBatchStatistics for one batch size: counts are executions."""
+
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
+
+@dataclass(slots=True)
+class ModelStats:
+    """Statistics of one loaded model version."""
+
+    name: str
+    version: int
+    last_inference_ms: int = 0
+    """Wall-clock time of the last inference, milliseconds since the epoch (a timestamp, as in Triton)."""
+    inference_count: int = 0
+    """Samples served successfully: a request with batch dimension 4 counts 4."""
+    execution_count: int = 0
+    """Batches executed."""
+    pending_count: int = 0
+    """Requests waiting in the queue now."""
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    failures: dict[str, Duration] = field(default_factory=lambda: {r: Duration() for r in FAILURE_REASONS})
+    queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    batches: dict[int, BatchDurations] = field(default_factory=dict)
+
+    def set_pending(self, count: int) -> None:
+        self.pending_count = count
+
+    def record_execution(self, batch_size: int, timing: Timing) -> None:
+        self.execution_count += 1
+        self.last_inference_ms = time.time_ns() // 1_000_000
+        stats = self.batches.get(batch_size)
+        if stats is None:
+            stats = self.batches[batch_size] = BatchDurations()
+        stats.compute_input.add(timing.compute_input_ns)
+        stats.compute_infer.add(timing.compute_infer_ns)
+        stats.compute_output.add(timing.compute_output_ns)
+
+    def record_success(self, samples: int, request_ns: int, timing: Timing) -> None:
+        self.inference_count += samples
+        self.success.add(request_ns)
+        self.queue.add(timing.queue_ns)
+        self.compute_input.add(timing.compute_input_ns)
+        self.compute_infer.add(timing.compute_infer_ns)
+        self.compute_output.add(timing.compute_output_ns)
+
+    def record_failure(self, reason: str, request_ns: int) -> None:
+        self.fail.add(request_ns)
+        self.failures.get(reason, self.failures[FailureReason.OTHER]).add(request_ns)
+
+
+@dataclass(slots=True)
+class ServerStats:
+    """Counts that belong to no loaded model (their labels would come from request fields)."""
+
+    unknown_model_requests: int = 0

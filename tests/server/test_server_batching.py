@@ -1,0 +1,193 @@
+"""Dynamic batching, queue bounds, instances and metrics, on small ONNX models built for the purpose."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from server_helpers import CALL_TIMEOUT_S, infer_request, metric, output_array, scrape
+
+SLOW_MS = 300
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory, write_test_model):
+    repo = tmp_path_factory.mktemp("batching-models")
+    write_test_model(repo, "affine", max_batch_size=8, max_queue_delay_us=20_000)
+    write_test_model(repo, "unbatched", max_batch_size=0, dynamic_batching=False)
+    write_test_model(repo, "bounded", kind="slow", delay_ms=SLOW_MS, max_batch_size=1, max_queue_size=2)
+    write_test_model(repo, "one_instance", kind="slow", delay_ms=SLOW_MS, max_batch_size=1, dynamic_batching=False)
+    write_test_model(
+        repo, "two_instances", kind="slow", delay_ms=SLOW_MS, max_batch_size=1, dynamic_batching=False, instance_count=2
+    )
+    warm_one = (
+        'model_warmup [ { name: "one" batch_size: 1 '
+        'inputs { key: "input" value { data_type: TYPE_FP32 dims: [ 4 ] zero_data: true } } } ]\n'
+    )
+    write_test_model(
+        repo, "fragile", kind="fragile", max_batch_size=8, max_queue_delay_us=300_000, extra_config=warm_one
+    )
+    return repo
+
+
+@pytest.fixture(scope="module")
+def server(repository, start_module_server):
+    return start_module_server(repository, "--grpc-max-message-mb", "1")
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with grpcclient.InferenceServerClient(server.grpc_url) as c:
+        yield c
+
+
+def _stats(client, model):
+    return client.get_inference_statistics(model).model_stats[0]
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(stub, client, server):
+    before = scrape(server.metrics_url)
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal((1 + i % 2, 4)).astype(np.float32) for i in range(24)]
+    futures = [stub.ModelInfer.future(infer_request("affine", x, id=str(i))) for i, x in enumerate(inputs)]
+    for i, (x, future) in enumerate(zip(inputs, futures)):
+        response = future.result(timeout=CALL_TIMEOUT_S)
+        assert response.id == str(i)
+        np.testing.assert_allclose(output_array(response), 2 * x + 1, rtol=1e-6)
+    stats = _stats(client, "affine")
+    assert max(b.batch_size for b in stats.batch_stats) > 1
+    assert stats.inference_count == sum(len(x) for x in inputs)
+    assert stats.execution_count < len(inputs)
+    after = scrape(server.metrics_url)
+    labels = dict(model="affine", version="1")
+    executions = metric(after, "nv_inference_exec_count", **labels) - metric(
+        before, "nv_inference_exec_count", **labels
+    )
+    assert metric(after, "ipsbench_batch_size_count", **labels) == executions == stats.execution_count
+    assert metric(after, "ipsbench_batch_size_sum", **labels) == stats.inference_count
+    assert metric(after, "ipsbench_batch_size_bucket", le="1.0", **labels) < executions
+
+
+def test_success_metrics_rise_by_exactly_the_requests_sent(stub, server):
+    labels = dict(model="affine", version="1")
+    before = scrape(server.metrics_url)
+    for _ in range(5):
+        stub.ModelInfer(infer_request("affine", np.ones((2, 4), np.float32)), timeout=CALL_TIMEOUT_S)
+    after = scrape(server.metrics_url)
+
+    def delta(name):
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    assert delta("nv_inference_request_success") == 5
+    assert delta("nv_inference_count") == 10
+    assert delta("nv_inference_exec_count") == 5
+    assert delta("nv_inference_request_failure") == 0
+    for name in (
+        "nv_inference_request_duration_us",
+        "nv_inference_queue_duration_us",
+        "nv_inference_compute_infer_duration_us",
+    ):
+        assert delta(name) > 0, name
+    assert delta("nv_inference_request_duration_us") >= delta("nv_inference_compute_infer_duration_us")
+    assert metric(after, "nv_inference_pending_request_count", **labels) == 0
+
+
+def test_full_queue_rejects_at_once_with_unavailable(stub, server):
+    before = scrape(server.metrics_url)
+    started = time.monotonic()
+    futures = [stub.ModelInfer.future(infer_request("bounded", np.ones((1, 4), np.float32))) for _ in range(8)]
+    rejected, ok = [], 0
+    for future in futures:
+        try:
+            future.result(timeout=CALL_TIMEOUT_S)
+            ok += 1
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.UNAVAILABLE, err.details()
+            assert "Exceeds maximum queue size" in err.details()
+            rejected.append(time.monotonic() - started)
+    assert 2 <= ok <= 3, (ok, rejected)  # one executing, at most max_queue_size (2) waiting
+    assert len(rejected) == 8 - ok
+    after = scrape(server.metrics_url)
+    labels = dict(model="bounded", version="1", reason="REJECTED")
+    assert metric(after, "nv_inference_request_failure", **labels) - metric(
+        before, "nv_inference_request_failure", **labels
+    ) == len(rejected)
+    # The server still serves that model once the queue has drained.
+    stub.ModelInfer(infer_request("bounded", np.ones((1, 4), np.float32)), timeout=CALL_TIMEOUT_S)
+
+
+@pytest.mark.parametrize("model, expect_parallel", [("one_instance", False), ("two_instances", True)])
+def test_instance_group_count_runs_requests_concurrently(stub, client, model, expect_parallel):
+    futures = [stub.ModelInfer.future(infer_request(model, np.ones((1, 4), np.float32))) for _ in range(2)]
+    for future in futures:
+        future.result(timeout=CALL_TIMEOUT_S)
+    stats = _stats(client, model)
+    assert stats.execution_count == 2
+    queue_ms = stats.inference_stats.queue.ns / 1e6
+    # With one instance the second request waits for the first to run; with two it starts at once.
+    if expect_parallel:
+        assert queue_ms < SLOW_MS / 2, queue_ms
+    else:
+        assert queue_ms > SLOW_MS / 2, queue_ms
+
+
+def test_model_without_batch_dimension(stub):
+    x = np.arange(4, dtype=np.float32)
+    response = stub.ModelInfer(infer_request("unbatched", x), timeout=CALL_TIMEOUT_S)
+    np.testing.assert_allclose(output_array(response), 2 * x + 1)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelInfer(infer_request("unbatched", x[None]), timeout=CALL_TIMEOUT_S)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Expected [4], got [1,4]" in err.value.details()
+
+
+def test_message_over_the_size_limit_is_refused_by_grpc(stub):
+    too_big = np.zeros((1, 300_000), np.float32)  # 1.2 MB against --grpc-max-message-mb 1
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelInfer(infer_request("affine", too_big), timeout=CALL_TIMEOUT_S)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    response = stub.ModelInfer(infer_request("affine", np.ones((1, 4), np.float32)), timeout=CALL_TIMEOUT_S)
+    np.testing.assert_allclose(output_array(response), 3.0)
+
+
+def test_engine_failure_fails_the_whole_batch_with_internal_and_a_request_id(stub, server):
+    before = scrape(server.metrics_url)
+    futures = [stub.ModelInfer.future(infer_request("fragile", np.full((1, 4), i, np.float32))) for i in range(2)]
+    details = []
+    for future in futures:  # the two requests share one batch of 2, which the engine refuses
+        with pytest.raises(grpc.RpcError) as err:
+            future.result(timeout=CALL_TIMEOUT_S)
+        assert err.value.code() == grpc.StatusCode.INTERNAL
+        details.append(err.value.details())
+    assert details[0] == details[1]
+    request_id = re.search(r"request id ([0-9a-f]+)", details[0])[1]
+    assert "Traceback" not in details[0] and "Reshape" not in details[0]
+    assert f"request id {request_id}" in server.log() and "Traceback" in server.log()
+    after = scrape(server.metrics_url)
+    labels = dict(model="fragile", version="1", reason="BACKEND")
+    failed = metric(after, "nv_inference_request_failure", **labels) - metric(
+        before, "nv_inference_request_failure", **labels
+    )
+    assert failed == 2
+    # The model and the server keep serving.
+    response = stub.ModelInfer(infer_request("fragile", np.ones((1, 4), np.float32)), timeout=CALL_TIMEOUT_S)
+    np.testing.assert_allclose(output_array(response), 1.0)
+
+
+def test_request_whose_client_gave_up_in_the_queue_is_never_executed(stub, client, server):
+    labels = dict(model="one_instance", version="1", reason="CANCELED")
+    before_failures = metric(scrape(server.metrics_url), "nv_inference_request_failure", **labels)
+    before = _stats(client, "one_instance").execution_count
+    first = stub.ModelInfer.future(infer_request("one_instance", np.ones((1, 4), np.float32)))
+    with pytest.raises(grpc.RpcError) as err:  # waits behind `first`, gives up long before it could run
+        stub.ModelInfer(infer_request("one_instance", np.ones((1, 4), np.float32)), timeout=SLOW_MS / 3000)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    first.result(timeout=CALL_TIMEOUT_S)
+    stub.ModelInfer(infer_request("one_instance", np.zeros((1, 4), np.float32)), timeout=CALL_TIMEOUT_S)
+    assert _stats(client, "one_instance").execution_count - before == 2  # `first` and the last one only
+    after_failures = metric(scrape(server.metrics_url), "nv_inference_request_failure", **labels)
+    assert after_failures - before_failures == 1
