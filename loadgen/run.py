@@ -1,8 +1,9 @@
 """One object builds and runs a load test: describe the target, build the requests, run locust, write the report.
 
-Lifecycle: ``run()`` → ``prepare()`` → ``execute()`` → ``finish()``. SIGINT/SIGTERM during ``execute()`` stop
-issuing, wait (bounded) for in-flight requests, count the rest ABANDONED, and the report is still written;
-a second signal stops waiting.
+Lifecycle: ``run()`` → ``prepare()`` → ``execute()`` → ``finish()``. ``execute()`` runs the scenario's users in
+this process, or (``processes`` > 1) as a locust master over worker processes it starts on this box, merging
+their step state from locust's worker reports. SIGINT/SIGTERM during ``execute()`` stop issuing, wait (bounded)
+for in-flight requests, count the rest ABANDONED, and the report is still written; a second signal stops waiting.
 """
 
 from __future__ import annotations
@@ -20,25 +21,20 @@ from pathlib import Path
 import gevent
 import gevent.event
 import grpc
-from grpc.experimental import gevent as grpc_gevent
 
-from loadgen.client import TargetError, describe_model, model_infer_bytes, open_channel
-from loadgen.images import JPEG_QUALITY
-from loadgen.payloads import (
-    RESIZE_RATIO,
-    InputSpec,
-    PayloadError,
-    Payloads,
-    build_fp32_payloads,
-    input_spec_from_metadata,
-)
+from loadgen.client import init_grpc_gevent, open_channel
+from loadgen.distributed import MasterSteps
 from loadgen.recorder import RunRecorder
-from loadgen.report.markdown import render_markdown
-from loadgen.report.schema import REPORT_MD, build_report, write_report, write_text
-from loadgen.scenarios.base import DRAIN_GRACE_S
-from loadgen.scenarios.sweep import SweepShape
+from loadgen.report.files import write_reports
+from loadgen.report.schema import build_report
+from loadgen.scenarios.base import DRAIN_GRACE_S, StepShape
+from loadgen.scenarios.build import shape_for, user_class_for
 from loadgen.settings import RunSettings
-from loadgen.users import KServeUser, Workload
+from loadgen.users import Workload
+from loadgen.worker import LocalWorkers
+from loadgen.workload import PreparedWorkload, SetupError, prepare_workload
+
+__all__ = ["LoadRun", "RunResult", "SetupError"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,23 +42,13 @@ RUN_LIMIT_MARGIN_S = 30.0
 """Slack, beyond the planned steps and their drains, before a run that has not ended is stopped."""
 TICK_SLACK_S = 2.0
 """Per step: locust asks the shape about once a second, so each step can start and end up to a tick late."""
+WORKERS_READY_S = 60.0
+"""How long a distributed run waits for its workers to connect and prepare their requests."""
+FINAL_REPORTS_S = 15.0
+"""How long a distributed run waits for the workers' final reports."""
 SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 RUN_LIMIT = "run time limit"
 """``interrupted_by`` when the run outlived its planned length by more than the margin (exit code 1)."""
-
-_grpc_gevent_ready = False
-
-
-def init_grpc_gevent() -> None:
-    """Make grpcio cooperate with gevent (required before the first channel of the process)."""
-    global _grpc_gevent_ready
-    if not _grpc_gevent_ready:
-        grpc_gevent.init_gevent()
-        _grpc_gevent_ready = True
-
-
-class SetupError(RuntimeError):
-    """The run cannot start: target unreachable, model unsuitable, settings that do not fit the model."""
 
 
 @dataclass(frozen=True)
@@ -80,22 +66,23 @@ class RunResult:
 
 
 class LoadRun:
-    """A sweep against one model on one target, from settings to written report."""
+    """A scenario against one model on one target, from settings to written report."""
 
-    def __init__(self, settings: RunSettings) -> None:
+    def __init__(self, settings: RunSettings, log_level: str = "info") -> None:
         self.settings = settings
+        self.log_level = log_level
         self.recorder = RunRecorder()
         self.interrupted_by: str | None = None
         self._stopped = gevent.event.Event()
+        self._interrupted = gevent.event.Event()
+        self._abort = gevent.event.Event()
         self._signal_watchers: list = []
         self._previous_handlers: dict[int, object] = {}
         self._environment: Environment | None = None
-        self._shape: SweepShape | None = None
+        self._shape: StepShape | None = None
+        self._master: MasterSteps | None = None
         self._channel: grpc.Channel | None = None
-        self._model: dict = {}
-        self._target: dict = {}
-        self._spec: InputSpec | None = None
-        self._payloads: Payloads | None = None
+        self._prepared: PreparedWorkload | None = None
         self._started_at = ""
         self._started_ns = 0
 
@@ -113,106 +100,111 @@ class LoadRun:
         return self.finish()
 
     def prepare(self) -> None:
-        """Ask the target about the model and serialize the requests."""
+        """Ask the target about the model and serialize the requests (each worker does so again for itself)."""
         init_grpc_gevent()
-        target, workload = self.settings.target, self.settings.workload
-        with open_channel(target.target) as probe:
-            try:
-                info = describe_model(probe, target.model, target.model_version)
-                spec = input_spec_from_metadata(info.metadata)
-            except (TargetError, PayloadError) as error:
-                raise SetupError(f"{target.target} model {target.model!r}: {error}") from error
-        if info.max_batch_size and workload.images_per_request > info.max_batch_size:
-            raise SetupError(
-                f"{workload.images_per_request} images per request exceed model {target.model!r}'s "
-                f"max_batch_size {info.max_batch_size}"
-            )
-        logger.info("model %s input %s %s %s", target.model, spec.name, spec.datatype, list(spec.shape))
-        self._spec = spec
-        try:
-            self._payloads = build_fp32_payloads(
-                target.model, target.model_version, spec,
-                workload.images_per_request, workload.distinct_requests, workload.seed,
-            )
-        except PayloadError as error:
-            raise SetupError(str(error)) from error
-        self._target = {"address": target.target, "server": info.server}
-        self._model = {
-            "name": target.model, "version": target.model_version, "platform": info.metadata.platform,
-            "input": spec.to_dict(), "max_batch_size": info.max_batch_size,
-        }
-        self._channel = open_channel(target.target, self._payloads.request_bytes)
+        self._prepared = prepare_workload(self.settings.target, self.settings.workload)
+        if self.settings.processes == 1:
+            self._channel = open_channel(self.settings.target.target, self._prepared.payloads.request_bytes)
 
     def execute(self) -> None:
         """Run the scenario in locust until its last step ends, or a signal stops it."""
-        sweep = self.settings.sweep
-        self._shape = SweepShape(
-            concurrency=sweep.concurrency, warmup_s=sweep.warmup_s, window_s=sweep.window_s,
-            recorder=self.recorder, drain_s=sweep.drain_s,
-        )
-        workload = Workload(
-            infer=model_infer_bytes(self._channel),
-            requests=self._payloads.requests,
-            images_per_request=self._payloads.images_per_request,
-            deadline_s=self.settings.target.deadline_s,
-        )
-        user_class = type("KServeUser", (KServeUser,), {"workload": workload, "abstract": False})
-        self._environment = Environment(
-            user_classes=[user_class], shape_class=self._shape, stop_timeout=sweep.drain_s, catch_exceptions=True,
-        )
-        self._environment.events.test_stop.add_listener(lambda **_: self._stopped.set())
-        runner = self._environment.create_local_runner()
-        self._started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        self._started_ns = time.perf_counter_ns()
-        if self.interrupted_by is None:
-            runner.start_shape()
-            if not self._stopped.wait(timeout=self._run_limit_s()):
-                logger.error("run did not end within %.0f s; stopping it", self._run_limit_s())
-                self.interrupted_by = RUN_LIMIT
-                self._shape.interrupt()
-                runner.stop()
-            self._stopped.wait(timeout=sweep.drain_s + DRAIN_GRACE_S)
-        runner.quit()
+        self._shape = shape_for(self.settings, self.recorder)
+        if self.settings.processes == 1:
+            self._execute_here()
+        else:
+            self._execute_distributed()
 
     def finish(self) -> RunResult:
-        """Write report.json, then report.md rendered from it."""
+        """Write report.json, then the files rendered from it."""
         duration_s = (time.perf_counter_ns() - self._started_ns) / 1e9 if self._started_ns else 0.0
+        steps = self.recorder.steps
+        if self._master is not None:
+            steps = self._master.merged_steps(steps)
         report = build_report(
-            steps=self.recorder.steps,
+            steps=steps,
             settings=self.settings.to_dict(),
-            target=self._target,
-            model=self._model,
-            payload=self._payload_description(),
-            scenario="sweep",
+            target=self._prepared.target,
+            model=self._prepared.model,
+            payload=self._prepared.payload_description(self.settings.workload),
+            scenario=self.settings.scenario,
             started_at=self._started_at,
             duration_s=duration_s,
             interrupted_by=self.interrupted_by,
             max_error_rate=self.settings.validity.max_error_rate,
+            workers=self._master.describe() if self._master is not None else None,
         )
-        out_dir = self.settings.out_dir
-        json_path = write_report(report, out_dir)
-        markdown_path = out_dir / REPORT_MD
-        write_text(markdown_path, render_markdown(report))
+        json_path, markdown_path = write_reports(report, self.settings.out_dir)
         return RunResult(report, json_path, markdown_path, self.interrupted_by)
+
+    # --- in this process ------------------------------------------------------------------------------------
+
+    def _execute_here(self) -> None:
+        workload = Workload.over(self._channel, self._prepared, self.settings.target.deadline_s)
+        drain_s = self.settings.steps.drain_s
+        self._environment = Environment(
+            user_classes=[user_class_for(self.settings, workload)], shape_class=self._shape, stop_timeout=drain_s,
+            catch_exceptions=True,
+        )
+        self._environment.events.test_stop.add_listener(lambda **_: self._stopped.set())
+        runner = self._environment.create_local_runner()
+        self._mark_start()
+        if self.interrupted_by is None:
+            runner.start_shape()
+            if not self._stopped.wait(timeout=self._run_limit_s()):
+                self._stop_overrun()
+                runner.stop()
+            self._stopped.wait(timeout=drain_s + DRAIN_GRACE_S)
+        runner.quit()
+
+    # --- over worker processes ------------------------------------------------------------------------------
+
+    def _execute_distributed(self) -> None:
+        processes, drain_s = self.settings.processes, self.settings.steps.drain_s
+        self._shape.hold_at_end = True  # the run stops the test once the workers' final reports are in
+        self._environment = Environment(
+            user_classes=[user_class_for(self.settings, None)], shape_class=self._shape, stop_timeout=drain_s,
+            catch_exceptions=True,
+        )
+        runner = self._environment.create_master_runner("127.0.0.1", 0)
+        self._master = MasterSteps(runner, self.settings.to_dict(), self.recorder.started_ns)
+        workers = LocalWorkers(processes, runner.server.port, self.log_level)
+        try:
+            problems = self._master.wait_ready(processes, WORKERS_READY_S, cancel=self._interrupted)
+            if problems:
+                raise SetupError("workers not ready: " + "; ".join(problems))
+            self._mark_start()
+            self._master.started_ns = self._started_ns
+            if self.interrupted_by is None:
+                runner.start_shape()
+                if not self._until_finished(self._run_limit_s()):
+                    self._stop_overrun()
+                    self._until_finished(drain_s + DRAIN_GRACE_S)
+            self._master.finish(FINAL_REPORTS_S)
+        finally:
+            self._master.close()
+            runner.quit()
+            workers.stop()
+
+    def _until_finished(self, timeout_s: float) -> bool:
+        """Wait for the shape's last step (or a second signal); False on timeout."""
+        gevent.wait([self._shape.finished, self._abort], timeout=timeout_s, count=1)
+        return self._shape.finished.is_set() or self._abort.is_set()
 
     # --- helpers --------------------------------------------------------------------------------------------
 
-    def _run_limit_s(self) -> float:
-        sweep = self.settings.sweep
-        per_step = sweep.warmup_s + sweep.window_s + sweep.drain_s + DRAIN_GRACE_S + TICK_SLACK_S
-        return per_step * len(sweep.concurrency) + RUN_LIMIT_MARGIN_S
+    def _mark_start(self) -> None:
+        self._started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        self._started_ns = time.perf_counter_ns()
 
-    def _payload_description(self) -> dict:
-        workload = self.settings.workload
-        described = {"encoding": workload.payload, "seed": workload.seed}
-        if self._payloads is not None:
-            crop_h, crop_w = self._spec.crop_hw
-            described.update(self._payloads.to_dict())
-            described["source"] = (
-                f"synthetic ImageNet-style JPEGs, quality {JPEG_QUALITY}; shorter side resized to "
-                f"{round(crop_h * RESIZE_RATIO)}, centre-cropped to {crop_h}x{crop_w}, ImageNet mean/std, FP32"
-            )
-        return described
+    def _stop_overrun(self) -> None:
+        logger.error("run did not end within %.0f s; stopping it", self._run_limit_s())
+        self.interrupted_by = RUN_LIMIT
+        self._shape.interrupt()
+
+    def _run_limit_s(self) -> float:
+        steps = self.settings.steps
+        per_step = steps.warmup_s + steps.window_s + steps.drain_s + DRAIN_GRACE_S + TICK_SLACK_S
+        return per_step * steps.step_count + RUN_LIMIT_MARGIN_S
 
     def _capture_signals(self) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -231,12 +223,14 @@ class LoadRun:
         runner = self._environment.runner if self._environment is not None else None
         if self.interrupted_by is not None:
             logger.warning("%s again: not waiting for in-flight requests", name)
-            if runner is not None:
+            self._abort.set()
+            if runner is not None and self._master is None:
                 runner.user_greenlets.kill(block=False)
             return
         self.interrupted_by = name
-        logger.warning("%s: stopping; waiting up to %g s for in-flight requests", name, self.settings.sweep.drain_s)
+        self._interrupted.set()
+        logger.warning("%s: stopping; waiting up to %g s for in-flight requests", name, self.settings.steps.drain_s)
         if self._shape is not None:
             self._shape.interrupt()
-        if runner is not None:
+        if runner is not None and self._master is None:  # a master's shape drains its workers' users itself
             gevent.spawn(runner.stop)

@@ -7,7 +7,11 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from loadgen.report.markdown import ms, rate
+from loadgen.report.markdown import load_cell, load_header, ms, rate
+from loadgen.report.schema import CLIENT_BOUND_SHARE
+
+CLIENT_BOUND_MARK = "!"
+MAX_TABLE_WIDTH = 400
 
 
 def _latency(step: dict, name: str) -> str:
@@ -17,22 +21,35 @@ def _latency(step: dict, name: str) -> str:
     return ms(latency[name]) + ("*" if name in step["unsupported_percentiles"] else "")
 
 
+def _open_loop_cells(step: dict) -> list[str]:
+    open_loop, service = step["open_loop"], step["service_time_us"] or {}
+    mark = CLIENT_BOUND_MARK if open_loop["client_bound"] else ""
+    return [rate(open_loop["achieved_send_rate_per_s"]) + mark, ms(service.get("p99")), str(open_loop["late_sends"])]
+
+
 def summary_table(report: dict) -> Table:
     verdict = "VALID" if report["valid"] else "INVALID"
+    open_loop = report["scenario"] == "rate"
     table = Table(
         title=f"{report['model']['name']} @ {report['target']['address']}: {verdict}, {report['status']}",
         box=box.SIMPLE_HEAD,
         show_edge=False,
         pad_edge=False,
     )
-    for column in ("concurrency", "requests", "images/sec", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "errors"):
+    columns = [load_header(report)] + (["sent/s"] if open_loop else [])
+    columns += ["requests", "images/sec", "p50 ms", "p90 ms", "p95 ms", "p99 ms"]
+    columns += ["service p99 ms", "late"] if open_loop else []
+    for column in [*columns, "errors"]:
         table.add_column(column, justify="right", no_wrap=True)
     for step in report["steps"]:
+        extra = _open_loop_cells(step) if open_loop else []
         table.add_row(
-            str(step["concurrency"]),
+            load_cell(step),
+            *extra[:1],
             str(step["window_requests"]["ok"]),
             rate(step["images_per_s"]),
             *[_latency(step, name) for name in ("p50", "p90", "p95", "p99")],
+            *extra[1:],
             str(step["errors_total"]),
         )
     return table
@@ -41,12 +58,23 @@ def summary_table(report: dict) -> Table:
 def print_summary(report: dict, markdown_path, console: Console | None = None) -> None:
     console = console or Console()
     table = summary_table(report)
-    needed = Measurement.get(console, console.options, table).maximum
+    needed = Measurement.get(console, console.options.update_width(MAX_TABLE_WIDTH), table).maximum
     if needed > console.width:  # wrap in a narrow terminal rather than cut numbers short
         console = Console(width=needed, file=console.file)
     console.print(table)
     if any(step["latency_us"] and step["unsupported_percentiles"] for step in report["steps"]):
         console.print("* fewer samples than needed to claim this percentile")
+    if report["scenario"] == "rate":
+        console.print("latency from each request's intended send time; service time from its actual send")
+    if any(step.get("open_loop") and step["open_loop"]["client_bound"] for step in report["steps"]):
+        console.print(
+            f"{CLIENT_BOUND_MARK} client-bound: sent below {CLIENT_BOUND_SHARE:.0%} of the scheduled requests; "
+            "not a measure of the server's capacity"
+        )
+    workers = report.get("workers") or []
+    if workers:
+        lost = sum(worker["lost"] is not None for worker in workers)
+        console.print(f"{len(workers)} worker processes" + (f", {lost} lost" if lost else ""))
     for reason in report["invalid_reasons"]:
         console.print(f"invalid: {reason}", markup=False)
     console.print(f"report: {markdown_path}", markup=False, soft_wrap=True)

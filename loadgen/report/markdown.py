@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loadgen.report.schema import COUNT_FIELDS, PERCENTILES, check_report
+from loadgen.report.schema import COUNT_FIELDS, PERCENTILES, check_report, step_load
 
 
 def ms(latency_us: int | float | None) -> str:
@@ -15,6 +15,16 @@ def ms(latency_us: int | float | None) -> str:
 
 def rate(value: float | None) -> str:
     return "–" if value is None else f"{value:,.1f}"
+
+
+def load_header(report: dict) -> str:
+    """The first column of every step table: what the step varied."""
+    return "rate/s" if report["scenario"] == "rate" else "concurrency"
+
+
+def load_cell(step: dict) -> str:
+    rate_per_s = step.get("target_rate_per_s")
+    return f"{rate_per_s:g}" if rate_per_s is not None else str(step["concurrency"])
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -34,6 +44,7 @@ def _latency_cell(step: dict, name: str) -> str:
 def render_markdown(report: dict) -> str:
     check_report(report)
     settings, model, payload = report["settings"], report["model"], report["payload"]
+    scenario_settings = settings[report["scenario"]]
     verdict = "VALID" if report["valid"] else "INVALID"
     lines = [
         f"# ipsbench-load {report['scenario']}: {model['name']} on {report['target']['address']}",
@@ -50,19 +61,24 @@ def render_markdown(report: dict) -> str:
         f"{model['input']['shape']}; payload {payload['encoding']}, {payload['images_per_request']} image(s) per "
         f"request, {payload['distinct_requests']} distinct requests of {payload['request_bytes']:,} bytes "
         f"({payload['source']}).",
-        f"Each step: {settings['sweep']['warmup_s']:g} s warm-up (counted, not measured), then the measured window; "
-        f"RPC deadline {settings['target']['deadline_s']:g} s; drain bound {settings['sweep']['drain_s']:g} s.",
-        "",
-        "## Throughput and latency (successful requests, measured window)",
-        "",
+        f"Each step: {scenario_settings['warmup_s']:g} s warm-up (counted, not measured), then the measured window; "
+        f"RPC deadline {settings['target']['deadline_s']:g} s; drain bound {scenario_settings['drain_s']:g} s.",
     ]
-    header = ["concurrency", "window s", "requests", "images", "images/s", "requests/s"]
+    if report["scenario"] == "rate":
+        lines.append(
+            f"Open loop: {scenario_settings['arrival']} arrivals, at most {scenario_settings['max_in_flight']} "
+            "requests in flight; latency from each request's intended send time."
+        )
+    for warning in report.get("warnings", []):
+        lines.append(f"- warning: {warning}")
+    lines += ["", "## Throughput and latency (successful requests, measured window)", ""]
+    header = [load_header(report), "window s", "requests", "images", "images/s", "requests/s"]
     header += [f"{name} ms" for name, _ in PERCENTILES] + ["max ms", "errors", "valid"]
     rows = []
     for step in report["steps"]:
         latency = step["latency_us"] or {}
         rows.append([
-            str(step["concurrency"]), f"{step['window_s']:.2f}", str(step["window_requests"]["ok"]),
+            load_cell(step), f"{step['window_s']:.2f}", str(step["window_requests"]["ok"]),
             str(step["images_ok"]), rate(step["images_per_s"]), rate(step["requests_per_s"]),
             *[_latency_cell(step, name) for name, _ in PERCENTILES], ms(latency.get("max")),
             str(step["errors_total"]), "yes" if step["valid"] else "**no**",
@@ -74,24 +90,27 @@ def render_markdown(report: dict) -> str:
         + ", ".join(f"{name} {n:,}" for name, n in report["method"]["percentile_min_samples"].items())
         + ").",
         "",
-        "## Accounting (whole step, warm-up included)",
-        "",
     ]
-    rows = [[str(step["concurrency"]), *[str(step[name]) for name in COUNT_FIELDS],
+    if report["scenario"] == "rate":
+        lines += _open_loop_section(report)
+    lines += ["## Accounting (whole step, warm-up included)", ""]
+    rows = [[load_cell(step), *[str(step[name]) for name in COUNT_FIELDS],
              "yes" if step["identity_holds"] else "**no**"] for step in report["steps"]]
-    lines += _table(["concurrency", *COUNT_FIELDS, "issued = sum"], rows)
+    lines += _table([load_header(report), *COUNT_FIELDS, "issued = sum"], rows)
+    if report.get("workers"):
+        lines += _workers_section(report)
     error_rows = [
-        [str(step["concurrency"]), error["outcome"], error["code"], error["message"].replace("|", "\\|"),
+        [load_cell(step), error["outcome"], error["code"], error["message"].replace("|", "\\|"),
          str(error["count"]), f"{error['first_s']:.3f}", f"{error['last_s']:.3f}"]
         for step in report["steps"] for error in step["errors"]
     ]
     if error_rows:
         lines += ["", "## Errors", ""]
-        lines += _table(["concurrency", "outcome", "code", "message", "count", "first s", "last s"], error_rows)
+        lines += _table([load_header(report), "outcome", "code", "message", "count", "first s", "last s"], error_rows)
     invalid_steps = [step for step in report["steps"] if not step["valid"]]
     if invalid_steps:
         lines += ["", "## Invalid steps", ""]
-        lines += [f"- concurrency {step['concurrency']}: {'; '.join(step['invalid_reasons'])}" for step in invalid_steps]
+        lines += [f"- {step_load(step)}: {'; '.join(step['invalid_reasons'])}" for step in invalid_steps]
     lines += [
         "",
         "## Method",
@@ -99,6 +118,35 @@ def render_markdown(report: dict) -> str:
         f"- Latency: {report['method']['latency']}.",
         f"- Throughput: {report['method']['throughput']}.",
         f"- Accounting: {report['method']['accounting']}.",
-        "",
     ]
-    return "\n".join(lines)
+    if report["method"].get("open_loop"):
+        lines.append(f"- Open loop: {report['method']['open_loop']}.")
+    return "\n".join([*lines, ""])
+
+
+def _open_loop_section(report: dict) -> list[str]:
+    header = ["rate/s", "scheduled", "sent", "sent/s", "late", "not sent", "lateness p99 ms", "lateness max ms",
+              "service p50 ms", "service p99 ms", "client-bound"]
+    rows = []
+    for step in report["steps"]:
+        open_loop, service = step["open_loop"], step["service_time_us"] or {}
+        lateness = open_loop["send_lateness_us"] or {}
+        rows.append([
+            load_cell(step), str(open_loop["scheduled"]), str(open_loop["sent"]),
+            rate(open_loop["achieved_send_rate_per_s"]), str(open_loop["late_sends"]), str(open_loop["not_sent"]),
+            ms(lateness.get("p99")), ms(lateness.get("max")), ms(service.get("p50")), ms(service.get("p99")),
+            "**yes**" if open_loop["client_bound"] else "no",
+        ])
+    return ["## Open-loop sends (measured window)", "", *_table(header, rows), ""]
+
+
+def _workers_section(report: dict) -> list[str]:
+    rows = []
+    for worker in report["workers"]:
+        for step in worker["steps"]:
+            rows.append([
+                str(worker["index"]), str(worker["pid"]), str(step["index"]),
+                *[str(step[name]) for name in COUNT_FIELDS], "lost" if worker["lost"] else "complete",
+            ])
+    return ["", "## Workers (their counts add up to the steps')", "",
+            *_table(["worker", "pid", "step", *COUNT_FIELDS, "report"], rows)]

@@ -7,9 +7,12 @@ import math
 import os
 from pathlib import Path
 
-from loadgen.recorder import COMPLETED, ERRORS, Outcome, StepRecord, add_histogram, new_histogram
+from loadgen.histograms import add_histogram, new_histogram
+from loadgen.outcomes import COMPLETED, ERRORS, Outcome
+from loadgen.recorder import LATE_TOLERANCE_US, StepRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: open-loop (rate) steps, workers of distributed runs, warnings."""
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 
@@ -19,7 +22,14 @@ LATENCY_METHOD = (
     "HDR histogram (1 us to 60 s, 3 significant digits, error <= 0.1%), microseconds, monotonic clock, "
     "over requests that completed inside the measured window"
 )
+OPEN_LOOP_LATENCY_METHOD = (
+    "latency from each request's intended send time (the arrival process's schedule, so a stalled server "
+    "or a held-back send shows in the latency), over requests intended inside the measured window; "
+    "service time separately, from the actual send"
+)
 THROUGHPUT_METHOD = "images of successful requests completed inside the measured window / window length"
+CLIENT_BOUND_SHARE = 0.95
+"""A rate step whose sends in the window fall below this share of the scheduled arrivals is client-bound."""
 
 
 def min_samples(percentile: float) -> int:
@@ -49,9 +59,12 @@ def step_entry(step: StepRecord, max_error_rate: float) -> dict:
     latency = latency_summary(step.histograms[Outcome.OK])
     ok_in_window = step.window_counts[Outcome.OK]
     errors = sum(step.counts[o] for o in ERRORS)
+    open_loop = step.rate_per_s is not None
+    measured = latency["count"] if latency else 0
     entry = {
         "index": step.index,
-        "concurrency": step.concurrency,
+        "concurrency": None if open_loop else step.concurrency,
+        "target_rate_per_s": step.rate_per_s,
         "warmup_s": step.warmup_s,
         "planned_window_s": step.window_s,
         "window_s": round(window_s, 6),
@@ -73,13 +86,36 @@ def step_entry(step: StepRecord, max_error_rate: float) -> dict:
         "requests_per_s": round(ok_in_window / window_s, 3) if window_s > 0 else None,
         "latency_us": latency,
         "latency_all_us": latency_summary(all_completed),
-        "unsupported_percentiles": [name for name, p in PERCENTILES if ok_in_window < min_samples(p)],
+        "unsupported_percentiles": [name for name, p in PERCENTILES if measured < min_samples(p)],
         "latencies_clamped": step.latencies_clamped,
+        "service_time_us": latency_summary(step.service_histogram) if open_loop else None,
+        "open_loop": open_loop_entry(step, window_s) if open_loop else None,
     }
     reasons = step_invalid_reasons(entry, max_error_rate)
     entry["valid"] = not reasons
     entry["invalid_reasons"] = reasons
     return entry
+
+
+def open_loop_entry(step: StepRecord, window_s: float) -> dict:
+    """What the sender did against what the arrival process asked for, in the measured window."""
+    lateness = step.lateness_histogram
+    sent_share = step.window_sends / step.scheduled if step.scheduled else 0.0
+    return {
+        "senders": step.concurrency,
+        "scheduled": step.scheduled,
+        "sent": step.window_sends,
+        "scheduled_rate_per_s": round(step.scheduled / window_s, 3) if window_s > 0 else None,
+        "achieved_send_rate_per_s": round(step.window_sends / window_s, 3) if window_s > 0 else None,
+        "late_sends": step.late_sends,
+        "not_sent": step.not_sent,
+        "send_lateness_us": None if lateness.get_total_count() == 0 else {
+            "p50": lateness.get_value_at_percentile(50.0),
+            "p99": lateness.get_value_at_percentile(99.0),
+            "max": lateness.get_max_value(),
+        },
+        "client_bound": window_s > 0 and sent_share < CLIENT_BOUND_SHARE,
+    }
 
 
 def step_invalid_reasons(entry: dict, max_error_rate: float) -> list[str]:
@@ -108,17 +144,31 @@ def build_report(
     duration_s: float,
     interrupted_by: str | None,
     max_error_rate: float,
+    workers: list[dict] | None = None,
 ) -> dict:
-    """The report document of one run."""
+    """The report document of one run; ``workers``: those of a distributed run, as the master describes them."""
     entries = [step_entry(step, max_error_rate) for step in steps]
     totals = {name: sum(entry[name] for entry in entries) for name in COUNT_FIELDS}
     totals["images_ok"] = sum(entry["images_ok"] for entry in entries)
-    reasons = [f"step {entry['index']} (concurrency {entry['concurrency']}): {reason}"
+    reasons = [f"step {entry['index']} ({step_load(entry)}): {reason}"
                for entry in entries for reason in entry["invalid_reasons"]]
     if not entries:
         reasons.append("no step ran")
     if totals["ok"] == 0:
         reasons.append("no successful request at all")
+    for worker in workers or []:
+        if lost := worker["lost"]:
+            reasons.append(
+                f"worker {worker['index']} (pid {worker['pid']}) lost {lost['lost_after_s']:.1f} s into the run "
+                f"({lost['because']}): up to {lost['may_have_lost_requests']} requests unreported, "
+                f"{lost['in_flight_at_last_report']} in flight at its last report counted abandoned"
+            )
+    warnings = [
+        f"step {entry['index']} ({step_load(entry)}): client-bound, sent {entry['open_loop']['sent']} of "
+        f"{entry['open_loop']['scheduled']} scheduled requests in the window (below {CLIENT_BOUND_SHARE:.0%}); "
+        "not a measure of the server's capacity"
+        for entry in entries if entry["open_loop"] and entry["open_loop"]["client_bound"]
+    ]
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": "ipsbench-load",
@@ -127,6 +177,7 @@ def build_report(
         "interrupted_by": interrupted_by,
         "valid": not reasons,
         "invalid_reasons": reasons,
+        "warnings": warnings,
         "started_at": started_at,
         "duration_s": round(duration_s, 3),
         "settings": settings,
@@ -138,10 +189,22 @@ def build_report(
             "throughput": THROUGHPUT_METHOD,
             "percentile_min_samples": {name: min_samples(p) for name, p in PERCENTILES},
             "accounting": "issued = ok + rejected + failed + deadline + cancelled + abandoned, per step",
+            "open_loop": (
+                f"{OPEN_LOOP_LATENCY_METHOD}; a send more than {LATE_TOLERANCE_US / 1000:g} ms after its intended "
+                f"time is late; client-bound below {CLIENT_BOUND_SHARE:.0%} of the scheduled sends"
+            ) if scenario == "rate" else None,
         },
         "steps": entries,
         "totals": totals,
+        "workers": workers or [],
     }
+
+
+def step_load(entry: dict) -> str:
+    """How a step loaded the target, in words: ``concurrency 4`` or ``20 requests/s``."""
+    if entry.get("target_rate_per_s") is not None:
+        return f"{entry['target_rate_per_s']:g} requests/s"
+    return f"concurrency {entry['concurrency']}"
 
 
 REQUIRED_KEYS = ("schema_version", "scenario", "status", "valid", "settings", "target", "model", "payload", "steps")

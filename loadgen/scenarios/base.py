@@ -1,5 +1,8 @@
 """Step bookkeeping shared by scenarios: each step runs N users through a warm-up and a measured window,
-then stops issuing and waits (bounded) for its in-flight requests before the next step starts."""
+then stops issuing and waits (bounded) for its in-flight requests before the next step starts.
+
+In a distributed run the shape runs on the master; each step it opens (or interrupts) is announced to the
+workers, which record into steps of their own with the same index."""
 
 from __future__ import annotations
 
@@ -8,8 +11,11 @@ from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from locust import LoadTestShape
+import gevent.event
+from locust import LoadTestShape, events
+from locust.runners import MasterRunner, WorkerRunner
 
+from loadgen.distributed import WorkerSteps, announce_interrupt, announce_step
 from loadgen.recorder import RunRecorder, StepRecord
 
 logger = logging.getLogger(__name__)
@@ -20,11 +26,13 @@ DRAIN_GRACE_S = 2.0
 
 @dataclass(frozen=True)
 class StepPlan:
-    """One step: how many users, and for how long they warm up and are measured."""
+    """One step: how many users, for how long they warm up and are measured, and (open loop) the target rate."""
 
     users: int
+    """0: one user per locust process (one per worker in a distributed run)."""
     warmup_s: float
     window_s: float
+    rate_per_s: float | None = None
 
 
 class StepShape(LoadTestShape):
@@ -32,12 +40,14 @@ class StepShape(LoadTestShape):
 
     ``tick()`` (called by locust about once a second) opens a step with its users, closes it when its window
     ends, returns 0 users until the step's users have left (bounded by ``drain_s``), then opens the next step;
-    after the last step it returns None, which stops the test.
+    after the last step it sets ``finished`` and returns None, which stops the test (or, with ``hold_at_end``,
+    keeps 0 users so that whoever drives the run can collect the workers' final reports before stopping it).
     """
 
     abstract = True
     drain_s: float = 10.0
     """Bound on waiting for in-flight requests after a step; locust's ``stop_timeout`` should match it."""
+    hold_at_end: bool = False
 
     def __init__(self, recorder: RunRecorder | None = None, drain_s: float | None = None) -> None:
         super().__init__()
@@ -48,6 +58,7 @@ class StepShape(LoadTestShape):
         self._next_plan = 0
         self._draining_since_ns: int | None = None
         self._stopping = False
+        self.finished = gevent.event.Event()
 
     @abstractmethod
     def plan(self) -> Sequence[StepPlan]:
@@ -67,7 +78,11 @@ class StepShape(LoadTestShape):
     def interrupt(self) -> None:
         """Stop issuing at once and run no further step (Ctrl-C, SIGTERM)."""
         self._stopping = True
+        if self.recorder.current is not None:  # its users still leave through tick(), within the drain bound
+            self._draining_since_ns = self.recorder.now_ns()
         self.recorder.interrupt()
+        if isinstance(self.runner, MasterRunner):
+            announce_interrupt(self.runner)
 
     def tick(self) -> tuple[int, float] | None:
         now_ns = self.recorder.now_ns()
@@ -83,20 +98,39 @@ class StepShape(LoadTestShape):
                 return 0, _spawn_rate(self._users_left())
             self._draining_since_ns = None
         if self._stopping or self._next_plan >= len(self._plans):
-            return None
+            self.finished.set()
+            return (0, _spawn_rate(0)) if self.hold_at_end else None
         plan = self._plans[self._next_plan]
         self._next_plan += 1
+        users = plan.users or self._processes()
+        load = f"{users} users" if plan.rate_per_s is None else f"{plan.rate_per_s:g} requests/s ({users} senders)"
         logger.info(
-            "step %d/%d: %d users, %g s warm-up, %g s measured", self._next_plan, len(self._plans), plan.users,
+            "step %d/%d: %s, %g s warm-up, %g s measured", self._next_plan, len(self._plans), load,
             plan.warmup_s, plan.window_s,
         )
-        self.recorder.open_step(plan.users, plan.warmup_s, plan.window_s)
-        return plan.users, _spawn_rate(plan.users)
+        step = self.recorder.open_step(users, plan.warmup_s, plan.window_s, plan.rate_per_s)
+        if isinstance(self.runner, MasterRunner):
+            announce_step(self.runner, step)
+        return users, _spawn_rate(users)
 
     def _users_left(self) -> int:
         return self.runner.user_count if self.runner is not None else 0
+
+    def _processes(self) -> int:
+        """Locust processes that run users: the connected workers, or this process."""
+        if isinstance(self.runner, MasterRunner):
+            return max(self.runner.worker_count, 1)
+        return 1
 
 
 def _spawn_rate(users: int) -> float:
     """Start or stop all of a step's users in one go."""
     return float(max(users, 1))
+
+
+@events.init.add_listener
+def _follow_the_master(environment, runner=None, **_) -> None:
+    """Plain ``locust -f`` with workers: a step shape on a worker records the steps its master announces (and
+    reports them in its worker reports), so its users know which step they issue into."""
+    if isinstance(runner, WorkerRunner) and isinstance(environment.shape_class, StepShape):
+        WorkerSteps(runner, environment.shape_class.recorder)

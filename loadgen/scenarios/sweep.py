@@ -14,6 +14,7 @@ class SweepShape(StepShape):
     Usable from a locustfile by subclassing and setting the class attributes.
     """
 
+    abstract = True  # for locust's picker: a locustfile runs its own subclass, not this class
     concurrency: Sequence[int] = (1, 2, 4)
     warmup_s: float = 2.0
     window_s: float = 10.0

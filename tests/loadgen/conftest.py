@@ -8,13 +8,14 @@ from load_helpers import REPO_ROOT, LoadRun
 
 @pytest.fixture
 def start_load(tmp_path):
-    """Start ``python -m loadgen sweep --target TARGET ... --out <tmp>``; processes left running are killed."""
+    """Start ``python -m loadgen SCENARIO --target TARGET ... --out <tmp>`` (``sweep`` unless ``scenario`` says
+    otherwise); processes left running are killed."""
     runs: list[LoadRun] = []
 
-    def start(target: str, *args: str, model: str = "resnet18") -> LoadRun:
+    def start(target: str, *args: str, model: str = "resnet18", scenario: str = "sweep") -> LoadRun:
         out = tmp_path / f"report{len(runs)}"
         log = tmp_path / f"load{len(runs)}.log"
-        command = [sys.executable, "-m", "loadgen", "sweep", "--target", target, "--model", model,
+        command = [sys.executable, "-m", "loadgen", scenario, "--target", target, "--model", model,
                    "--out", str(out), *args]
         with log.open("w") as stderr:
             process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True)

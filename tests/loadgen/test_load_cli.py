@@ -1,4 +1,5 @@
 """The command line: usage errors exit 2; the pure modules stay importable without locust."""
+import json
 import subprocess
 import sys
 
@@ -21,6 +22,14 @@ def load(*args: str) -> subprocess.CompletedProcess:
         (["sweep", "--target", "127.0.0.1:1", "--model", "m", "--payload", "png"], "invalid choice"),
         (["sweep", "--target", "nohost", "--model", "m"], "host:port"),
         (["nope"], "invalid choice"),
+        (["rate", "--target", "127.0.0.1:1", "--model", "m"], "--rate"),
+        (["rate", "--target", "127.0.0.1:1", "--model", "m", "--rate", "0"], "rate must be in"),
+        (["rate", "--target", "127.0.0.1:1", "--model", "m", "--rate", "10,x"], "invalid rate list"),
+        (["rate", "--target", "127.0.0.1:1", "--model", "m", "--rate", "10", "--arrival", "burst"], "invalid choice"),
+        (["rate", "--target", "127.0.0.1:1", "--model", "m", "--rate", "10", "--max-in-flight", "0"],
+         "max in flight must be"),
+        (["sweep", "--target", "127.0.0.1:1", "--model", "m", "--processes", "0"], "processes must be"),
+        (["worker", "--master", "nohost"], "host:port"),
     ],
 )
 def test_usage_errors_exit_2(args, message):
@@ -38,8 +47,25 @@ def test_unreachable_target_exits_1_without_a_report(tmp_path):
 
 def test_recorder_payloads_and_reports_do_not_import_locust():
     code = (
-        "import sys, loadgen.cli, loadgen.payloads, loadgen.recorder, loadgen.report.schema, "
-        "loadgen.report.markdown, loadgen.report.console; "
+        "import sys, loadgen.cli, loadgen.payloads, loadgen.recorder, loadgen.arrivals, loadgen.settings, "
+        "loadgen.workload, loadgen.report.schema, loadgen.report.markdown, loadgen.report.console, "
+        "loadgen.report.steps_csv, loadgen.report.files; "
         "assert not {'locust', 'gevent'} & set(sys.modules), sorted(m for m in sys.modules if 'locust' in m)"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True, timeout=60)
+
+
+@pytest.mark.parametrize("scenario", [
+    ["sweep", "--concurrency", "1,8"],
+    ["rate", "--rate", "20,40.5", "--arrival", "constant", "--max-in-flight", "64", "--processes", "2"],
+])
+def test_settings_travel_to_workers_as_plain_data(scenario):
+    from loadgen.cli import build_parser, settings_from_args
+    from loadgen.settings import RunSettings
+
+    args = build_parser().parse_args([scenario[0], "--target", "127.0.0.1:8001", "--model", "m", "--out", "r",
+                                      *scenario[1:]])
+    settings = settings_from_args(args)
+    data = json.loads(json.dumps(settings.to_dict()))
+    assert RunSettings.from_dict(data) == settings
+    assert settings.scenario == scenario[0] and set(data) >= {"target", "workload", "validity", scenario[0]}

@@ -142,3 +142,68 @@ def test_request_ids_in_error_messages_do_not_split_error_rows():
     ]
     assert error_message_kind("Exceeds maximum queue size") == "Exceeds maximum queue size"
     assert error_message_kind("x" * 1000) == "x" * 200
+
+
+def open_loop_step(warmup_s=1.0, window_s=2.0) -> StepRecord:
+    return StepRecord(index=0, concurrency=1, warmup_s=warmup_s, window_s=window_s, start_ns=0, rate_per_s=10.0)
+
+
+def test_open_loop_latency_counts_from_the_intended_time_and_service_time_from_the_send():
+    step = open_loop_step()  # window: [1 s, 3 s)
+    sends = [  # intended, sent, done (ms)
+        (1_000, 1_000, 1_010),  # on time
+        (1_100, 1_600, 1_610),  # held back 500 ms: 510 ms latency, 10 ms service
+        (2_990, 2_991, 3_200),  # intended in the window, done after it: still measured
+        (900, 900, 1_100),  # intended in the warm-up: counted, not measured
+    ]
+    for intended, sent, done in sends:
+        step.record_scheduled(intended * MS)
+        step.record_issued()
+        step.record_send(intended * MS, sent * MS)
+        step.record_ok(sent * MS, done * MS, images=1, intended_ns=intended * MS)
+
+    latency = latency_summary(step.histograms[Outcome.OK])
+    service = latency_summary(step.service_histogram)
+    assert latency["count"] == service["count"] == 3
+    assert latency["max"] == pytest.approx(510_000, rel=1e-3) and service["max"] == pytest.approx(209_000, rel=1e-3)
+    assert latency["min"] == pytest.approx(10_000, rel=1e-3) and service["min"] == pytest.approx(10_000, rel=1e-3)
+    assert step.scheduled == 3 and step.window_sends == 3  # the warm-up send is outside the window
+    assert step.late_sends == 1  # 500 ms late; 1 ms late is within the tolerance
+    assert step.lateness_histogram.get_max_value() == pytest.approx(500_000, rel=1e-3)
+    assert step.window_counts[Outcome.OK] == 3  # throughput counts completions inside the window (not the last)
+    assert step.identity_holds()
+
+
+def test_open_loop_errors_are_timed_from_the_intended_time_too():
+    step = open_loop_step()
+    step.record_issued()
+    step.record_error(grpc.StatusCode.UNAVAILABLE, "Exceeds maximum queue size", 1_500 * MS, 1_501 * MS,
+                      intended_ns=1_200 * MS)
+    assert step.histograms[Outcome.REJECTED].get_max_value() == pytest.approx(301_000, rel=1e-3)
+    assert step.service_histogram.get_total_count() == 0
+
+
+def test_open_loop_state_encodes_and_merges():
+    first, second = open_loop_step(), open_loop_step()
+    for step, late_ms in ((first, 0), (second, 50)):
+        step.record_scheduled(1_500 * MS)
+        step.record_issued()
+        step.record_send(1_500 * MS, (1_500 + late_ms) * MS)
+        step.record_ok((1_500 + late_ms) * MS, 1_600 * MS, images=1, intended_ns=1_500 * MS)
+        step.record_not_sent(2_900 * MS)
+        step.record_not_sent(500 * MS)  # due in the warm-up: not one of the window's arrivals
+    merged = StepRecord.decode(first.encode())
+    merged.merge_encoded(second.encode())
+    assert merged.rate_per_s == 10.0
+    assert (merged.scheduled, merged.window_sends, merged.late_sends, merged.not_sent) == (2, 2, 1, 2)
+    assert merged.service_histogram.get_total_count() == 2
+    assert merged.lateness_histogram.get_max_value() == pytest.approx(50_000, rel=1e-3)
+
+
+def test_merging_an_empty_histogram_keeps_the_minimum():
+    busy, idle = step_with_window(), step_with_window()
+    busy.record_issued()
+    busy.record_ok(2_000 * MS, 2_007 * MS, images=1)
+    merged = StepRecord.decode(busy.encode())
+    merged.merge_encoded(idle.encode())
+    assert merged.histograms[Outcome.OK].get_min_value() == pytest.approx(7_000, rel=1e-3)

@@ -1,4 +1,5 @@
 """report.json is built from recorded steps, judged valid or not, and rendered to Markdown and a table."""
+import csv
 import io
 import json
 
@@ -8,6 +9,7 @@ from rich.console import Console
 
 from loadgen.recorder import StepRecord
 from loadgen.report.console import print_summary
+from loadgen.report.files import write_reports
 from loadgen.report.markdown import render_markdown
 from loadgen.report.schema import COUNT_FIELDS, SCHEMA_VERSION, build_report, read_report, write_report
 
@@ -104,3 +106,98 @@ def test_unknown_schema_version_is_refused(tmp_path):
         render_markdown({**report, "schema_version": 99})
     with pytest.raises(ValueError, match="lacks"):
         render_markdown({**report, "steps": [{"concurrency": 1}]})
+
+
+def rate_step(index=0, rate_per_s=100.0, scheduled=200, sent=200, late_ms=0) -> StepRecord:
+    """An open-loop step (window [1 s, 3 s)) whose sender sent ``sent`` of ``scheduled`` arrivals."""
+    step = StepRecord(index=index, concurrency=1, warmup_s=1.0, window_s=2.0, start_ns=0, rate_per_s=rate_per_s)
+    for number in range(scheduled):
+        intended = 1_000 * MS + number * 10 * MS // 2
+        step.record_scheduled(intended)
+        if number >= sent:
+            step.record_not_sent(intended)
+            continue
+        step.record_issued()
+        step.record_send(intended, intended + late_ms * MS)
+        step.record_ok(intended + late_ms * MS, intended + (late_ms + 4) * MS, images=1, intended_ns=intended)
+    return step
+
+
+def rate_report(steps, workers=None) -> dict:
+    report = report_of(steps)
+    report = build_report(
+        steps=steps,
+        settings={"target": {"deadline_s": 30.0},
+                  "rate": {"warmup_s": 1.0, "drain_s": 10.0, "arrival": "poisson", "max_in_flight": 256}},
+        target=report["target"], model=report["model"], payload=report["payload"], scenario="rate",
+        started_at=report["started_at"], duration_s=7.0, interrupted_by=None, max_error_rate=0.0, workers=workers,
+    )
+    return json.loads(json.dumps(report))
+
+
+def test_rate_steps_report_sends_lateness_and_client_bound():
+    report = rate_report([rate_step(0, 100.0), rate_step(1, 200.0, scheduled=400, sent=300, late_ms=3)])
+    on_time, behind = report["steps"]
+    assert on_time["concurrency"] is None and on_time["target_rate_per_s"] == 100.0
+    assert on_time["open_loop"] | {"send_lateness_us": None} == {
+        "senders": 1, "scheduled": 200, "sent": 200, "scheduled_rate_per_s": 100.0, "achieved_send_rate_per_s": 100.0,
+        "late_sends": 0, "not_sent": 0, "send_lateness_us": None, "client_bound": False,
+    }
+    assert behind["open_loop"]["late_sends"] == 300 and behind["open_loop"]["not_sent"] == 100
+    assert behind["open_loop"]["send_lateness_us"]["max"] == pytest.approx(3_000, rel=1e-3)
+    assert behind["open_loop"]["client_bound"]  # 300 of 400 sent: 75%
+    assert behind["latency_us"]["min"] == pytest.approx(7_000, rel=1e-3)  # from the intended time
+    assert behind["service_time_us"]["max"] == pytest.approx(4_000, rel=1e-3)  # from the send
+    assert report["valid"] and len(report["warnings"]) == 1 and "client-bound" in report["warnings"][0]
+    assert "200 requests/s" in report["warnings"][0]
+    assert "intended send time" in report["method"]["open_loop"]
+
+
+def test_rate_report_renders_rate_columns(tmp_path):
+    report = rate_report([rate_step(0, 100.0), rate_step(1, 200.0, scheduled=400, sent=300, late_ms=3)])
+    markdown = render_markdown(report)
+    assert "| rate/s | window s | requests |" in markdown and "## Open-loop sends (measured window)" in markdown
+    assert "| 200 | 400 | 300 | 150.0 | 300 | 100 |" in markdown
+    assert "warning: step 1 (200 requests/s): client-bound" in markdown
+
+    out = io.StringIO()
+    print_summary(report, "r/report.md", Console(file=out, width=80))
+    lines = out.getvalue().splitlines()
+    header = next(line for line in lines if "rate/s" in line).split()
+    assert header[:3] == ["rate/s", "sent/s", "requests"] and header[-2:] == ["late", "errors"]
+    assert "service p99 ms" in out.getvalue()
+    assert any(line.split()[:2] == ["200", "150.0!"] for line in lines)
+    assert any(line.startswith("! client-bound") for line in lines)
+
+    write_reports(report, tmp_path)
+    rows = list(csv.DictReader((tmp_path / "steps.csv").open()))
+    assert [row["target_rate_per_s"] for row in rows] == ["100.0", "200.0"]
+    assert rows[1]["client_bound"] == "True" and rows[1]["not_sent"] == "100" and rows[0]["concurrency"] == ""
+    assert int(rows[1]["latency_p99_us"]) >= int(rows[1]["service_p99_us"])
+
+
+def test_sweep_steps_csv_has_one_row_per_step(tmp_path):
+    report = json.loads(json.dumps(report_of([recorded_step(0, 1), recorded_step(1, 4, rejected=3)],
+                                             max_error_rate=1.0)))
+    write_reports(report, tmp_path)
+    rows = list(csv.DictReader((tmp_path / "steps.csv").open()))
+    assert [(row["step"], row["concurrency"], row["issued"], row["rejected"]) for row in rows] == [
+        ("0", "1", "300", "0"), ("1", "4", "303", "3")]
+    assert rows[0]["images_per_s"] == "600.0" and rows[0]["sent"] == "" and rows[0]["valid"] == "True"
+    assert int(rows[0]["latency_p50_us"]) <= int(rows[0]["latency_p99_us"]) <= int(rows[0]["latency_max_us"])
+
+
+def test_a_lost_worker_makes_the_run_invalid_and_is_named():
+    lost = {"because": "locust marked it missing (no heartbeat)", "lost_after_s": 5.7, "last_report_after_s": 3.0,
+            "unreported_s": 2.7, "issued_per_s": 40.0, "issued_per_s_from": "its own reports",
+            "may_have_lost_requests": 108, "in_flight_at_last_report": 2}
+    workers = [
+        {"id": "a", "index": 0, "pid": 11, "final_report": True, "lost": None,
+         "steps": [{"index": 0, "issued": 200, **{name: 0 for name in COUNT_FIELDS[1:]}, "ok": 200}]},
+        {"id": "b", "index": 1, "pid": 12, "final_report": False, "lost": lost, "steps": []},
+    ]
+    report = rate_report([rate_step()], workers=workers)
+    assert not report["valid"]
+    (reason,) = report["invalid_reasons"]
+    assert reason.startswith("worker 1 (pid 12) lost 5.7 s into the run") and "up to 108 requests" in reason
+    assert "## Workers" in render_markdown(report)

@@ -1,0 +1,112 @@
+"""ipsbench-load rate (open loop) against a real ipsbench-serve: it sends at the target rate, and its latency,
+timed from each request's intended send time, shows a server stall that a closed loop hides."""
+import csv
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from load_helpers import assert_accounted
+
+PAUSE_S = 1.0
+"""How long the server is stopped (SIGSTOP) in the middle of a measured window."""
+
+
+def test_rate_run_sends_at_the_target_rate(server, start_load):
+    run = start_load(server.grpc_url, "--rate", "30,60", "--arrival", "constant", "--warmup", "500ms",
+                     "--duration", "2500ms", "--drain", "5s", scenario="rate")
+    assert run.finish(timeout=60) == 0, run.stdout + run.stderr()
+
+    report = run.report()
+    assert report["valid"] and report["scenario"] == "rate" and report["warnings"] == []
+    assert_accounted(report)
+    assert [step["target_rate_per_s"] for step in report["steps"]] == [30.0, 60.0]
+    for step in report["steps"]:
+        open_loop, target = step["open_loop"], step["target_rate_per_s"]
+        assert open_loop["achieved_send_rate_per_s"] == pytest.approx(target, rel=0.15), open_loop
+        assert not open_loop["client_bound"] and open_loop["not_sent"] == 0
+        assert step["images_per_s"] == pytest.approx(target, rel=0.15)
+        assert step["concurrency"] is None and step["errors_total"] == 0
+        latency, service = step["latency_us"], step["service_time_us"]
+        assert latency["count"] == service["count"] > 0
+        assert latency["min"] <= latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
+        assert latency["p50"] >= service["p50"]  # timed from the intended send, never after the actual one
+
+    header = next(line for line in run.stdout.splitlines() if "rate/s" in line)
+    assert header.split()[:3] == ["rate/s", "sent/s", "requests"]
+    rows = list(csv.DictReader((run.out / "steps.csv").open()))
+    assert [row["target_rate_per_s"] for row in rows] == ["30.0", "60.0"]
+    assert (run.out / "report.md").read_text().startswith("# ipsbench-load rate: resnet18")
+
+
+def paused_run(server, start_load, scenario: str, *load: str) -> dict:
+    """One 4 s measured step with the server stopped for PAUSE_S, starting 1 s into the window."""
+    run = start_load(server.grpc_url, *load, "--warmup", "500ms", "--duration", "4s", "--drain", "10s",
+                     scenario=scenario)
+    run.wait_for_log("step 1/1", timeout=60)
+    time.sleep(0.5 + 1.0)  # warm-up, then 1 s into the measured window
+    server.process.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(PAUSE_S)
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+    assert run.finish(timeout=60) == 0, run.stdout + run.stderr()
+    report = run.report()
+    assert_accounted(report)
+    (step,) = report["steps"]
+    assert step["errors_total"] == 0
+    return step
+
+
+def test_open_loop_latency_shows_a_stall_the_closed_loop_hides(server, start_load):
+    """Both loops see the stall (their max), but only the open loop's percentiles do: its arrivals keep coming
+    during the pause and each waits for it, while the closed loop's one user waits once and sends nothing else.
+    The closed loop sends more requests per second than the open one, so a lighter load does not explain it."""
+    pause_us = PAUSE_S * 1e6
+    open_loop = paused_run(server, start_load, "rate", "--rate", "40")["latency_us"]
+    closed_loop = paused_run(server, start_load, "sweep", "--concurrency", "1")
+    closed_latency = closed_loop["latency_us"]
+    assert closed_loop["requests_per_s"] > 40
+
+    assert open_loop["max"] >= 0.8 * pause_us and closed_latency["max"] >= 0.8 * pause_us
+    assert open_loop["p99"] >= 0.8 * pause_us, open_loop
+    assert open_loop["p90"] >= 0.25 * pause_us, open_loop  # about 40 arrivals waited for part of the pause
+    assert closed_latency["p99"] <= 0.25 * pause_us, closed_latency
+
+
+LOCUSTFILE = '''
+from locust import events
+
+from loadgen.scenarios.rate import RateShape
+from loadgen.users import OpenLoopUser, Workload
+
+
+class Rates(RateShape):
+    rates_per_s = (40,)
+    warmup_s = 0.5
+    window_s = 1.0
+    drain_s = 5.0
+
+
+class Sender(OpenLoopUser):
+    arrival = "constant"
+
+
+@events.init.add_listener
+def connect(environment, **_):
+    Sender.workload = Workload.connect(environment.host, "resnet18")
+'''
+
+
+def test_plain_locust_runs_the_rate_shape(server, tmp_path):
+    (tmp_path / "locustfile.py").write_text(LOCUSTFILE)
+    result = subprocess.run(
+        [sys.executable, "-m", "locust", "-f", "locustfile.py", "--headless", "--host", server.grpc_url,
+         "--stop-timeout", "5", "--csv", "out"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    stats = {row["Name"]: row for row in csv.DictReader((tmp_path / "out_stats.csv").open())}
+    assert stats["ModelInfer"]["Failure Count"] == "0"
+    assert 50 <= int(stats["ModelInfer"]["Request Count"]) <= 70  # 40/s for 1.5 s, on schedule
