@@ -259,11 +259,18 @@ class RunRecorder:
     def __init__(self, clock_ns: Callable[[], int] = time.perf_counter_ns) -> None:
         self._clock_ns = clock_ns
         self.started_ns = self._clock_ns()
+        # Wall-clock anchor, only to line steps up with other timelines (GPU samples, server logs); durations
+        # always come from the monotonic clock.
+        self.started_unix_s = time.time()
         self.steps: list[StepRecord] = []
         self.current: StepRecord | None = None
 
     def now_ns(self) -> int:
         return self._clock_ns()
+
+    def unix_s(self, clock_ns: int) -> float:
+        """Wall-clock time of a reading of this recorder's monotonic clock."""
+        return self.started_unix_s + (clock_ns - self.started_ns) / 1e9
 
     def open_step(
         self, concurrency: int, warmup_s: float, window_s: float, rate_per_s: float | None = None,

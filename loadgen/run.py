@@ -132,6 +132,7 @@ class LoadRun:
             interrupted_by=self.interrupted_by,
             max_error_rate=self.settings.validity.max_error_rate,
             workers=self._master.describe() if self._master is not None else None,
+            unix_s=self.recorder.unix_s,
         )
         json_path, markdown_path = write_reports(report, self.settings.out_dir)
         return RunResult(report, json_path, markdown_path, self.interrupted_by)

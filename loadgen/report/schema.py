@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from loadgen.histograms import add_histogram, new_histogram
@@ -49,8 +50,8 @@ def latency_summary(histogram) -> dict | None:
     return summary
 
 
-def step_entry(step: StepRecord, max_error_rate: float) -> dict:
-    """A step as the report states it, with its validity."""
+def step_entry(step: StepRecord, max_error_rate: float, unix_s: Callable[[int], float] | None = None) -> dict:
+    """A step as the report states it, with its validity; ``unix_s`` maps the monotonic clock to wall-clock time."""
     window_s = step.measured_window_s
     counts = {"issued": step.issued, **{o.value: step.counts[o] for o in Outcome}}
     all_completed = new_histogram()
@@ -68,6 +69,8 @@ def step_entry(step: StepRecord, max_error_rate: float) -> dict:
         "warmup_s": step.warmup_s,
         "planned_window_s": step.window_s,
         "window_s": round(window_s, 6),
+        "window_start_unix": round(unix_s(step.window_start_ns), 3) if unix_s else None,
+        "window_end_unix": round(unix_s(step.window_end_ns), 3) if unix_s else None,
         "interrupted": step.interrupted,
         **counts,
         "identity_holds": step.identity_holds(),
@@ -145,9 +148,10 @@ def build_report(
     interrupted_by: str | None,
     max_error_rate: float,
     workers: list[dict] | None = None,
+    unix_s: Callable[[int], float] | None = None,
 ) -> dict:
     """The report document of one run; ``workers``: those of a distributed run, as the master describes them."""
-    entries = [step_entry(step, max_error_rate) for step in steps]
+    entries = [step_entry(step, max_error_rate, unix_s) for step in steps]
     totals = {name: sum(entry[name] for entry in entries) for name in COUNT_FIELDS}
     totals["images_ok"] = sum(entry["images_ok"] for entry in entries)
     reasons = [f"step {entry['index']} ({step_load(entry)}): {reason}"

@@ -1,4 +1,5 @@
 """ipsbench-load sweep against a real ipsbench-serve: what a user sees in the table, report.json and exit code."""
+import datetime
 import signal
 import time
 
@@ -20,6 +21,10 @@ def test_sweep_reports_throughput_latency_and_every_request(server, start_load):
     assert_accounted(report)
     for step in report["steps"]:
         assert step["window_s"] == pytest.approx(1.5) and step["warmup_s"] == 0.5
+        # Wall-clock bounds, to line the window up with GPU samples or server logs.
+        started = datetime.datetime.fromisoformat(report["started_at"]).timestamp()
+        assert started - 1 <= step["window_start_unix"] <= started + report["duration_s"]
+        assert step["window_end_unix"] - step["window_start_unix"] == pytest.approx(1.5, abs=0.01)
         assert step["images_per_s"] > 0 and step["images_ok"] == step["window_requests"]["ok"]
         assert step["errors_total"] == 0 and step["abandoned"] == 0
         latency = step["latency_us"]
