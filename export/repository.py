@@ -1,4 +1,4 @@
-"""Write a model into Triton's repository layout: <repo>/<name>/config.pbtxt, <name>/<version>/model.onnx, labels."""
+"""Write a model into Triton's repository layout: <repo>/<name>/config.pbtxt, <name>/<version>/<model file>, labels."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,35 +6,109 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from export import onnx, torchscript
 from export.models import ModelSpec
-from export.onnx import INPUT_NAME, OUTPUT_NAME
 
 LABELS_FILE = "labels.txt"
 DEFAULT_QUEUE_DELAY_US = 1000
 
 
-def onnx_config(
-    spec: ModelSpec, name: str, max_batch_size: int, instance_count: int = 1, queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
+def _instance_group(device: str, instance_count: int) -> mc.ModelInstanceGroup:
+    if device == "gpu":
+        return mc.ModelInstanceGroup(count=instance_count, kind=mc.ModelInstanceGroup.KIND_GPU, gpus=[0])
+    return mc.ModelInstanceGroup(count=instance_count, kind=mc.ModelInstanceGroup.KIND_CPU)
+
+
+def classifier_config(
+    spec: ModelSpec,
+    name: str,
+    max_batch_size: int,
+    *,
+    platform: str,
+    backend: str,
+    input_name: str,
+    output_name: str,
+    instance_count: int = 1,
+    device: str = "cpu",
+    queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
+    parameters: dict[str, str] | None = None,
 ) -> mc.ModelConfig:
-    """Triton's config for an ONNX classifier: NCHW FP32 in, logits out, dynamic batching on."""
-    return mc.ModelConfig(
+    """Triton's config for an image classifier: NCHW FP32 in, logits out, dynamic batching on."""
+    config = mc.ModelConfig(
         name=name,
-        platform="onnxruntime_onnx",
-        backend="onnxruntime",
+        platform=platform,
+        backend=backend,
         max_batch_size=max_batch_size,
         input=[
             mc.ModelInput(
-                name=INPUT_NAME,
+                name=input_name,
                 data_type=mc.TYPE_FP32,
                 format=mc.ModelInput.FORMAT_NCHW,
                 dims=[3, spec.crop_size, spec.crop_size],
             )
         ],
         output=[
-            mc.ModelOutput(name=OUTPUT_NAME, data_type=mc.TYPE_FP32, dims=[spec.num_classes], label_filename=LABELS_FILE)
+            mc.ModelOutput(
+                name=output_name, data_type=mc.TYPE_FP32, dims=[spec.num_classes], label_filename=LABELS_FILE
+            )
         ],
         dynamic_batching=mc.ModelDynamicBatching(max_queue_delay_microseconds=queue_delay_us),
-        instance_group=[mc.ModelInstanceGroup(count=instance_count, kind=mc.ModelInstanceGroup.KIND_CPU)],
+        instance_group=[_instance_group(device, instance_count)],
+    )
+    for key, value in (parameters or {}).items():
+        config.parameters[key].string_value = value
+    return config
+
+
+def onnx_config(
+    spec: ModelSpec,
+    name: str,
+    max_batch_size: int,
+    instance_count: int = 1,
+    queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
+    device: str = "cpu",
+) -> mc.ModelConfig:
+    """Config for an ONNX classifier served by ONNX Runtime."""
+    return classifier_config(
+        spec,
+        name,
+        max_batch_size,
+        platform="onnxruntime_onnx",
+        backend="onnxruntime",
+        input_name=onnx.INPUT_NAME,
+        output_name=onnx.OUTPUT_NAME,
+        instance_count=instance_count,
+        device=device,
+        queue_delay_us=queue_delay_us,
+    )
+
+
+def torchscript_config(
+    spec: ModelSpec,
+    name: str,
+    max_batch_size: int,
+    *,
+    instance_count: int = 1,
+    device: str = "cpu",
+    precision: str = "fp32",
+    channels_last: bool = False,
+    cuda_graphs: bool = False,
+) -> mc.ModelConfig:
+    """Config for a TorchScript classifier served by the PyTorch backend; engine options in ``parameters``."""
+    parameters = {"precision": precision, "channels_last": str(channels_last).lower()}
+    if cuda_graphs:
+        parameters["cuda_graphs"] = "true"
+    return classifier_config(
+        spec,
+        name,
+        max_batch_size,
+        platform="pytorch_libtorch",
+        backend="pytorch",
+        input_name=torchscript.INPUT_NAME,
+        output_name=torchscript.OUTPUT_NAME,
+        instance_count=instance_count,
+        device=device,
+        parameters=parameters,
     )
 
 

@@ -20,6 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ipsbench-serve",
         description="KServe v2 gRPC inference server with dynamic batching and Prometheus metrics "
         "(a Triton model repository in, Triton's protocol and metric names out).",
+        epilog="`ipsbench-serve bench MODEL --model-repository DIR` measures the in-process engine throughput "
+        "instead (see `ipsbench-serve bench --help`).",
     )
     for field in settings_fields():
         flag = "--" + field.name.replace("_", "-")
@@ -57,7 +59,12 @@ def configure_logging(verbose: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    settings = parse_settings(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["bench"]:
+        from server.bench_cli import main as bench_main
+
+        return bench_main(args[1:])
+    settings = parse_settings(args)
     configure_logging(settings.log_verbose)
     from server.app import App  # after logging is configured: importing backends may log
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from server.backends.base import ModelInstance
+from server.backends.base import Backend, ModelInstance
 from server.backends.registry import get_backend
-from server.model import ConfigError, ModelSpec
+from server.model import ConfigError, InstanceSpec, ModelSpec
 from server.repository import ModelSource
 
 log = logging.getLogger(__name__)
@@ -36,27 +37,46 @@ def load_source(source: ModelSource) -> list[LoadedVersion]:
         for version, path in sorted(source.version_files.items()):
             instances: list[ModelInstance] = []
             for instance_spec in spec.instances:
-                start = time.perf_counter()
-                instance = backend.load(spec, version, path, instance_spec)
+                instance = load_instance(backend, spec, version, path, instance_spec, warmups)
                 created.append(instance)
                 instances.append(instance)
-                for _, arrays, count in warmups:
-                    for _ in range(count):
-                        instance.run(arrays, spec.output_names)
-                log.info(
-                    "model '%s' version %d: instance %d (%s) loaded and warmed in %.2f s",
-                    spec.name,
-                    version,
-                    instance_spec.index,
-                    instance_spec.kind,
-                    time.perf_counter() - start,
-                )
             loaded.append(LoadedVersion(spec, version, tuple(instances)))
     except BaseException:
         for instance in created:
             instance.close()
         raise
     return loaded
+
+
+def load_instance(
+    backend: Backend,
+    spec: ModelSpec,
+    version: int,
+    path: Path,
+    instance_spec: InstanceSpec,
+    warmups: list[tuple[int, dict[str, np.ndarray], int]],
+) -> ModelInstance:
+    """One engine instance, loaded by ``backend`` and run through ``warmups`` (see :func:`warmup_batches`)."""
+    start = time.perf_counter()
+    instance = backend.load(spec, version, path, instance_spec)
+    try:
+        for _, arrays, count in warmups:
+            for _ in range(count):
+                instance.run(arrays, spec.output_names)
+    except BaseException:
+        instance.close()
+        raise
+    log.info(
+        "model '%s' version %d: instance %d (%s, %s, %s) loaded and warmed in %.2f s",
+        spec.name,
+        version,
+        instance_spec.index,
+        instance_spec.kind,
+        instance.info.device,
+        instance.info.precision,
+        time.perf_counter() - start,
+    )
+    return instance
 
 
 def warmup_batches(spec: ModelSpec) -> list[tuple[int, dict[str, np.ndarray], int]]:

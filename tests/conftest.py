@@ -1,6 +1,9 @@
 """Shared fixtures: an exported model repository, real ipsbench-serve processes on free ports, tiny test models.
 
 * ``model_repository`` (session): ``ipsbench-export resnet18 --image-size 64 --max-batch-size 8`` into a temp dir.
+* ``torchscript_repository`` (session): the same network and seed as TorchScript (``resnet18_pt``, KIND_CPU, FP32).
+* ``torchscript_gpu_export`` (session): the same as TorchScript for KIND_GPU in FP16 (``resnet18_gpu``), verified on
+  the GPU where CUDA is available and on the CPU in FP32 elsewhere; an :class:`ExportRun` with the CLI's stdout.
 * ``start_server(repository, *extra_args)`` (function scope; ``start_module_server`` for module scope): launches
   ``python -m server`` on ports 0, parses the bound ports from its stdout, waits until ServerReady answers true, and
   stops it (SIGTERM, then kill after a bound) when the test or module ends. Returns a :class:`ServerProcess`.
@@ -36,32 +39,50 @@ READY_LINE = "ipsbench-serve: ready"
 # -- model repository --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def model_repository(tmp_path_factory) -> Path:
-    """resnet18 at 64x64, max_batch_size 8, exported once per session by the real export CLI."""
+@dataclass(frozen=True)
+class ExportRun:
+    """A finished ``ipsbench-export`` run: the repository it wrote, the model's name there, what it printed."""
+
+    repository: Path
+    name: str
+    stdout: str
+
+
+def run_export(out: Path, name: str, *args: str) -> ExportRun:
+    """``ipsbench-export`` (resnet18 at 64x64, max_batch_size 8, seed 0) into ``out`` as ``name``; fails the test
+    with the CLI's output when it does not write ``name/config.pbtxt``."""
     import importlib.util
 
     if importlib.util.find_spec("export.cli") is None:
-        pytest.fail("the export CLI (export/cli.py) is missing: the model_repository fixture needs it", pytrace=False)
-    out = tmp_path_factory.mktemp("models")
-    cmd = [
-        sys.executable,
-        "-m",
-        "export.cli",
-        "resnet18",
-        "--image-size",
-        "64",
-        "--max-batch-size",
-        "8",
-        "--out",
-        str(out),
-    ]
+        pytest.fail("the export CLI (export/cli.py) is missing: the repository fixtures need it", pytrace=False)
+    cmd = [sys.executable, "-m", "export.cli", "resnet18", "--image-size", "64", "--max-batch-size", "8"]
+    cmd += ["--name", name, "--out", str(out), *args]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S)
     if result.returncode != 0:
         pytest.fail(f"export failed ({result.returncode}):\n{result.stdout}\n{result.stderr}", pytrace=False)
-    if not (out / "resnet18" / "config.pbtxt").is_file():
-        pytest.fail(f"export wrote no resnet18/config.pbtxt in {out}:\n{result.stdout}", pytrace=False)
-    return out
+    if not (out / name / "config.pbtxt").is_file():
+        pytest.fail(f"export wrote no {name}/config.pbtxt in {out}:\n{result.stdout}", pytrace=False)
+    return ExportRun(out, name, result.stdout)
+
+
+@pytest.fixture(scope="session")
+def model_repository(tmp_path_factory) -> Path:
+    """resnet18 at 64x64, max_batch_size 8, exported once per session by the real export CLI."""
+    return run_export(tmp_path_factory.mktemp("models"), "resnet18").repository
+
+
+@pytest.fixture(scope="session")
+def torchscript_repository(tmp_path_factory) -> Path:
+    """``resnet18_pt``: resnet18 at 64x64 as TorchScript for KIND_CPU in FP32 (the weights of ``model_repository``)."""
+    return run_export(tmp_path_factory.mktemp("torchscript"), "resnet18_pt", "--format", "torchscript").repository
+
+
+@pytest.fixture(scope="session")
+def torchscript_gpu_export(tmp_path_factory) -> ExportRun:
+    """``resnet18_gpu``: resnet18 at 64x64 as TorchScript for KIND_GPU in FP16 with channels-last (the default on
+    GPU). Verified on the GPU where CUDA is available, on the CPU in FP32 elsewhere."""
+    args = ("--format", "torchscript", "--device", "gpu", "--precision", "fp16")
+    return run_export(tmp_path_factory.mktemp("torchscript-gpu"), "resnet18_gpu", *args)
 
 
 # -- server processes ----------------------------------------------------------------------------------------------
@@ -111,6 +132,14 @@ class ServerProcess:
                     + self.log(),
                     pytrace=False,
                 )
+            time.sleep(0.05)
+
+    def wait_for_log(self, text: str, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Wait until the server's log contains ``text`` (bounded); fail with its log otherwise."""
+        deadline = time.monotonic() + timeout_s
+        while text not in self.log():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"server did not log {text!r}\nlog:\n" + self.log(), pytrace=False)
             time.sleep(0.05)
 
     def __enter__(self) -> ServerProcess:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,8 +14,20 @@ if TYPE_CHECKING:
     from server.model import InstanceSpec, ModelSpec
 
 
+@dataclass(frozen=True)
+class EngineInfo:
+    """Where and how an instance computes, for reports (``ipsbench-serve bench``) and logs."""
+
+    device: str = "cpu"
+    """``cpu`` or ``cuda:N``."""
+    precision: str = "fp32"
+    """Arithmetic precision of the engine (``fp32``, ``fp16``), which may differ from the wire type."""
+
+
 class ModelInstance(ABC):
     """One engine instance. ``run`` is called from a worker thread, one batch at a time per instance."""
+
+    info: EngineInfo = EngineInfo()
 
     @abstractmethod
     def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> list[np.ndarray]:

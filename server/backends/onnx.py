@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from server import datatypes
-from server.backends.base import Backend, ModelInstance
+from server.backends.base import Backend, EngineInfo, ModelInstance
 from server.model import InstanceSpec, ModelSpec, TensorSpec
 
 _ORT_TYPES = {
@@ -48,8 +48,9 @@ _GRAPH_LEVELS = {
 
 
 class OnnxRuntimeInstance(ModelInstance):
-    def __init__(self, session: ort.InferenceSession) -> None:
+    def __init__(self, session: ort.InferenceSession, info: EngineInfo) -> None:
         self._session = session
+        self.info = info
 
     def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> list[np.ndarray]:
         return self._session.run(output_names, inputs)
@@ -72,7 +73,15 @@ class OnnxRuntimeBackend(Backend):
         if not active or active[0] != wanted:
             raise RuntimeError(f"requested execution provider {wanted}, but onnxruntime is using {active}")
         _check_io(spec, session)
-        return OnnxRuntimeInstance(session)
+        return OnnxRuntimeInstance(session, _engine_info(session, instance))
+
+
+def _engine_info(session: ort.InferenceSession, instance: InstanceSpec) -> EngineInfo:
+    on_gpu = session.get_providers()[0] in _GPU_ACCELERATORS.values()
+    half = any(arg.type == "tensor(float16)" for arg in session.get_inputs())
+    return EngineInfo(
+        device=f"cuda:{instance.device_id or 0}" if on_gpu else "cpu", precision="fp16" if half else "fp32"
+    )
 
 
 def _session_options(spec: ModelSpec, params: dict[str, str]) -> ort.SessionOptions:

@@ -36,6 +36,14 @@ BACKENDS: dict[str, BackendEntry] = {
         requires="onnxruntime",
         extra="ipsbench[server]",
     ),
+    "pytorch": BackendEntry(
+        name="pytorch",
+        platform="pytorch_libtorch",
+        default_model_filename="model.pt",
+        target="server.backends.torch:TorchBackend",
+        requires="torch",
+        extra="ipsbench[torch]",
+    ),
 }
 PLATFORMS: dict[str, str] = {entry.platform: entry.name for entry in BACKENDS.values()}
 

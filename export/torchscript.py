@@ -1,0 +1,36 @@
+"""PyTorch model → TorchScript ``model.pt`` (traced), the file Triton's PyTorch backend and ipsbench-serve load.
+
+The model is traced in FP32 on the CPU with an example batch from the export seed, and the trace is checked by
+re-running it (``check_trace``). It is not frozen here: freezing turns the weights into constants, which the server
+could then no longer move to the GPU or convert to FP16; the server freezes after it has done both. A SHA-256
+manifest (``model.pt.sha256``) is written next to the file, since the server refuses TorchScript without one.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+INPUT_NAME = "INPUT__0"
+OUTPUT_NAME = "OUTPUT__0"
+"""Triton's names for a libtorch model's first positional input and first output."""
+FILENAME = "model.pt"
+TRACE_BATCH = 2
+
+
+def export_torchscript(model, crop_size: int, path: Path, seed: int = 0) -> Path:
+    """Trace ``model`` (eval mode) on a ``TRACE_BATCH``-image batch and save it, with its checksum, at ``path``."""
+    import torch
+
+    from server.backends.checksum import write_checksum
+    from server.backends.torch_engine import quiet_jit_deprecation
+
+    generator = torch.Generator().manual_seed(seed)
+    example = torch.randn(TRACE_BATCH, 3, crop_size, crop_size, generator=generator)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with quiet_jit_deprecation(), torch.no_grad():
+        traced = torch.jit.trace(model.eval(), example, check_trace=True)
+    partial = path.with_name(path.name + ".partial")
+    traced.save(str(partial))
+    os.replace(partial, path)
+    write_checksum(path)
+    return path

@@ -1,0 +1,230 @@
+"""``ipsbench-serve bench``: in-process engine throughput per batch size, the number vendor sheets quote.
+
+The model is loaded by the code the server uses (repository scan, loader with its warm-up, backend), as one engine
+instance, without gRPC or the batcher. For each batch size one random input batch is run over and over, first for
+the warm-up time, then for the measured time; every call of the instance's ``run`` is timed with
+``time.perf_counter_ns``, so the host→device copy, the compute and the device→host copy are included, exactly as
+the server pays them per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from server.backends.base import ModelInstance
+from server.backends.registry import get_backend
+from server.loader import load_instance, warmup_batches
+from server.model import ModelSpec
+from server.repository import ModelLoadError, load_model_source
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    model: str
+    model_repository: Path
+    version: int | None = None
+    """None: the newest version the repository serves."""
+    batch_sizes: tuple[int, ...] = (1, 8, 32, 64)
+    duration_s: float = 5.0
+    warmup_s: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class BatchResult:
+    batch_size: int
+    batches: int
+    images: int
+    elapsed_s: float
+    images_per_s: float
+    latency_ms: dict[str, float]
+    """``p50``, ``p90``, ``p99``, ``mean``, ``min``, ``max`` of one ``run`` call."""
+
+
+@dataclass
+class BenchResult:
+    model: str
+    version: int
+    platform: str
+    backend: str
+    device: str
+    device_name: str
+    precision: str
+    parameters: dict[str, str]
+    input_shapes: dict[str, list[int]]
+    duration_s: float
+    warmup_s: float
+    instances: int = 1
+    results: list[BatchResult] = field(default_factory=list)
+    host: str = field(default_factory=socket.gethostname)
+    started_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    software: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"schema_version": SCHEMA_VERSION, "kind": "engine_bench", **asdict(self)}
+
+
+def open_instance(settings: BenchSettings) -> tuple[ModelSpec, int, ModelInstance]:
+    """Load and warm one instance of the model, as the server would."""
+    root = Path(os.path.realpath(settings.model_repository))
+    if not root.is_dir():
+        raise FileNotFoundError(f"model repository '{settings.model_repository}' is not a directory")
+    try:
+        source = load_model_source(root, settings.model)
+    except ModelLoadError as exc:
+        raise ValueError(exc.message) from None
+    versions = source.version_files
+    version = max(versions) if settings.version is None else settings.version
+    if version not in versions:
+        raise ValueError(f"model '{settings.model}' has no version {version}; it serves {sorted(versions)}")
+    spec = source.spec
+    instance = load_instance(
+        get_backend(spec.backend), spec, version, versions[version], spec.instances[0], warmup_batches(spec)
+    )
+    return spec, version, instance
+
+
+def effective_batch_sizes(spec: ModelSpec, requested: tuple[int, ...]) -> list[int]:
+    """Requested sizes capped at ``max_batch_size``, sorted, without repeats; ``[1]`` for a model without batching."""
+    if not spec.batched:
+        return [1]
+    capped = sorted({min(size, spec.max_batch_size) for size in requested})
+    if capped != sorted(set(requested)):
+        log.info("batch sizes capped at max_batch_size %d: %s", spec.max_batch_size, capped)
+    return capped
+
+
+def batch_inputs(spec: ModelSpec, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Random inputs of ``batch_size`` samples (uniform in [0, 1) for floats, small integers otherwise)."""
+    arrays = {}
+    for name, tensor in spec.inputs.items():
+        if not tensor.fixed:
+            raise ValueError(f"input '{name}' has variable dims {list(tensor.dims)}; bench needs fixed dims")
+        shape = ((batch_size,) if spec.batched else ()) + tensor.dims
+        dtype = tensor.datatype.numpy
+        if np.issubdtype(dtype, np.floating):
+            arrays[name] = rng.random(shape, dtype=np.float32).astype(dtype, copy=False)
+        elif np.issubdtype(dtype, np.integer) or dtype == np.bool_:
+            arrays[name] = rng.integers(0, 2 if dtype == np.bool_ else 100, shape).astype(dtype)
+        else:
+            raise ValueError(f"input '{name}': bench cannot generate {tensor.datatype.protocol} data")
+    return arrays
+
+
+def measure(
+    instance: ModelInstance,
+    spec: ModelSpec,
+    arrays: dict[str, np.ndarray],
+    batch_size: int,
+    warmup_s: float,
+    duration_s: float,
+) -> BatchResult:
+    """Run ``arrays`` for ``warmup_s`` untimed, then for ``duration_s`` (at least once), timing every call."""
+    names = spec.output_names
+    warm_until = time.perf_counter_ns() + int(warmup_s * 1e9)
+    while time.perf_counter_ns() < warm_until:
+        instance.run(arrays, names)
+    latencies_ns: list[int] = []
+    started = time.perf_counter_ns()
+    deadline = started + int(duration_s * 1e9)
+    finished = started
+    while finished < deadline or not latencies_ns:
+        before = time.perf_counter_ns()
+        instance.run(arrays, names)
+        finished = time.perf_counter_ns()
+        latencies_ns.append(finished - before)
+    elapsed_s = (finished - started) / 1e9
+    latency_ms = np.asarray(latencies_ns, dtype=np.float64) / 1e6
+    stats = {f"p{q}": float(np.percentile(latency_ms, q)) for q in PERCENTILES}
+    stats.update(mean=float(latency_ms.mean()), min=float(latency_ms.min()), max=float(latency_ms.max()))
+    images = batch_size * len(latencies_ns)
+    return BatchResult(batch_size, len(latencies_ns), images, elapsed_s, images / elapsed_s, stats)
+
+
+def run_bench(settings: BenchSettings, on_result=None) -> BenchResult:
+    """Measure every batch size; ``on_result(result, batch)`` is called as each batch size finishes."""
+    spec, version, instance = open_instance(settings)
+    try:
+        info = instance.info
+        result = BenchResult(
+            model=spec.name,
+            version=version,
+            platform=spec.platform,
+            backend=spec.backend.name,
+            device=info.device,
+            device_name=device_name(info.device),
+            precision=info.precision,
+            parameters={key: value.string_value for key, value in spec.config.parameters.items()},
+            input_shapes={name: list(tensor.metadata_shape) for name, tensor in spec.inputs.items()},
+            duration_s=settings.duration_s,
+            warmup_s=settings.warmup_s,
+            software=software_versions(),
+        )
+        rng = np.random.default_rng(settings.seed)
+        for batch_size in effective_batch_sizes(spec, settings.batch_sizes):
+            arrays = batch_inputs(spec, batch_size, rng)
+            batch = measure(instance, spec, arrays, batch_size, settings.warmup_s, settings.duration_s)
+            result.results.append(batch)
+            if on_result is not None:
+                on_result(result, batch)
+        return result
+    finally:
+        instance.close()
+
+
+def device_name(device: str) -> str:
+    """A GPU's product name (PyTorch if loaded, else NVML), or the CPU model."""
+    if device.startswith("cuda"):
+        index = int(device.partition(":")[2] or 0)
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            return torch.cuda.get_device_name(index)
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            try:
+                name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(index))
+            finally:
+                pynvml.nvmlShutdown()
+            return name.decode() if isinstance(name, bytes) else name
+        except Exception:  # noqa: BLE001 - NVML absent or failing: the name is informational
+            return f"CUDA device {index}"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return f"{line.partition(':')[2].strip()} ({os.cpu_count()} logical CPUs)"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} logical CPUs)"
+
+
+def software_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in ("ipsbench", "torch", "onnxruntime", "numpy"):
+        if package == "ipsbench" or package in sys.modules:
+            try:
+                versions[package] = metadata.version(package)
+            except metadata.PackageNotFoundError:
+                continue
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.version.cuda:
+        versions["cuda"] = torch.version.cuda
+    return versions
