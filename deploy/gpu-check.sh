@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# The GPU check: on a GPU box with no network, export → ipsbench-serve on the GPU → engine bench →
+# ipsbench-load sweep → one P40-style table (engine and end-to-end images/sec, latency, GPU utilization, power).
+# Runs from the repository root with the project importable (installed, or PYTHONPATH=.). Stops everything it starts.
+set -euo pipefail
+
+MODEL=${MODEL:-resnet50}
+PRECISION=${PRECISION:-fp16}
+BATCH_SIZES=${BATCH_SIZES:-1,8,32,64}
+MAX_BATCH_SIZE=${MAX_BATCH_SIZE:-64}
+CONCURRENCY=${CONCURRENCY:-1,16,64}
+IMAGES_PER_REQUEST=${IMAGES_PER_REQUEST:-1}
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-3s}
+BENCH_DURATION=${BENCH_DURATION:-3s}
+LOAD_PROCESSES=${LOAD_PROCESSES:-4}  # locust worker processes of ipsbench-load
+OUT=${OUT:-reports/gpu-check-$(date +%Y%m%d-%H%M%S)}
+READY_TIMEOUT_S=${READY_TIMEOUT_S:-300}
+PYTHON=${PYTHON:-python3}
+
+die() { echo "gpu-check: $*" >&2; exit 2; }
+
+# Fail before starting anything when there is no GPU to check.
+command -v nvidia-smi >/dev/null 2>&1 || die "nvidia-smi not found: this check needs an NVIDIA GPU and its driver"
+nvidia-smi -L >/dev/null 2>&1 || die "nvidia-smi sees no GPU: $(nvidia-smi -L 2>&1 | head -n 1)"
+"$PYTHON" - <<'EOF' || die "PyTorch cannot use the GPU (torch.cuda.is_available() is false); install a CUDA build of torch"
+import sys
+try:
+    import torch
+except ImportError:
+    sys.exit("PyTorch is not installed")
+sys.exit(0 if torch.cuda.is_available() else 1)
+EOF
+
+# The best GPU backend ipsbench-serve has here: for FP32, ONNX Runtime's CUDA provider when onnxruntime-gpu is
+# installed; otherwise PyTorch on CUDA (FP16 or FP32, channels-last, CUDA graphs). A native TensorRT backend is not
+# part of ipsbench-serve yet.
+backend=$(PRECISION=$PRECISION "$PYTHON" -c '
+import os
+try:
+    import onnxruntime
+    cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+except ImportError:
+    cuda = False
+print("onnxruntime-cuda" if cuda and os.environ["PRECISION"] == "fp32" else "pytorch-cuda")
+')
+gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1)
+echo "gpu-check: $gpu_name, backend $backend, $MODEL $PRECISION, output in $OUT"
+
+mkdir -p "$OUT"
+repo=$OUT/models
+name=${MODEL}_${PRECISION}
+case $backend in
+  pytorch-cuda)
+    "$PYTHON" -m export "$MODEL" --format torchscript --device gpu --precision "$PRECISION" \
+      --cuda-graphs --max-batch-size "$MAX_BATCH_SIZE" --name "$name" --out "$repo" ;;
+  onnxruntime-cuda)
+    "$PYTHON" -m export "$MODEL" --max-batch-size "$MAX_BATCH_SIZE" --name "$name" --out "$repo"
+    printf 'parameters { key: "execution_providers" value { string_value: "CUDAExecutionProvider" } }\n' \
+      >>"$repo/$name/config.pbtxt" ;;
+esac
+
+# Engine: the forward pass alone, in-process (the vendor-sheet number).
+"$PYTHON" -m server bench "$name" --model-repository "$repo" --batch-sizes "$BATCH_SIZES" \
+  --duration "$BENCH_DURATION" --warmup 1s --json "$OUT/bench.json"
+
+# GPU utilization and power while the end-to-end load runs, sampled by NVML through nvidia-smi.
+nvidia-smi --query-gpu=timestamp,utilization.gpu,power.draw,memory.used --format=csv,noheader,nounits -lms 500 \
+  >"$OUT/gpu-samples.csv" 2>/dev/null &
+sampler_pid=$!
+
+server_log=$OUT/server.log
+"$PYTHON" -m server --model-repository "$repo" --grpc-port 0 --metrics-port 0 >"$server_log" 2>&1 &
+server_pid=$!
+cleanup() {
+  kill -TERM "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true
+  kill "$sampler_pid" 2>/dev/null && wait "$sampler_pid" 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+for ((i = 0; i < READY_TIMEOUT_S * 10; i++)); do
+  grep -q '^ipsbench-serve: ready' "$server_log" && break
+  kill -0 "$server_pid" 2>/dev/null || { cat "$server_log" >&2; die "ipsbench-serve exited before it was ready"; }
+  sleep 0.1
+done
+grep -q '^ipsbench-serve: ready' "$server_log" || { cat "$server_log" >&2; die "ipsbench-serve not ready in ${READY_TIMEOUT_S}s"; }
+target=$(sed -n 's/^ipsbench-serve: gRPC listening on \(.*\)$/\1/p' "$server_log" | head -n 1)
+metrics=$(sed -n 's/^ipsbench-serve: metrics on \(.*\)$/\1/p' "$server_log" | head -n 1)
+
+load_status=0
+"$PYTHON" -m loadgen sweep --target "$target" --model "$name" --concurrency "$CONCURRENCY" \
+  --images-per-request "$IMAGES_PER_REQUEST" --duration "$DURATION" --warmup "$WARMUP" --out "$OUT/load" \
+  ${LOAD_PROCESSES:+--processes "$LOAD_PROCESSES"} || load_status=$?
+curl -sf "$metrics" >"$OUT/server-metrics.txt" 2>/dev/null || true
+cleanup
+trap - EXIT
+
+"$PYTHON" deploy/gpu_summary.py --gpu "$gpu_name" --backend "$backend" --precision "$PRECISION" \
+  --bench "$OUT/bench.json" --load "$OUT/load/report.json" --gpu-samples "$OUT/gpu-samples.csv" \
+  | tee "$OUT/summary.md"
+exit "$load_status"
