@@ -92,6 +92,7 @@ metrics=$(sed -n 's/^ipsbench-serve: metrics on \(.*\)$/\1/p' "$server_log" | he
 load_status=0
 "$PYTHON" -m loadgen sweep --target "$target" --model "$name" --concurrency "$CONCURRENCY" \
   --images-per-request "$IMAGES_PER_REQUEST" --duration "$DURATION" --warmup "$WARMUP" --out "$OUT/load" \
+  --metrics-url "$metrics" \
   ${LOAD_PROCESSES:+--processes "$LOAD_PROCESSES"} || load_status=$?
 curl -sf "$metrics" >"$OUT/server-metrics.txt" 2>/dev/null || true
 cleanup

@@ -74,8 +74,9 @@ def main() -> int:
         return 0
     report = json.loads(args.load.read_text())
     print("\n### End to end (ipsbench-load over loopback gRPC, FP32 tensors, server-side dynamic batching)\n")
-    print("| concurrency | images/request | images/sec | p50 ms | p99 ms | e2e ÷ best engine | GPU util % | power W | images/sec/W | errors |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| concurrency | images/request | images/sec | p50 ms | p99 ms | e2e ÷ best engine | server avg batch "
+          "| server queue ms | server compute ms | GPU util % | power W | images/sec/W | errors |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for step in report["steps"]:
         in_window = window(samples, *step_bounds(report, step))
         util = mean(s[1] for s in in_window) if in_window else None
@@ -84,9 +85,12 @@ def main() -> int:
         latency = step["latency_us"]
         p50 = latency["p50"] / 1000 if latency.get("p50") is not None else None
         p99 = latency["p99"] / 1000 if latency.get("p99") is not None else None
+        server = step.get("server") or {}  # present when the load run scraped the server's metrics
         print(
             f"| {step.get('concurrency', '?')} | {report['payload'].get('images_per_request', 1)} | {fmt(ips)} | "
-            f"{fmt(p50, 2)} | {fmt(p99, 2)} | {fmt(ips / best if best else None, 2)} | {fmt(util, 0)} | "
+            f"{fmt(p50, 2)} | {fmt(p99, 2)} | {fmt(ips / best if best else None, 2)} | "
+            f"{fmt(server.get('avg_batch_size'), 2)} | {fmt(server.get('queue_ms'), 2)} | "
+            f"{fmt(server.get('compute_ms'), 2)} | {fmt(util, 0)} | "
             f"{fmt(power, 0)} | {fmt(ips / power if power else None, 2)} | {step['errors_total']} |"
         )
     print(f"\nrun {'VALID' if report['valid'] else 'INVALID'}; GPU samples every 0.5 s from NVML (nvidia-smi).")

@@ -62,6 +62,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=_duration, default=2.0, help=help_for(StepSettings, "warmup_s"))
     parser.add_argument("--drain", type=_duration, default=10.0, help=help_for(StepSettings, "drain_s"))
     parser.add_argument("--deadline", type=_duration, default=30.0, help=help_for(TargetSettings, "deadline_s"))
+    parser.add_argument("--metrics-url", default="", help=help_for(TargetSettings, "metrics_url"))
     parser.add_argument("--payload", choices=PAYLOADS, default="fp32", help=help_for(WorkloadSettings, "payload"))
     parser.add_argument("--images-per-request", type=int, default=1,
                         help=help_for(WorkloadSettings, "images_per_request"))
@@ -106,7 +107,8 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
     steps = {"window_s": args.duration, "warmup_s": args.warmup, "drain_s": args.drain}
     return RunSettings(
         target=TargetSettings(
-            target=args.target, model=args.model, model_version=args.model_version, deadline_s=args.deadline
+            target=args.target, model=args.model, model_version=args.model_version, deadline_s=args.deadline,
+            metrics_url=args.metrics_url,
         ),
         workload=WorkloadSettings(
             payload=args.payload, images_per_request=args.images_per_request,

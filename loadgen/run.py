@@ -29,6 +29,7 @@ from loadgen.report.files import write_reports
 from loadgen.report.schema import build_report
 from loadgen.scenarios.base import DRAIN_GRACE_S, StepShape
 from loadgen.scenarios.build import shape_for, user_class_for
+from loadgen.scrape import SCRAPE_TIMEOUT_S, StepScrapes
 from loadgen.settings import RunSettings
 from loadgen.users import Workload
 from loadgen.worker import LocalWorkers
@@ -109,10 +110,16 @@ class LoadRun:
     def execute(self) -> None:
         """Run the scenario in locust until its last step ends, or a signal stops it."""
         self._shape = shape_for(self.settings, self.recorder)
-        if self.settings.processes == 1:
-            self._execute_here()
-        else:
-            self._execute_distributed()
+        target = self.settings.target
+        if target.metrics_url:
+            self._shape.scrapes = StepScrapes(target.metrics_url, target.model, target.model_version)
+        try:
+            if self.settings.processes == 1:
+                self._execute_here()
+            else:
+                self._execute_distributed()
+        finally:
+            self._shape.wait_scrapes(SCRAPE_TIMEOUT_S + 1.0)
 
     def finish(self) -> RunResult:
         """Write report.json, then the files rendered from it."""
@@ -133,6 +140,7 @@ class LoadRun:
             max_error_rate=self.settings.validity.max_error_rate,
             workers=self._master.describe() if self._master is not None else None,
             unix_s=self.recorder.unix_s,
+            server=self._server_side(),
         )
         json_path, markdown_path = write_reports(report, self.settings.out_dir)
         return RunResult(report, json_path, markdown_path, self.interrupted_by)
@@ -192,6 +200,13 @@ class LoadRun:
         return self._shape.finished.is_set() or self._abort.is_set()
 
     # --- helpers --------------------------------------------------------------------------------------------
+
+    def _server_side(self) -> dict | None:
+        """The scraped server metrics as the report takes them, or None when none were asked for."""
+        scrapes = self._shape.scrapes if self._shape is not None else None
+        if scrapes is None:
+            return None
+        return {"metrics_url": scrapes.url, "steps": scrapes.blocks, "warnings": scrapes.warnings}
 
     def _mark_start(self) -> None:
         self._started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

@@ -41,6 +41,10 @@ class TargetSettings:
     model: str = field(metadata=_help("model name on the target"))
     model_version: str = field(default="", metadata=_help("model version; empty means the server's choice"))
     deadline_s: float = field(default=30.0, metadata=_help("deadline of every RPC (e.g. 30s, 500ms)"))
+    metrics_url: str = field(default="", metadata=_help(
+        "the server's Prometheus endpoint (e.g. http://127.0.0.1:8002/metrics), scraped at each step's window "
+        "start and end for batch size, queue/compute time and GPU power; empty: not scraped"
+    ))
 
     def __post_init__(self) -> None:
         if not self.target or ":" not in self.target:
@@ -49,6 +53,8 @@ class TargetSettings:
             raise ValueError("model must not be empty")
         if not 0 < self.deadline_s <= MAX_DEADLINE_S:
             raise ValueError(f"deadline must be in (0, {MAX_DEADLINE_S:g}] s, got {self.deadline_s:g} s")
+        if self.metrics_url and not self.metrics_url.startswith(("http://", "https://")):
+            raise ValueError(f"metrics URL must start with http:// or https://, got {self.metrics_url!r}")
 
 
 @dataclass(frozen=True)

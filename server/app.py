@@ -25,6 +25,7 @@ from server.metrics import MetricsServer, ServerCollector
 from server.repository import ModelLoadError, scan_repository
 from server.settings import Settings
 from server.stats import ServerStats
+from server.telemetry import GpuCollector, open_gpu_collector
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class App:
         """True when the process must exit without waiting for engine threads (grace expired, second signal)."""
         self._grpc_server: grpc.aio.Server | None = None
         self._metrics_server: MetricsServer | None = None
+        self._gpu: GpuCollector | None = None
         self._exit = asyncio.Event()
         self._force = asyncio.Event()
 
@@ -170,6 +172,8 @@ class App:
             await model.batcher.stop(wait=drained)
         if self._metrics_server is not None:
             self._metrics_server.stop()
+        if self._gpu is not None:
+            self._gpu.close()
         log.info("stopped")
         return code
 
@@ -204,6 +208,9 @@ class App:
 
     def _start_metrics(self) -> None:
         self.metrics_registry.register(ServerCollector(self.models.stats, self.server_stats))
+        self._gpu = open_gpu_collector()
+        if self._gpu is not None:
+            self.metrics_registry.register(self._gpu)
         self._metrics_server = MetricsServer(self.metrics_registry, self.settings.host, self.settings.metrics_port)
         self._metrics_server.start()
         self.metrics_port = self._metrics_server.port

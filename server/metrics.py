@@ -2,7 +2,7 @@
 
 One collector declares every family once on an injected ``CollectorRegistry``. Labels come only from loaded model
 names and versions. The text is rendered in Prometheus' 0.0.4 text format exactly as Triton writes it (counter
-names without a ``_total`` suffix), on a port of its own.
+names without a ``_total`` suffix), on a port of its own. The GPU series come from :mod:`server.telemetry`.
 """
 
 from __future__ import annotations

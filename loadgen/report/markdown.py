@@ -93,6 +93,8 @@ def render_markdown(report: dict) -> str:
     ]
     if report["scenario"] == "rate":
         lines += _open_loop_section(report)
+    if any(step.get("server") for step in report["steps"]):
+        lines += _server_section(report)
     lines += ["## Accounting (whole step, warm-up included)", ""]
     rows = [[load_cell(step), *[str(step[name]) for name in COUNT_FIELDS],
              "yes" if step["identity_holds"] else "**no**"] for step in report["steps"]]
@@ -121,6 +123,8 @@ def render_markdown(report: dict) -> str:
     ]
     if report["method"].get("open_loop"):
         lines.append(f"- Open loop: {report['method']['open_loop']}.")
+    if report["method"].get("server"):
+        lines.append(f"- Server side: {report['method']['server']}.")
     return "\n".join([*lines, ""])
 
 
@@ -150,3 +154,31 @@ def _workers_section(report: dict) -> list[str]:
             ])
     return ["", "## Workers (their counts add up to the steps')", "",
             *_table(["worker", "pid", "step", *COUNT_FIELDS, "report"], rows)]
+
+
+def _number(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def _server_section(report: dict) -> list[str]:
+    header = [load_header(report), "interval s", "inferences", "avg batch", "queue ms", "compute ms",
+              "GPU util %", "GPU W", "images/J"]
+    rows = []
+    for step in report["steps"]:
+        server = step.get("server")
+        if not server:
+            rows.append([load_cell(step), *["–"] * (len(header) - 1)])
+            continue
+        gpu = server["gpu"] or {}
+        utilization = gpu.get("utilization_mean")
+        watts = gpu.get("power_w_from_energy")
+        rows.append([
+            load_cell(step), f"{server['scrape_interval_s']:.2f}", str(server["inference_count"]),
+            _number(server["avg_batch_size"]), _number(server["queue_ms"], 3), _number(server["compute_ms"], 3),
+            _number(None if utilization is None else utilization * 100, 1),
+            _number(watts if watts is not None else gpu.get("power_w_mean_of_scrapes"), 1),
+            _number(gpu.get("images_per_joule")),
+        ])
+    return [f"## Server side (scraped from {report.get('server_metrics_url')})", "",
+            "Per successful request, over the scrape interval around each measured window.", "",
+            *_table(header, rows), ""]

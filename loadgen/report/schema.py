@@ -29,6 +29,13 @@ OPEN_LOOP_LATENCY_METHOD = (
     "service time separately, from the actual send"
 )
 THROUGHPUT_METHOD = "images of successful requests completed inside the measured window / window length"
+SERVER_METHOD = (
+    "the server's Prometheus counters (Triton's names) differenced between a scrape just before the measured "
+    "window opens and one just after it ends, so they cover slightly more than the window; per request: "
+    "duration counters / successful requests; average batch size: inferences / executions; GPU: utilization "
+    "and power averaged over the two scrapes, energy from the energy counter, images per joule from the "
+    "server's inference count over the same interval"
+)
 CLIENT_BOUND_SHARE = 0.95
 """A rate step whose sends in the window fall below this share of the scheduled arrivals is client-bound."""
 
@@ -149,9 +156,13 @@ def build_report(
     max_error_rate: float,
     workers: list[dict] | None = None,
     unix_s: Callable[[int], float] | None = None,
+    server: dict | None = None,
 ) -> dict:
-    """The report document of one run; ``workers``: those of a distributed run, as the master describes them."""
+    """The report document of one run; ``workers``: those of a distributed run, as the master describes them;
+    ``server``: the scraped server metrics (``metrics_url``, ``steps`` by step index, ``warnings``), if any."""
     entries = [step_entry(step, max_error_rate, unix_s) for step in steps]
+    for entry in entries:
+        entry["server"] = server["steps"].get(entry["index"]) if server else None
     totals = {name: sum(entry[name] for entry in entries) for name in COUNT_FIELDS}
     totals["images_ok"] = sum(entry["images_ok"] for entry in entries)
     reasons = [f"step {entry['index']} ({step_load(entry)}): {reason}"
@@ -173,6 +184,8 @@ def build_report(
         "not a measure of the server's capacity"
         for entry in entries if entry["open_loop"] and entry["open_loop"]["client_bound"]
     ]
+    if server:
+        warnings += server["warnings"]
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": "ipsbench-load",
@@ -186,6 +199,7 @@ def build_report(
         "duration_s": round(duration_s, 3),
         "settings": settings,
         "target": target,
+        "server_metrics_url": server["metrics_url"] if server else None,
         "model": model,
         "payload": payload,
         "method": {
@@ -197,6 +211,7 @@ def build_report(
                 f"{OPEN_LOOP_LATENCY_METHOD}; a send more than {LATE_TOLERANCE_US / 1000:g} ms after its intended "
                 f"time is late; client-bound below {CLIENT_BOUND_SHARE:.0%} of the scheduled sends"
             ) if scenario == "rate" else None,
+            "server": SERVER_METHOD if server else None,
         },
         "steps": entries,
         "totals": totals,

@@ -17,11 +17,14 @@ from locust.runners import MasterRunner, WorkerRunner
 
 from loadgen.distributed import WorkerSteps, announce_interrupt, announce_step
 from loadgen.recorder import RunRecorder, StepRecord
+from loadgen.scrape import SCRAPE_LEAD_S, StepScrapes
 
 logger = logging.getLogger(__name__)
 
 DRAIN_GRACE_S = 2.0
 """How long past the drain bound a step waits for locust to report its users gone."""
+SCRAPE_POLL_S = 0.05
+"""How often a step's scraper looks whether its window has ended (an interrupt ends it early)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,9 @@ class StepShape(LoadTestShape):
     drain_s: float = 10.0
     """Bound on waiting for in-flight requests after a step; locust's ``stop_timeout`` should match it."""
     hold_at_end: bool = False
+    scrapes: StepScrapes | None = None
+    """Where set, the server's metrics are scraped at each step's window start and end (only the process that
+    owns the steps, the master of a distributed run, has one)."""
 
     def __init__(self, recorder: RunRecorder | None = None, drain_s: float | None = None) -> None:
         super().__init__()
@@ -59,6 +65,7 @@ class StepShape(LoadTestShape):
         self._draining_since_ns: int | None = None
         self._stopping = False
         self.finished = gevent.event.Event()
+        self._scrapers: list[gevent.Greenlet] = []
 
     @abstractmethod
     def plan(self) -> Sequence[StepPlan]:
@@ -111,7 +118,24 @@ class StepShape(LoadTestShape):
         step = self.recorder.open_step(users, plan.warmup_s, plan.window_s, plan.rate_per_s)
         if isinstance(self.runner, MasterRunner):
             announce_step(self.runner, step)
+        if self.scrapes is not None:
+            self._scrapers.append(gevent.spawn(self._scrape_window, step))
         return users, _spawn_rate(users)
+
+    def wait_scrapes(self, timeout_s: float) -> None:
+        """Wait (bounded) for the steps' metric scrapes still running; those left are stopped."""
+        gevent.joinall(self._scrapers, timeout=timeout_s)
+        gevent.killall(self._scrapers, block=False)
+
+    def _scrape_window(self, step: StepRecord) -> None:
+        lead_ns = round(min(SCRAPE_LEAD_S, step.warmup_s) * 1e9)
+        gevent.sleep(max(step.window_start_ns - lead_ns - self.recorder.now_ns(), 0) / 1e9)
+        if step.window_end_ns <= step.window_start_ns:  # interrupted before its window
+            return
+        self.scrapes.window_start(step.index)
+        while (left_ns := step.window_end_ns - self.recorder.now_ns()) > 0:  # an interrupt moves the end earlier
+            gevent.sleep(min(left_ns / 1e9, SCRAPE_POLL_S))
+        self.scrapes.window_end(step.index, step.window_start_ns, step.window_end_ns)
 
     def _users_left(self) -> int:
         return self.runner.user_count if self.runner is not None else 0

@@ -40,6 +40,7 @@ def test_gpu_summary_renders_engine_and_end_to_end_rows(tmp_path):
         '{"valid": true, "started_at": "2026-01-01T00:00:00+00:00", "duration_s": 100, '
         '"payload": {"images_per_request": 1}, "steps": [{"concurrency": 16, "images_per_s": 4000.0, '
         '"latency_us": {"p50": 4000, "p99": 9000}, "errors_total": 0, '
+        '"server": {"avg_batch_size": 12.5, "queue_ms": 1.25, "compute_ms": 2.5}, '
         '"window_start_unix": 1767225610.0, "window_end_unix": 1767225620.0}]}'
     )
     samples = tmp_path / "gpu.csv"
@@ -57,4 +58,4 @@ def test_gpu_summary_renders_engine_and_end_to_end_rows(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "| 64 | 8,000.0 | 8.00 | 8.50 |" in result.stdout
     # 4000 images/s at a mean of 250 W in the window: 16 images/s/W; 0.50 of the best engine figure.
-    assert "| 16 | 1 | 4,000.0 | 4.00 | 9.00 | 0.50 | 85 | 250 | 16.00 | 0 |" in result.stdout
+    assert "| 16 | 1 | 4,000.0 | 4.00 | 9.00 | 0.50 | 12.50 | 1.25 | 2.50 | 85 | 250 | 16.00 | 0 |" in result.stdout

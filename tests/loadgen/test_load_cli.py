@@ -49,7 +49,7 @@ def test_recorder_payloads_and_reports_do_not_import_locust():
     code = (
         "import sys, loadgen.cli, loadgen.payloads, loadgen.recorder, loadgen.arrivals, loadgen.settings, "
         "loadgen.workload, loadgen.report.schema, loadgen.report.markdown, loadgen.report.console, "
-        "loadgen.report.steps_csv, loadgen.report.files; "
+        "loadgen.report.steps_csv, loadgen.report.files, loadgen.scrape; "
         "assert not {'locust', 'gevent'} & set(sys.modules), sorted(m for m in sys.modules if 'locust' in m)"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True, timeout=60)
