@@ -48,6 +48,10 @@ class StepShape(LoadTestShape):
     """
 
     abstract = True
+    warmup_s: float = 2.0
+    """Each step's warm-up: requests are issued and counted, but not measured."""
+    window_s: float = 10.0
+    """Each step's measured window, after its warm-up."""
     drain_s: float = 10.0
     """Bound on waiting for in-flight requests after a step; locust's ``stop_timeout`` should match it."""
     hold_at_end: bool = False
@@ -55,11 +59,19 @@ class StepShape(LoadTestShape):
     """Where set, the server's metrics are scraped at each step's window start and end (only the process that
     owns the steps, the master of a distributed run, has one)."""
 
-    def __init__(self, recorder: RunRecorder | None = None, drain_s: float | None = None) -> None:
+    def __init__(
+        self,
+        recorder: RunRecorder | None = None,
+        drain_s: float | None = None,
+        warmup_s: float | None = None,
+        window_s: float | None = None,
+    ) -> None:
+        """Arguments left None keep the class attributes (a locustfile's subclass sets those instead)."""
         super().__init__()
         self.recorder = recorder or RunRecorder()
-        if drain_s is not None:
-            self.drain_s = drain_s
+        for name, value in (("drain_s", drain_s), ("warmup_s", warmup_s), ("window_s", window_s)):
+            if value is not None:
+                setattr(self, name, value)
         self._plans = list(self.plan())
         self._next_plan = 0
         self._draining_since_ns: int | None = None

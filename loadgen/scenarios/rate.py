@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from loadgen.recorder import RunRecorder
 from loadgen.scenarios.base import StepPlan, StepShape
 
 
@@ -36,25 +35,13 @@ class RateShape(StepShape):
 
     abstract = True  # for locust's picker: a locustfile runs its own subclass, not this class
     rates_per_s: Sequence[float] = (10.0, 20.0)
-    warmup_s: float = 2.0
-    window_s: float = 10.0
     senders: int = 0
 
-    def __init__(
-        self,
-        rates_per_s: Sequence[float] | None = None,
-        warmup_s: float | None = None,
-        window_s: float | None = None,
-        recorder: RunRecorder | None = None,
-        drain_s: float | None = None,
-    ) -> None:
+    def __init__(self, rates_per_s: Sequence[float] | None = None, **step_timing) -> None:
+        """``step_timing``: :class:`StepShape`'s ``warmup_s``, ``window_s``, ``drain_s`` and ``recorder``."""
         if rates_per_s is not None:
             self.rates_per_s = tuple(rates_per_s)
-        if warmup_s is not None:
-            self.warmup_s = warmup_s
-        if window_s is not None:
-            self.window_s = window_s
-        super().__init__(recorder=recorder, drain_s=drain_s)
+        super().__init__(**step_timing)
 
     def plan(self) -> list[StepPlan]:
         return [

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from loadgen.recorder import RunRecorder
 from loadgen.scenarios.base import StepPlan, StepShape
 
 
@@ -16,24 +15,12 @@ class SweepShape(StepShape):
 
     abstract = True  # for locust's picker: a locustfile runs its own subclass, not this class
     concurrency: Sequence[int] = (1, 2, 4)
-    warmup_s: float = 2.0
-    window_s: float = 10.0
 
-    def __init__(
-        self,
-        concurrency: Sequence[int] | None = None,
-        warmup_s: float | None = None,
-        window_s: float | None = None,
-        recorder: RunRecorder | None = None,
-        drain_s: float | None = None,
-    ) -> None:
+    def __init__(self, concurrency: Sequence[int] | None = None, **step_timing) -> None:
+        """``step_timing``: :class:`StepShape`'s ``warmup_s``, ``window_s``, ``drain_s`` and ``recorder``."""
         if concurrency is not None:
             self.concurrency = tuple(concurrency)
-        if warmup_s is not None:
-            self.warmup_s = warmup_s
-        if window_s is not None:
-            self.window_s = window_s
-        super().__init__(recorder=recorder, drain_s=drain_s)
+        super().__init__(**step_timing)
 
     def plan(self) -> list[StepPlan]:
         return [StepPlan(users=level, warmup_s=self.warmup_s, window_s=self.window_s) for level in self.concurrency]
