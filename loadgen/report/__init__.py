@@ -1,1 +1,1 @@
-"""Reports: ``report.json`` is the source of truth; Markdown and the console table are rendered from it."""
+"""Reports: report.json is the source of truth; Markdown, HTML (inline SVG plots), steps.csv, the console table and compare are rendered from it."""

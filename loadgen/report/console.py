@@ -7,8 +7,8 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from loadgen.report.markdown import load_cell, load_header, ms, rate
-from loadgen.report.schema import CLIENT_BOUND_SHARE
+from loadgen.report.cells import client_bound, load_cell, load_header, ms, rate
+from loadgen.report.schema import step_load
 
 CLIENT_BOUND_MARK = "!"
 MAX_TABLE_WIDTH = 400
@@ -23,12 +23,24 @@ def _latency(step: dict, name: str) -> str:
 
 def _open_loop_cells(step: dict) -> list[str]:
     open_loop, service = step["open_loop"], step["service_time_us"] or {}
-    mark = CLIENT_BOUND_MARK if open_loop["client_bound"] else ""
+    mark = CLIENT_BOUND_MARK if client_bound(step) else ""
     return [rate(open_loop["achieved_send_rate_per_s"]) + mark, ms(service.get("p99")), str(open_loop["late_sends"])]
+
+
+def _objective_words(objective: dict) -> str:
+    """``p99 81.2 ms <= 100ms met`` / ``error_rate 2.00% > 1.00% FAIL``."""
+    if objective.get("measured_us") is not None or objective.get("target_us") is not None:
+        measured = ms(objective.get("measured_us")) + " ms"
+        target = str(objective.get("target") or ms(objective.get("target_us")) + " ms")
+    else:
+        measured, target = f"{objective.get('measured', 0):.2%}", f"{objective.get('target', 0):.2%}"
+    return f"{objective.get('name')} {measured} (target {target}) {'met' if objective.get('met') else 'FAIL'}"
 
 
 def summary_table(report: dict) -> Table:
     verdict = "VALID" if report["valid"] else "INVALID"
+    if report.get("verdict") and report["verdict"] not in ("PASS", verdict):
+        verdict += f" ({report['verdict']})"
     open_loop = report["scenario"] == "rate"
     table = Table(
         title=f"{report['model']['name']} @ {report['target']['address']}: {verdict}, {report['status']}",
@@ -66,11 +78,19 @@ def print_summary(report: dict, markdown_path, console: Console | None = None) -
         console.print("* fewer samples than needed to claim this percentile")
     if report["scenario"] == "rate":
         console.print("latency from each request's intended send time; service time from its actual send")
-    if any(step.get("open_loop") and step["open_loop"]["client_bound"] for step in report["steps"]):
-        console.print(
-            f"{CLIENT_BOUND_MARK} client-bound: sent below {CLIENT_BOUND_SHARE:.0%} of the scheduled requests; "
-            "not a measure of the server's capacity"
-        )
+    for step in report["steps"]:
+        if client_bound(step):
+            reasons = (step.get("client") or {}).get("reasons") or ["sent below the scheduled requests"]
+            console.print(f"{CLIENT_BOUND_MARK} client-bound at {step_load(step)}: {'; '.join(reasons)}; "
+                          "not a measure of the server's capacity", markup=False)
+        stability = step.get("stability")
+        if stability and not stability.get("stable"):
+            console.print(f"UNSTABLE at {step_load(step)}: windows did not agree within "
+                          f"{stability.get('tolerance', 0):.0%} after {stability.get('trials')} trials", markup=False)
+    slo = report.get("slo")
+    if slo:
+        objectives = ", ".join(_objective_words(objective) for objective in slo.get("objectives") or [])
+        console.print(f"SLO {slo.get('verdict')}: {objectives}", markup=False)
     workers = report.get("workers") or []
     if workers:
         lost = sum(worker["lost"] is not None for worker in workers)

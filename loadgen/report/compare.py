@@ -1,0 +1,182 @@
+"""``ipsbench-load compare A.json B.json [--out FILE]``: what changed from run A to run B, step by step.
+
+Steps are matched by what they loaded (concurrency or rate, and phase); for each matching pair the table gives
+images/sec, p50, p99 and error rate in both runs with the change, absolute and relative; verdict changes (valid,
+run verdict, SLO, per-step validity and stability) are listed under it. Reports of a schema version this
+version cannot read are refused with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from loadgen.report.cells import DASH, ms, percent, rate, run_verdict, signed
+from loadgen.report.schema import SCHEMA_VERSION, step_load, write_text
+
+OLDEST_READABLE_SCHEMA = 2
+"""Older reports lack the fields compared here."""
+EXIT_UNREADABLE = 2
+
+
+class UnreadableReport(Exception):
+    """A report file that cannot be compared: missing, not JSON, or of a schema version this one cannot read."""
+
+
+def read_for_compare(path: Path) -> dict:
+    try:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise UnreadableReport(f"{path}: {error.strerror or error}") from None
+    except json.JSONDecodeError as error:
+        raise UnreadableReport(f"{path}: not JSON ({error})") from None
+    version = report.get("schema_version") if isinstance(report, dict) else None
+    if not isinstance(version, int) or not OLDEST_READABLE_SCHEMA <= version <= SCHEMA_VERSION:
+        raise UnreadableReport(
+            f"{path}: report schema_version {version!r} is not readable here "
+            f"(this ipsbench-load reads {OLDEST_READABLE_SCHEMA} to {SCHEMA_VERSION})"
+        )
+    if not isinstance(report.get("steps"), list):
+        raise UnreadableReport(f"{path}: report has no steps")
+    return report
+
+
+def step_key(step: dict) -> tuple:
+    """What a step loaded the target with; steps of two runs with the same key are compared."""
+    return (step.get("target_rate_per_s"), step.get("concurrency"), step.get("phase"))
+
+
+def _delta(before: float | None, after: float | None, digits: int = 1) -> tuple[str, str]:
+    """The change as ``+12.3`` and ``+4.5%`` (``–`` where a side is missing or the base is zero)."""
+    if before is None or after is None:
+        return DASH, DASH
+    relative = f"{(after - before) / before * 100:+.1f}%" if before else DASH
+    return signed(after - before, digits), relative
+
+
+def _latency_ms(step: dict, name: str) -> float | None:
+    latency = step.get("latency_us") or {}
+    return None if latency.get(name) is None else latency[name] / 1000
+
+
+def _ms_cell(value: float | None) -> str:
+    return DASH if value is None else ms(value * 1000)
+
+
+def _stability(step: dict) -> str:
+    stability = step.get("stability")
+    if not stability:
+        return DASH
+    return "stable" if stability.get("stable") else "UNSTABLE"
+
+
+def delta_rows(a: dict, b: dict) -> tuple[list[list[str]], list[str], list[str]]:
+    """Rows for the steps both runs have, and the loads only A or only B ran."""
+    steps_b = {step_key(step): step for step in b["steps"]}
+    keys_a = {step_key(step) for step in a["steps"]}
+    rows = []
+    for step_a in a["steps"]:
+        step_b = steps_b.get(step_key(step_a))
+        if step_b is None:
+            continue
+        row = [step_load(step_a) + (f" ({step_a['phase']})" if step_a.get("phase") else "")]
+        row += [rate(step_a.get("images_per_s")), rate(step_b.get("images_per_s")),
+                *_delta(step_a.get("images_per_s"), step_b.get("images_per_s"))]
+        for name in ("p50", "p99"):
+            before, after = _latency_ms(step_a, name), _latency_ms(step_b, name)
+            row += [_ms_cell(before), _ms_cell(after), *_delta(before, after, 2)]
+        error_a, error_b = step_a.get("error_rate"), step_b.get("error_rate")
+        points = DASH if error_a is None or error_b is None else f"{(error_b - error_a) * 100:+.2f} pp"
+        row += [percent(error_a, 2), percent(error_b, 2), points]
+        rows.append(row)
+    only_a = [step_load(step) for step in a["steps"] if step_key(step) not in steps_b]
+    only_b = [step_load(step) for step in b["steps"] if step_key(step) not in keys_a]
+    return rows, only_a, only_b
+
+
+HEADER = ["load", "images/s A", "images/s B", "Δ images/s", "Δ%", "p50 ms A", "p50 ms B", "Δ p50 ms", "Δ%",
+          "p99 ms A", "p99 ms B", "Δ p99 ms", "Δ%", "errors A", "errors B", "Δ errors"]
+
+
+def verdict_changes(a: dict, b: dict) -> list[str]:
+    """Each judgement that differs between the runs, as ``what: A → B``."""
+    changes = []
+
+    def note(what: str, before, after) -> None:
+        if before != after:
+            changes.append(f"{what}: {before} → {after}")
+
+    note("run", "VALID" if a.get("valid") else "INVALID", "VALID" if b.get("valid") else "INVALID")
+    note("verdict", run_verdict(a), run_verdict(b))
+    note("SLO", (a.get("slo") or {}).get("verdict", "none"), (b.get("slo") or {}).get("verdict", "none"))
+    note("status", a.get("status"), b.get("status"))
+    steps_b = {step_key(step): step for step in b["steps"]}
+    for step_a in a["steps"]:
+        step_b = steps_b.get(step_key(step_a))
+        if step_b is None:
+            continue
+        load = step_load(step_a)
+        note(f"{load} valid", "yes" if step_a.get("valid") else "no", "yes" if step_b.get("valid") else "no")
+        note(f"{load} stability", _stability(step_a), _stability(step_b))
+        note(f"{load} client-bound", bool((step_a.get("client") or {}).get("client_bound")),
+             bool((step_b.get("client") or {}).get("client_bound")))
+    return changes
+
+
+def _describe(label: str, path: Path, report: dict) -> str:
+    model = (report.get("model") or {}).get("name", DASH)
+    target = (report.get("target") or {}).get("address", DASH)
+    return (f"- **{label}**: `{path}`: {report.get('scenario')} of `{model}` on {target}, started "
+            f"{report.get('started_at')}, {run_verdict(report)} (schema {report['schema_version']})")
+
+
+def render_comparison(a: dict, b: dict, path_a: Path, path_b: Path) -> str:
+    rows, only_a, only_b = delta_rows(a, b)
+    lines = ["# ipsbench-load compare", "", _describe("A", path_a, a), _describe("B", path_b, b)]
+    for what, get in (("scenario", lambda r: r.get("scenario")),
+                      ("model", lambda r: (r.get("model") or {}).get("name")),
+                      ("images per request", lambda r: (r.get("payload") or {}).get("images_per_request"))):
+        if get(a) != get(b):
+            lines.append(f"- warning: the runs differ in {what} ({get(a)} vs {get(b)}); deltas compare unlike runs")
+    lines += ["", "## Steps (B − A; latency of successful requests, errors as a share of issued requests)", ""]
+    if rows:
+        lines += ["| " + " | ".join(HEADER) + " |", "|" + "|".join("---:" for _ in HEADER) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+    else:
+        lines.append("No step of A matches a step of B (same concurrency or rate).")
+    if only_a:
+        lines += ["", f"Only in A: {', '.join(only_a)}."]
+    if only_b:
+        lines += ["", f"Only in B: {', '.join(only_b)}."]
+    changes = verdict_changes(a, b)
+    lines += ["", "## Verdict changes", ""]
+    lines += [f"- {change}" for change in changes] if changes else ["None: every judgement is the same in both runs."]
+    return "\n".join([*lines, ""])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ipsbench-load compare",
+                                     description="Differences between two report.json files, step by step (B − A).")
+    parser.add_argument("a", type=Path, metavar="A.json", help="the baseline report")
+    parser.add_argument("b", type=Path, metavar="B.json", help="the report compared with it")
+    parser.add_argument("--out", type=Path, help="also write the comparison as Markdown to this file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print the comparison (and write it with ``--out``); 0 when both reports were read, 2 when one was not."""
+    args = build_parser().parse_args(argv)
+    try:
+        a, b = read_for_compare(args.a), read_for_compare(args.b)
+    except UnreadableReport as error:
+        print(f"ipsbench-load compare: {error}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    text = render_comparison(a, b, args.a, args.b)
+    sys.stdout.write(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_text(args.out, text)
+    return 0
