@@ -1,18 +1,29 @@
-"""Turn repository entries into loaded, warmed model versions ready for the batcher."""
+"""Turn repository entries into loaded, warmed model versions ready for the batcher.
+
+Engines see :meth:`ModelSpec.engine_spec`: for a preprocessing front that is the preprocessed NCHW input, and the
+warm-up runs a generated image (a JPEG for a ``jpeg`` front) through the same preprocessing first.
+"""
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from server.backends.base import Backend, ModelInstance
 from server.backends.registry import get_backend
-from server.model import ConfigError, InstanceSpec, ModelSpec
+from server.model import ConfigError, InstanceSpec, ModelSpec, PreprocessSpec
+from server.preprocess.stage import Preprocessor
+from server.preprocess.stats import BOOK
 from server.repository import ModelSource
+
+WARMUP_IMAGE_SIZE = (500, 375)
+"""(width, height) of the generated warm-up image: a typical ImageNet photo."""
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +52,8 @@ def load_source(source: ModelSource) -> list[LoadedVersion]:
                 created.append(instance)
                 instances.append(instance)
             loaded.append(LoadedVersion(spec, version, tuple(instances)))
+            if spec.preprocess is not None:
+                BOOK.for_model(spec.name, version)
     except BaseException:
         for instance in created:
             instance.close()
@@ -58,7 +71,7 @@ def load_instance(
 ) -> ModelInstance:
     """One engine instance, loaded by ``backend`` and run through ``warmups`` (see :func:`warmup_batches`)."""
     start = time.perf_counter()
-    instance = backend.load(spec, version, path, instance_spec)
+    instance = backend.load(spec.engine_spec(), version, path, instance_spec)
     try:
         for _, arrays, count in warmups:
             for _ in range(count):
@@ -80,7 +93,10 @@ def load_instance(
 
 
 def warmup_batches(spec: ModelSpec) -> list[tuple[int, dict[str, np.ndarray], int]]:
-    """(batch size, inputs, repetitions) per warm-up: the config's ``model_warmup``, else one full batch of zeros."""
+    """(batch size, engine inputs, repetitions) per warm-up: the config's ``model_warmup``, else one full batch of
+    zeros; for a front, the batches hold one generated image, preprocessed as requests will be."""
+    if spec.preprocess is not None:
+        return _front_warmups(spec, spec.preprocess)
     if not spec.config.model_warmup:
         batch = spec.max_batch_size
         return [(batch, {name: _array(spec, name, batch, zero=True) for name in spec.inputs}, 1)]
@@ -115,3 +131,36 @@ def _array(spec: ModelSpec, name: str, batch: int, zero: bool, rng=None, dims: t
     if zero or rng is None:
         return np.zeros(shape, dtype=tensor.datatype.numpy)
     return rng.random(shape).astype(tensor.datatype.numpy)
+
+
+def _front_warmups(spec: ModelSpec, front: PreprocessSpec) -> list[tuple[int, dict[str, np.ndarray], int]]:
+    """A front's warm-ups: batch sizes and counts from ``model_warmup`` (its data kinds do not apply to images),
+    else one full batch; the data is one generated image, preprocessed as requests will be."""
+    sample = Preprocessor(front).run(warmup_client_input(front))
+    plan = [(spec.max_batch_size, 1)]
+    if spec.config.model_warmup:
+        plan = []
+        for warmup in spec.config.model_warmup:
+            if not 0 < warmup.batch_size <= spec.max_batch_size:
+                raise ConfigError(f"model_warmup '{warmup.name}': batch_size must be in 1..{spec.max_batch_size}")
+            unknown = [name for name in warmup.inputs if name != front.client_input]
+            if unknown:
+                raise ConfigError(f"model_warmup '{warmup.name}': unknown input(s) {unknown}")
+            plan.append((warmup.batch_size, max(1, warmup.count)))
+    name = front.engine_input.name
+    return [(batch, {name: np.repeat(sample, batch, axis=0)}, count) for batch, count in plan]
+
+
+def warmup_client_input(front: PreprocessSpec) -> np.ndarray:
+    """One client-facing sample for a front: a smooth colour image as a JPEG (``jpeg``) or HWC pixels (``uint8``)."""
+    width, height = WARMUP_IMAGE_SIZE if front.kind == "jpeg" else (front.crop, front.crop)
+    x = np.linspace(0, 255, width, dtype=np.float32)[None, :]
+    y = np.linspace(0, 255, height, dtype=np.float32)[:, None]
+    pixels = np.stack([x + 0 * y, y + 0 * x, (x + y) / 2], axis=-1).astype(np.uint8)
+    if front.kind == "uint8":
+        return pixels[None]
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buffer, format="JPEG", quality=90)
+    client = np.empty((1, 1), dtype=object)
+    client[0, 0] = buffer.getvalue()
+    return client

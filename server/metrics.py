@@ -18,6 +18,7 @@ from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from server.preprocess.stats import BOOK, PreprocessBook, PreprocessStats
 from server.stats import FAILURE_REASONS, ModelStats, ServerStats
 
 log = logging.getLogger(__name__)
@@ -76,13 +77,35 @@ _PENDING = (
 _BATCH = ("ipsbench_batch_size", "Batch sizes executed (samples per engine call)")
 _UNKNOWN = ("ipsbench_unknown_model_requests", "Requests naming a model that is not loaded (the name is not recorded)")
 
+# (name, help, value of one PreprocessStats) for models that decode/normalize their inputs in the server.
+_PREPROCESS: tuple[tuple[str, str, Callable[[PreprocessStats], int]], ...] = (
+    (
+        "ipsbench_preprocess_duration_us",
+        "Cumulative duration of input preprocessing (decode, resize, crop, normalize) in microseconds",
+        lambda p: p.duration_ns // 1000,
+    ),
+    ("ipsbench_preprocess_count", "Number of requests preprocessed successfully", lambda p: p.requests),
+    ("ipsbench_preprocess_image_count", "Number of images preprocessed successfully", lambda p: p.images),
+    (
+        "ipsbench_preprocess_failure",
+        "Number of requests refused by preprocessing (undecodable or oversize images)",
+        lambda p: p.failures,
+    ),
+)
+
 
 class ServerCollector(Collector):
     """Reads the statistics of every loaded model version at scrape time."""
 
-    def __init__(self, models: Callable[[], Iterable[ModelStats]], server: ServerStats) -> None:
+    def __init__(
+        self,
+        models: Callable[[], Iterable[ModelStats]],
+        server: ServerStats,
+        preprocess: PreprocessBook = BOOK,
+    ) -> None:
         self._models = models
         self._server = server
+        self._preprocess = preprocess
 
     def describe(self) -> Iterator[Metric]:
         return self._families([])
@@ -112,6 +135,13 @@ class ServerCollector(Collector):
             buckets.append(("+Inf", sum(n for _, n in sizes)))
             batch.add_metric([stats.name, str(stats.version)], buckets, sum(size * n for size, n in sizes))
         yield batch
+        fronts = [(stats, self._preprocess.get(stats.name, stats.version)) for stats in models]
+        fronts = [(stats, counts) for stats, counts in fronts if counts is not None]
+        for name, help_text, value in _PREPROCESS:
+            family = Metric(name, help_text, "counter")
+            for stats, counts in fronts:
+                family.add_sample(name, _labels(stats), value(counts))
+            yield family
         unknown = Metric(_UNKNOWN[0] + "_total", _UNKNOWN[1], "counter")
         unknown.add_sample(_UNKNOWN[0] + "_total", {}, self._server.unknown_model_requests)
         yield unknown

@@ -1,7 +1,13 @@
-"""What the server needs to know about a model, derived once from its ``ModelConfig`` and validated."""
+"""What the server needs to know about a model, derived once from its ``ModelConfig`` and validated.
+
+A *preprocessing front* is a model whose config declares the client-facing input (encoded images as BYTES, or
+decoded HWC UINT8 images) and carries ``ipsbench.preprocess*`` parameters saying how to turn it into the engine's
+NCHW input; :class:`PreprocessSpec` holds them and :meth:`ModelSpec.engine_spec` is what the engine sees.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -33,9 +39,9 @@ class TensorSpec:
     """Dims from the config, without the batch dimension."""
     optional: bool
     fixed: bool
-    """No ``-1`` in ``dims``: the byte size per sample is known in advance."""
+    """No ``-1`` in ``dims``: the shape of a sample (and, except for BYTES, its byte size) is known in advance."""
     sample_nbytes: int
-    """Bytes of one sample (one batch element, or the whole tensor without batching) when ``fixed``."""
+    """Bytes of one sample (one batch element, or the whole tensor without batching) when ``fixed``; -1 for BYTES."""
     full_dims_text: str
     """Dims with ``-1`` for the batch dimension, as Triton prints them in errors."""
     metadata_shape: tuple[int, ...]
@@ -68,6 +74,39 @@ class InstanceSpec:
     device_id: int | None
 
 
+PREPROCESS_KINDS = ("jpeg", "uint8")
+DEFAULT_MEAN = (0.485, 0.456, 0.406)
+DEFAULT_STD = (0.229, 0.224, 0.225)
+DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024
+_PREFIX = "ipsbench.preprocess"
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How a front turns its client-facing input into the engine's input, from the ``ipsbench.preprocess*``
+    parameters (all string values):
+
+    * ``ipsbench.preprocess``: ``jpeg`` (BYTES input, dims [1]: encoded JPEG or PNG images) or ``uint8`` (UINT8
+      input, dims [crop, crop, 3]: decoded, resized and cropped HWC RGB images);
+    * ``.engine_input``: the engine's input name; ``.engine_datatype``: ``FP32`` (default) or ``FP16``;
+    * ``.resize`` (jpeg): the shorter side after resizing; ``.crop``: the square centre crop;
+    * ``.mean`` / ``.std``: three comma-separated values applied to pixels scaled to [0, 1] (default ImageNet's);
+    * ``.max_pixels`` (default 40,000,000): larger images are rejected from their header, before decoding;
+    * ``.max_image_bytes`` (default 10 MiB): larger encoded images are rejected before decoding.
+    """
+
+    kind: str
+    client_input: str
+    engine_input: TensorSpec
+    resize: int
+    crop: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    max_pixels: int
+    max_image_bytes: int
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
@@ -82,6 +121,8 @@ class ModelSpec:
     """All inputs required with fixed dims: any requests can share a batch."""
     batching: BatchingPolicy
     instances: tuple[InstanceSpec, ...]
+    preprocess: PreprocessSpec | None = None
+    """Set for a preprocessing front: ``inputs`` are then the client-facing ones."""
 
     @property
     def platform(self) -> str:
@@ -90,6 +131,19 @@ class ModelSpec:
     @property
     def batched(self) -> bool:
         return self.max_batch_size > 0
+
+    def engine_spec(self) -> ModelSpec:
+        """The spec as the engine sees it: for a front, its one input is the preprocessed NCHW tensor."""
+        if self.preprocess is None:
+            return self
+        engine_input = self.preprocess.engine_input
+        return dataclasses.replace(
+            self,
+            inputs={engine_input.name: engine_input},
+            required_inputs=(engine_input.name,),
+            uniform_inputs=True,
+            preprocess=None,
+        )
 
     @classmethod
     def from_config(cls, config: model_config_pb2.ModelConfig, backend: BackendEntry) -> ModelSpec:
@@ -112,6 +166,7 @@ class ModelSpec:
             raise ConfigError("the config must declare at least one output")
         inputs = _tensors(config.input, max_batch_size, "input")
         outputs = _tensors(config.output, max_batch_size, "output")
+        preprocess = _preprocess(config, inputs)
         return cls(
             name=config.name,
             config=config,
@@ -124,6 +179,7 @@ class ModelSpec:
             uniform_inputs=all(t.fixed and not t.optional for t in inputs.values()),
             batching=_batching(config),
             instances=_instances(config),
+            preprocess=preprocess,
         )
 
 
@@ -156,7 +212,7 @@ def _tensors(declared, max_batch_size: int, what: str) -> dict[str, TensorSpec]:
             dims=dims,
             optional=bool(getattr(tensor, "optional", False)),
             fixed=fixed,
-            sample_nbytes=math.prod(dims) * datatype.numpy.itemsize if fixed else -1,
+            sample_nbytes=math.prod(dims) * datatype.numpy.itemsize if fixed and not datatype.is_bytes else -1,
             full_dims_text=dims_text(full),
             metadata_shape=full,
         )
@@ -206,3 +262,101 @@ def _instances(config: model_config_pb2.ModelConfig) -> tuple[InstanceSpec, ...]
             for _ in range(count):
                 instances.append(InstanceSpec(len(instances), name, kind, device))
     return tuple(instances)
+
+
+def _preprocess(config: model_config_pb2.ModelConfig, inputs: dict[str, TensorSpec]) -> PreprocessSpec | None:
+    params = {key: value.string_value for key, value in config.parameters.items() if key.startswith(_PREFIX)}
+    if not params:
+        return None
+    kind = params.pop(_PREFIX, None)
+    if kind is None:
+        raise ConfigError(f"parameters {sorted(params)} need '{_PREFIX}' (one of {', '.join(PREPROCESS_KINDS)})")
+    kind = kind.strip().lower()
+    if kind not in PREPROCESS_KINDS:
+        raise ConfigError(f"parameter '{_PREFIX}' must be one of {', '.join(PREPROCESS_KINDS)}, got '{kind}'")
+    known = {"engine_input", "engine_datatype", "resize", "crop", "mean", "std", "max_pixels", "max_image_bytes"}
+    unknown = sorted(key for key in params if key.removeprefix(_PREFIX + ".") not in known)
+    if unknown:
+        raise ConfigError(f"unknown preprocessing parameter(s) {unknown}; known: {sorted(known)}")
+    values = {key.removeprefix(_PREFIX + "."): value.strip() for key, value in params.items()}
+
+    if config.max_batch_size <= 0:
+        raise ConfigError("a preprocessing front needs max_batch_size > 0")
+    if len(inputs) != 1:
+        raise ConfigError(f"a preprocessing front has exactly one input, got {len(inputs)}")
+    (client,) = inputs.values()
+    engine_name = values.get("engine_input", "")
+    if not engine_name:
+        raise ConfigError(f"parameter '{_PREFIX}.engine_input' (the engine's input name) is required")
+    crop = _positive_int(values, "crop", required=True)
+    resize = _positive_int(values, "resize", required=kind == "jpeg") or crop
+    if resize < crop:
+        raise ConfigError(f"parameter '{_PREFIX}.resize' ({resize}) must be >= '{_PREFIX}.crop' ({crop})")
+    if kind == "jpeg":
+        wanted_type, wanted_dims = datatypes.BYTES, (1,)
+    else:
+        wanted_type, wanted_dims = datatypes.BY_PROTOCOL["UINT8"], (crop, crop, 3)
+    if client.datatype != wanted_type or client.dims != wanted_dims:
+        raise ConfigError(
+            f"input '{client.name}' of a {kind} front must be {datatypes.config_type_name(wanted_type.config)} "
+            f"with dims {dims_text(wanted_dims)}, got {datatypes.config_type_name(client.datatype.config)} "
+            f"{dims_text(client.dims)}"
+        )
+    engine_type = datatypes.BY_PROTOCOL.get(values.get("engine_datatype", "FP32").upper())
+    if engine_type is None or engine_type.protocol not in ("FP32", "FP16"):
+        got = values["engine_datatype"]
+        raise ConfigError(f"parameter '{_PREFIX}.engine_datatype' must be FP32 or FP16, got '{got}'")
+    engine_dims = (3, crop, crop)
+    engine_input = TensorSpec(
+        name=engine_name,
+        datatype=engine_type,
+        dims=engine_dims,
+        optional=False,
+        fixed=True,
+        sample_nbytes=math.prod(engine_dims) * engine_type.numpy.itemsize,
+        full_dims_text=dims_text((-1, *engine_dims)),
+        metadata_shape=(-1, *engine_dims),
+    )
+    std = _triple(values, "std", DEFAULT_STD)
+    if any(not v > 0 for v in std):
+        raise ConfigError(f"parameter '{_PREFIX}.std' values must be > 0, got {list(std)}")
+    return PreprocessSpec(
+        kind=kind,
+        client_input=client.name,
+        engine_input=engine_input,
+        resize=resize,
+        crop=crop,
+        mean=_triple(values, "mean", DEFAULT_MEAN),
+        std=std,
+        max_pixels=_positive_int(values, "max_pixels") or DEFAULT_MAX_PIXELS,
+        max_image_bytes=_positive_int(values, "max_image_bytes") or DEFAULT_MAX_IMAGE_BYTES,
+    )
+
+
+def _positive_int(values: dict[str, str], key: str, required: bool = False) -> int:
+    """The parameter as an int > 0; 0 when absent and not required."""
+    text = values.get(key, "")
+    if not text:
+        if required:
+            raise ConfigError(f"parameter '{_PREFIX}.{key}' is required")
+        return 0
+    try:
+        value = int(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        raise ConfigError(f"parameter '{_PREFIX}.{key}' must be an integer, got '{text}'") from None
+    if value <= 0:
+        raise ConfigError(f"parameter '{_PREFIX}.{key}' must be > 0, got {value}")
+    return value
+
+
+def _triple(values: dict[str, str], key: str, default: tuple[float, float, float]) -> tuple[float, float, float]:
+    text = values.get(key, "")
+    if not text:
+        return default
+    try:
+        numbers = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"parameter '{_PREFIX}.{key}' must be three comma-separated numbers, got '{text}'") from None
+    if len(numbers) != 3 or not all(math.isfinite(v) for v in numbers):
+        raise ConfigError(f"parameter '{_PREFIX}.{key}' must be three comma-separated finite numbers, got '{text}'")
+    return numbers  # type: ignore[return-value]

@@ -117,6 +117,8 @@ def _to_array(spec: ModelSpec, expected: TensorSpec, tensor: InputTensor, batch_
             f"unexpected shape for input '{tensor.name}' for model '{model}'. "
             f"Expected {expected.full_dims_text}, got {dims_text(shape)}"
         )
+    if datatype.is_bytes:
+        return _bytes_array(tensor, model, shape)
     if expected.fixed:
         expected_bytes = expected.sample_nbytes * (batch_size if spec.batched else 1)
     else:
@@ -131,6 +133,31 @@ def _to_array(spec: ModelSpec, expected: TensorSpec, tensor: InputTensor, batch_
     if got != expected_bytes:
         raise _byte_size_mismatch(tensor.name, model, expected_bytes, got)
     return np.fromiter(values, dtype=datatype.numpy, count=len(values)).reshape(shape)
+
+
+def _bytes_array(tensor: InputTensor, model: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A BYTES input as an object array of ``bytes`` of ``shape``, from length-prefixed raw data or typed contents."""
+    count = math.prod(shape)
+    where = f"for inference input '{tensor.name}' for model '{model}'"
+    if tensor.raw is not None:
+        try:
+            elements = datatypes.split_bytes_elements(tensor.raw, count)
+        except datatypes.BytesFormatError as exc:
+            if exc.problem != datatypes.COUNT_PROBLEM:
+                raise invalid_argument(f"{exc.problem} {where}, {exc.detail}") from None
+            raise _element_count_mismatch(where, count, exc.elements_found) from None
+        return elements.reshape(shape)
+    values = _typed_values(tensor, datatypes.BYTES)
+    if len(values) != count:
+        raise _element_count_mismatch(where, count, len(values))
+    return datatypes.object_array(list(values)).reshape(shape)
+
+
+def _element_count_mismatch(where: str, expected: int, got: int):
+    """Triton's texts: fewer elements than the shape says, or more."""
+    if got < expected:
+        return invalid_argument(f"expected {expected} string elements {where}, got {got}")
+    return invalid_argument(f"unexpected number of string elements {got} {where}, expecting {expected}")
 
 
 def _typed_values(tensor: InputTensor, datatype: datatypes.DataType) -> Sequence:
