@@ -1,0 +1,72 @@
+"""Fixtures for the reliability tests: small fault models, a server on them, a load-run factory."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import grpc
+import pytest
+from reliability_helpers import LoadProcess, server_flags, start_load_process
+from tritonclient.grpc import service_pb2_grpc
+
+
+@pytest.fixture(scope="session")
+def serve_help() -> str:
+    """``ipsbench-serve --help``, to skip rows whose options this build does not have yet."""
+    return server_flags()
+
+
+@pytest.fixture
+def require_flags(serve_help):
+    """``require_flags("--a", "--b")`` skips the test, naming the missing options, unless the server has them."""
+
+    def require(*flags: str) -> None:
+        missing = [flag for flag in flags if flag not in serve_help]
+        if missing:
+            pytest.skip(f"ipsbench-serve has no {', '.join(missing)} option yet")
+
+    return require
+
+
+@pytest.fixture(scope="module")
+def channel_to():
+    """``channel_to(url)`` → a channel closed when the module ends."""
+    channels: list[grpc.Channel] = []
+
+    def open_one(url: str) -> grpc.Channel:
+        channel = grpc.insecure_channel(url)
+        channels.append(channel)
+        return channel
+
+    yield open_one
+    for channel in channels:
+        channel.close()
+
+
+@pytest.fixture
+def stub_for(channel_to):
+    return lambda url: service_pb2_grpc.GRPCInferenceServiceStub(channel_to(url))
+
+
+@pytest.fixture
+def start_load(tmp_path: Path):
+    """``start_load(scenario, target, model, *args, out=None)`` → a ``python -m loadgen`` subprocess; killed if left running."""
+    runs: list[LoadProcess] = []
+
+    def start(scenario: str, target: str, model: str, *args: str, out: Path | None = None) -> LoadProcess:
+        index = len(runs)
+        run = start_load_process(
+            out or tmp_path / f"report{index}", tmp_path / f"load{index}.log", scenario, target, model, *args
+        )
+        runs.append(run)
+        return run
+
+    yield start
+    for run in runs:
+        if run.process.poll() is None:
+            run.process.kill()
+        try:
+            run.process.communicate(timeout=10)
+        except (subprocess.TimeoutExpired, ValueError):
+            pass

@@ -1,0 +1,349 @@
+"""Load-generator faults and accounting (matrix rows L03, L05, L06, L08–L11, L13, L15): real ipsbench-load runs
+(subprocesses) against a real ipsbench-serve, with the faults injected for real.
+
+L01, L02, L04, L07, L12 and L14 are covered by tests/loadgen (see docs/reliability-matrix.md).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from reliability_helpers import (
+    ROOT,
+    assert_accounted,
+    infer_request,
+    metric,
+    scrape,
+    wait_until,
+    write_image_model,
+)
+from tritonclient.grpc import service_pb2_grpc
+
+SHORT = ("--warmup", "0s", "--duration", "1s", "--drain", "5s")
+ONE_WINDOW = ("--max-trials", "1")
+WORKER_PIDS = re.compile(r"started (\d+) worker processes: ([\d, ]+)")
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("loadgen-fault-models")
+    write_image_model(repo, "image8")
+    write_image_model(repo, "slow20", delay_ms=20, max_batch_size=1)
+    write_image_model(repo, "bounded", delay_ms=100, max_batch_size=1, max_queue_size=2)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def server(repository, start_module_server):
+    return start_module_server(repository)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    return not (status.exists() and "\nState:\tZ" in status.read_text())
+
+
+# -- L03: target restarts mid-run ------------------------------------------------------------------------------
+
+
+def test_L03_target_restart_mid_run_reconnects_and_success_resumes(repository, start_server, start_load):
+    target = start_server(repository)
+    port = target.grpc_port
+    run = start_load("sweep", target.grpc_url, "image8", "--concurrency", "2,2", "--warmup", "0s",
+                     "--duration", "3s", "--drain", "5s", *ONE_WINDOW)
+    run.wait_for_log("step 1/2", timeout_s=60)
+    time.sleep(0.5)  # into the first step on purpose
+    target.stop(signal.SIGKILL)
+    restarted = start_server(repository, "--grpc-port", str(port))
+    assert restarted.grpc_port == port
+    assert run.finish(timeout_s=180) != 0, run.stdout + run.stderr()  # errors make the run invalid
+    report = run.report()
+    assert report["status"] == "complete"  # the load generator itself carried on to the end
+    assert_accounted(report)
+    first, second = report["steps"][0], report["steps"][-1]
+    outage = [e for e in first["errors"] if e["code"] == "UNAVAILABLE"]
+    assert outage and first["rejected"] > 0
+    assert outage[0]["first_s"] <= outage[0]["last_s"]  # the gap, with its timestamps
+    assert second["index"] != first["index"] and second["ok"] > 0 and second["errors_total"] == 0
+
+
+# -- L05, L06: stopped by SIGTERM, killed by SIGKILL -----------------------------------------------------------
+
+
+def test_L05_sigterm_writes_every_report_including_html(server, start_load):
+    run = start_load("sweep", server.grpc_url, "image8", "--concurrency", "2", "--warmup", "500ms",
+                     "--duration", "30s", "--drain", "5s", *ONE_WINDOW)
+    run.wait_for_log("step 1/1", timeout_s=60)
+    time.sleep(1.5)
+    run.process.send_signal(signal.SIGTERM)
+    assert run.finish(timeout_s=60) == 143, run.stdout + run.stderr()
+    report = run.report()
+    assert report["status"] == "interrupted" and report["interrupted_by"] == "SIGTERM"
+    assert_accounted(report)
+    assert (run.out / "report.md").is_file()
+    html = run.out / "report.html"
+    assert html.is_file(), sorted(p.name for p in run.out.iterdir())
+    assert "<html" in html.read_text().lower()
+
+
+FLUSH_BOUND_S = 5.0
+
+
+def test_L06_sigkill_leaves_a_partial_report_the_next_run_marks_incomplete(server, start_load, tmp_path):
+    out = tmp_path / "shared-out"
+    run = start_load("sweep", server.grpc_url, "image8", "--concurrency", "2", "--warmup", "0s",
+                     "--duration", "60s", "--drain", "5s", *ONE_WINDOW, out=out)
+    run.wait_for_log("step 1/1", timeout_s=60)
+    time.sleep(FLUSH_BOUND_S + 1.0)  # at least one periodic flush is due by now
+    run.process.send_signal(signal.SIGKILL)
+    run.finish(timeout_s=30)
+    partial = run.report()
+    assert partial["status"] == "running", partial["status"]
+    assert partial["steps"] and partial["steps"][0]["issued"] > 0 and partial["totals"]["ok"] > 0
+
+    again = start_load("sweep", server.grpc_url, "image8", "--concurrency", "1", *SHORT, *ONE_WINDOW, out=out)
+    assert again.finish(timeout_s=120) == 0, again.stdout + again.stderr()
+    assert again.report()["status"] == "complete"
+    kept = sorted(out.glob("report.incomplete*.json"))
+    assert len(kept) == 1, sorted(p.name for p in out.iterdir())
+    import json
+
+    incomplete = json.loads(kept[0].read_text())
+    assert incomplete["status"] == "incomplete"
+    assert incomplete["totals"]["ok"] == partial["totals"]["ok"]
+
+
+# -- L08: master lost ------------------------------------------------------------------------------------------
+
+MASTER_HEARTBEAT_TIMEOUT_S = 60
+
+
+def test_L08_workers_stop_sending_when_the_master_is_killed(server, start_load):
+    run = start_load("rate", server.grpc_url, "image8", "--rate", "40", "--processes", "2", "--warmup", "0s",
+                     "--duration", "60s", "--drain", "5s")
+    run.wait_for_log("worker processes:", timeout_s=60)
+    pids = [int(pid) for pid in WORKER_PIDS.search(run.stderr())[2].split(", ")]
+    run.wait_for_log("step 1/1", timeout_s=60)
+    time.sleep(1.5)
+    run.process.send_signal(signal.SIGKILL)
+    run.finish(timeout_s=30)
+    wait_until(lambda: not any(_alive(pid) for pid in pids), timeout_s=MASTER_HEARTBEAT_TIMEOUT_S + 10,
+               what=f"the workers {pids} to stop", interval_s=0.2)
+    labels = dict(model="image8", version="1")
+    served = metric(scrape(server.metrics_url), "nv_inference_request_success", **labels)
+    time.sleep(1.0)
+    assert metric(scrape(server.metrics_url), "nv_inference_request_success", **labels) == served  # no more load
+
+
+# -- L09, L10, L11: results the report must not overclaim -------------------------------------------------------
+
+
+def test_L09_a_client_that_cannot_keep_up_is_flagged_client_bound(server, start_load):
+    run = start_load("rate", server.grpc_url, "image8", "--rate", "50000", "--max-in-flight", "8", *SHORT)
+    run.finish(timeout_s=120)
+    report = run.report()
+    assert_accounted(report)
+    (step,) = report["steps"]
+    flags = (step.get("client") or {}).get("client_bound") or (step.get("open_loop") or {}).get("client_bound")
+    assert flags, step
+    assert any("client-bound" in warning for warning in report["warnings"])
+    assert any("capacity" in warning for warning in report["warnings"])
+    assert "client-bound" in (run.out / "report.md").read_text()
+
+
+def test_L10_a_noisy_server_makes_the_step_unstable(server, start_load):
+    stop = threading.Event()
+
+    def noise() -> None:
+        """Bursts of competing requests: on for 0.7 s, off for 0.7 s, so consecutive windows disagree."""
+        with grpc.insecure_channel(server.grpc_url) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            request = infer_request("slow20", np.zeros((1, 3, 8, 8), np.float32))
+            while not stop.is_set():
+                burst_end = time.monotonic() + 0.7
+                while time.monotonic() < burst_end and not stop.is_set():
+                    futures = [stub.ModelInfer.future(request, timeout=30) for _ in range(8)]
+                    for future in futures:
+                        try:
+                            future.result()
+                        except grpc.RpcError:
+                            pass
+                stop.wait(0.7)
+
+    noisy = threading.Thread(target=noise, daemon=True)
+    noisy.start()
+    try:
+        run = start_load("sweep", server.grpc_url, "slow20", "--concurrency", "1", "--warmup", "0s",
+                         "--duration", "500ms", "--drain", "5s")
+        code = run.finish(timeout_s=180)
+    finally:
+        stop.set()
+        noisy.join(timeout=60)
+    report = run.report()
+    assert code != 0, run.stdout + run.stderr()
+    assert_accounted(report)
+    assert report["verdict"] == "UNSTABLE" and not report["stable"], report.get("verdict")
+    (step,) = report["steps"]
+    assert step["stability"] and not step["stability"]["stable"]
+    assert "UNSTABLE" in (run.out / "report.md").read_text()
+
+
+def test_L11_a_short_run_does_not_claim_p99(server, start_load):
+    run = start_load("sweep", server.grpc_url, "slow20", "--concurrency", "1", *SHORT, *ONE_WINDOW)
+    assert run.finish(timeout_s=120) == 0, run.stdout + run.stderr()
+    report = run.report()
+    (step,) = report["steps"]
+    samples = step["latency_us"]["count"]
+    assert 0 < samples < 10_000
+    assert {"p99", "p99.9"} <= set(step["unsupported_percentiles"])
+    assert report["method"]["percentile_min_samples"]["p99"] == 10_000
+    markdown = (run.out / "report.md").read_text()
+    assert "*" in markdown and str(samples) in markdown  # starred percentiles, and the sample count they rest on
+
+
+# -- L13: error classes ----------------------------------------------------------------------------------------
+
+
+def test_L13_error_classes_are_reported_separately(server, start_load):
+    run = start_load("sweep", server.grpc_url, "bounded", "--concurrency", "12", "--deadline", "300ms",
+                     "--distinct-requests", "2", "--warmup", "0s", "--duration", "3s", "--drain", "5s", *ONE_WINDOW)
+    assert run.finish(timeout_s=120) != 0, run.stdout + run.stderr()
+    report = run.report()
+    assert_accounted(report)
+    for step in report["steps"]:
+        rows = {(e["outcome"], e["code"]) for e in step["errors"]}
+        assert ("rejected", "UNAVAILABLE") in rows, rows  # queue full
+        by_code = {}
+        for error in step["errors"]:
+            by_code[error["code"]] = by_code.get(error["code"], 0) + error["count"]
+        assert by_code.get("UNAVAILABLE", 0) == step["rejected"]
+        assert by_code.get("DEADLINE_EXCEEDED", 0) == step["deadline"]
+        assert step["ok"] > 0 and step["window_requests"]["ok"] > 0
+        # Latency over OK requests and, separately, over every completed request; images count only OK ones.
+        assert step["latency_us"]["count"] == step["window_requests"]["ok"]
+        assert step["latency_all_us"]["count"] == sum(step["window_requests"].values())
+        assert step["latency_all_us"]["count"] > step["latency_us"]["count"]
+        assert step["images_ok"] == step["window_requests"]["ok"]
+
+
+# -- L15: a deadline on every RPC ------------------------------------------------------------------------------
+
+KSERVE_RPCS = {
+    "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer", "ModelConfig",
+    "ModelStatistics", "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload",
+}
+"""Stub methods of GRPCInferenceService; plus ``infer``, the multicallable the users send requests with."""
+
+
+def _dicts_with_timeout(function: ast.AST) -> set[str]:
+    """Names a function binds to a dict literal (or ``dict(...)``) that has a ``timeout`` key: ``**name`` passes it."""
+    names = set()
+    for node in ast.walk(function):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            value = node.value
+            keys = []
+            if isinstance(value, ast.Dict):
+                keys = [k.value for k in value.keys if isinstance(k, ast.Constant)]
+            elif isinstance(value, ast.Call) and ast.unparse(value.func) == "dict":
+                keys = [k.arg for k in value.keywords]
+            if "timeout" in keys:
+                names.add(node.targets[0].id)
+    return names
+
+
+def _parameters_given_timeout_dicts(functions: list[ast.AST]) -> dict[str, set[str]]:
+    """Parameters that every call of their function (in the same module) fills with a dict holding a timeout."""
+    by_name = {f.name: f for f in functions}
+    seen: dict[tuple[str, str], list[bool]] = {}
+    for caller in functions:
+        timeout_dicts = _dicts_with_timeout(caller)
+        for node in ast.walk(caller):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in by_name:
+                params = [a.arg for a in by_name[node.func.id].args.args]
+                for param, arg in zip(params, node.args):
+                    seen.setdefault((node.func.id, param), []).append(
+                        isinstance(arg, ast.Name) and arg.id in timeout_dicts)
+    result: dict[str, set[str]] = {}
+    for (function, param), passed in seen.items():
+        if all(passed):
+            result.setdefault(function, set()).add(param)
+    return result
+
+
+def _has_deadline(call: ast.Call, timeout_dicts: set[str]) -> bool:
+    for keyword in call.keywords:
+        if keyword.arg == "timeout":
+            return True
+        if keyword.arg is None and isinstance(keyword.value, ast.Name) and keyword.value.id in timeout_dicts:
+            return True
+    return False
+
+
+def test_L15_every_rpc_call_in_the_load_generator_has_a_deadline():
+    missing = []
+    for path in sorted((ROOT / "loadgen").rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        functions = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+        forwarded = _parameters_given_timeout_dicts(functions)
+        for function in functions:
+            timeout_dicts = _dicts_with_timeout(function) | forwarded.get(function.name, set())
+            for node in ast.walk(function):
+                if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                    continue
+                method = node.func.attr
+                if method in ("future", "with_call"):
+                    method = ast.unparse(node.func.value).split(".")[-1]
+                    if method not in KSERVE_RPCS:
+                        continue
+                elif method not in KSERVE_RPCS and method != "infer":
+                    continue
+                if not _has_deadline(node, timeout_dicts):
+                    missing.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)[:80]}")
+    assert not missing, "RPCs without a deadline:\n" + "\n".join(sorted(set(missing)))
+
+
+def test_L15_a_hung_server_yields_deadline_not_a_stuck_load_generator(repository, start_server, start_load):
+    target = start_server(repository)
+    run = start_load("sweep", target.grpc_url, "image8", "--concurrency", "2", "--warmup", "0s",
+                     "--duration", "3s", "--drain", "5s", "--deadline", "500ms", *ONE_WINDOW)
+    run.wait_for_log("step 1/1", timeout_s=60)
+    time.sleep(0.5)
+    target.process.send_signal(signal.SIGSTOP)  # the server hangs: connections stay open, nothing answers
+    try:
+        code = run.finish(timeout_s=120)
+    finally:
+        target.process.send_signal(signal.SIGCONT)
+    assert code != 0, run.stdout + run.stderr()
+    report = run.report()
+    assert_accounted(report)
+    (step,) = report["steps"]
+    assert step["deadline"] > 0 and step["ok"] > 0
+    assert any(e["code"] == "DEADLINE_EXCEEDED" for e in step["errors"])
+
+
+def test_L15_a_hung_server_at_start_fails_setup_within_its_deadline(repository, start_server, start_load):
+    target = start_server(repository)
+    target.process.send_signal(signal.SIGSTOP)
+    try:
+        run = start_load("sweep", target.grpc_url, "image8", "--concurrency", "1", *SHORT, *ONE_WINDOW)
+        started = time.monotonic()
+        code = run.finish(timeout_s=120)
+        took = time.monotonic() - started
+    finally:
+        target.process.send_signal(signal.SIGCONT)
+    assert code != 0
+    assert "DEADLINE_EXCEEDED" in run.stderr() or "Deadline" in run.stderr(), run.stderr()
+    assert took < 60
