@@ -17,12 +17,13 @@ from importlib import metadata
 import grpc
 from prometheus_client import CollectorRegistry
 
-from server.core import InferenceCore, LoadedModel, ModelRegistry
+from server.control import ModelControl
+from server.core import InferenceCore, ModelRegistry
+from server.errors import without_paths
 from server.grpc_service import InferenceServicer
 from server.health import Health
-from server.loader import load_source
 from server.metrics import MetricsServer, ServerCollector
-from server.repository import ModelLoadError, scan_repository
+from server.security import AdminAuth, SecurityConfigError, check_startup_policy, load_admin_token, server_credentials
 from server.settings import Settings
 from server.stats import ServerStats
 from server.telemetry import GpuCollector, open_gpu_collector
@@ -65,6 +66,7 @@ class App:
         self.models = ModelRegistry()
         self.server_stats = ServerStats()
         self.core = InferenceCore(self.models, self.server_stats, package_version())
+        self.control = ModelControl(settings, self.models)
         self.health = Health()
         self.grpc_port: int | None = None
         self.metrics_port: int | None = None
@@ -122,7 +124,14 @@ class App:
         """Bind the ports, load and warm every model, report ready. False when the server must exit."""
         settings = self.settings
         await self.health.set_serving(False)
-        if not await self._start_grpc():
+        try:
+            admin_token = load_admin_token(settings)
+            check_startup_policy(settings, admin_token)
+            credentials = server_credentials(settings)
+        except SecurityConfigError as exc:
+            log.error("%s", exc)
+            return False
+        if not await self._start_grpc(AdminAuth(admin_token), credentials):
             return False
         host = _url_host(settings.host)
         self.announce(f"ipsbench-serve: gRPC listening on {host}:{self.grpc_port}")
@@ -135,8 +144,12 @@ class App:
             self.announce(f"ipsbench-serve: metrics on http://{host}:{self.metrics_port}/metrics")
         if settings.is_loopback:
             log.info("listening on %s only; pass --host 0.0.0.0 to accept remote clients", settings.host)
-        else:
+        elif not settings.tls:
             log.warning("listening on %s without TLS: anyone who can reach this port can use it", settings.host)
+        if settings.tls:
+            log.info("gRPC over TLS%s", " with client certificates required" if settings.grpc_tls_client_auth else "")
+        if admin_token is not None:
+            log.info("admin RPCs (repository load/unload, log and trace settings) need the admin credential")
         if not await self._load_models():
             return False
         self.core.mark_loaded()
@@ -170,6 +183,8 @@ class App:
             await self._grpc_server.stop(STOP_GRACE_S if drained else 0)
         for model in self.models:
             await model.batcher.stop(wait=drained)
+        if drained:
+            await self.control.close()
         if self._metrics_server is not None:
             self._metrics_server.stop()
         if self._gpu is not None:
@@ -179,7 +194,7 @@ class App:
 
     # -- helpers ---------------------------------------------------------------------------------------------------
 
-    async def _start_grpc(self) -> bool:
+    async def _start_grpc(self, admin: AdminAuth, credentials: grpc.ServerCredentials | None) -> bool:
         settings = self.settings
         max_bytes = settings.grpc_max_message_bytes
         server = grpc.aio.server(
@@ -190,11 +205,14 @@ class App:
             ],
             maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
         )
-        InferenceServicer(self.core).add_to_server(server)
+        InferenceServicer(self.core, self.control, admin).add_to_server(server)
         self.health.add_to_server(server)
         address = f"{_url_host(settings.host)}:{settings.grpc_port}"
         try:
-            port = server.add_insecure_port(address)
+            if credentials is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, credentials)
         except RuntimeError as exc:
             log.error("cannot listen on %s: %s", address, exc)
             return False
@@ -217,29 +235,17 @@ class App:
 
     async def _load_models(self) -> bool:
         try:
-            sources, errors = await asyncio.to_thread(scan_repository, self.settings.model_repository)
+            errors = await self.control.load_at_startup()
         except OSError as exc:
             log.error("cannot read the model repository: %s", exc)
             return False
-        for source in sources:
-            try:
-                versions = await asyncio.to_thread(load_source, source)
-            except Exception as exc:  # noqa: BLE001 - every load failure is reported the same way
-                log.debug("load failure details for model '%s'", source.name, exc_info=True)
-                errors.append(ModelLoadError(source.name, str(exc).strip() or type(exc).__name__))
-                continue
-            for version in versions:
-                model = LoadedModel(version)
-                model.batcher.start()
-                self.models.add(model)
-                log.info("model '%s' version %d is ready", model.spec.name, model.version)
         for error in errors:
             log.error("load failed for model '%s': %s", error.name, error.message)
-            self.models.add_failed(error.name, error.message)
+            self.models.add_failed(error.name, without_paths(error.message))
         if errors and self.settings.exit_on_error:
             log.error("exiting: %d model(s) failed to load (exit_on_error)", len(errors))
             return False
-        if not sources and not errors:
+        if not errors and not any(True for _ in self.models) and not self.control.explicit:
             log.warning("the model repository has no models")
         return True
 

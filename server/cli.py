@@ -10,9 +10,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from server.logformat import make_formatter
 from server.settings import Settings, settings_fields
 
-_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_TYPES = {"int": int, "float": float, "str": str, "Path": Path, "Path | None": Path, "tuple[str, ...]": str}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,14 +30,23 @@ def build_parser() -> argparse.ArgumentParser:
         if field.type in ("bool", bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=help_text)
             continue
-        kind = {"int": int, "float": float, "str": str, "Path": Path}[str(field.type)]
+        kind = _TYPES[str(field.type)]
         required = field.metadata.get("required", False)
+        extra: dict = {}
+        default = None if required else field.default
+        if field.metadata.get("repeat"):
+            extra["action"] = "append"
+            default = None  # argparse appends to a list of its own; Settings turns None into ()
+        if "choices" in field.metadata:
+            extra["choices"] = field.metadata["choices"]
+        shows_default = not required and field.default not in (None, ())
         parser.add_argument(
             flag,
             type=kind,
             required=required,
-            default=None if required else field.default,
-            help=help_text + ("" if required else " (default: %(default)s)"),
+            default=default,
+            help=help_text + (" (default: %(default)s)" if shows_default else ""),
+            **extra,
         )
     return parser
 
@@ -52,8 +62,10 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         raise  # unreachable: parser.error exits
 
 
-def configure_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=_LOG_FORMAT, stream=sys.stderr)
+def configure_logging(verbose: bool, log_format: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(make_formatter(log_format))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
     if not verbose:
         logging.getLogger("asyncio").setLevel(logging.WARNING)
 
@@ -65,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return bench_main(args[1:])
     settings = parse_settings(args)
-    configure_logging(settings.log_verbose)
+    configure_logging(settings.log_verbose, settings.log_format)
     from server.app import App  # after logging is configured: importing backends may log
 
     app = App(settings)

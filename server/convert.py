@@ -8,17 +8,23 @@ import numpy as np
 from tritonclient.grpc import service_pb2
 
 from server import datatypes
-from server.core import IndexEntry, InferResponse, OutputTensor
+from server.classification import CLASSIFICATION_PARAMETER
+from server.core import NO_OPTIONS, IndexEntry, InferOptions, InferResponse, OutputTensor
 from server.errors import invalid_argument
 from server.model import ModelSpec
 from server.stats import Duration, ModelStats
 from server.validate import InferRequest, InputTensor
+from server.wire import encode_infer_response
 
 # -- ModelInfer ----------------------------------------------------------------------------------------------------
 
 
-def infer_request_from_grpc(message: service_pb2.ModelInferRequest) -> InferRequest:
-    raw = message.raw_input_contents
+def infer_request_from_grpc(
+    message: service_pb2.ModelInferRequest, raw: Sequence[bytes | memoryview] | None = None
+) -> InferRequest:
+    """``raw``: the raw input contents when they were taken off the wire separately (:mod:`server.wire`)."""
+    if raw is None:
+        raw = message.raw_input_contents
     inputs = message.inputs
     if raw:
         if len(raw) != len(inputs):
@@ -40,6 +46,45 @@ def infer_request_from_grpc(message: service_pb2.ModelInferRequest) -> InferRequ
     return InferRequest(message.model_name, message.model_version, message.id, tensors, outputs)
 
 
+TIMEOUT_PARAMETER = "timeout"
+
+
+def infer_options_from_grpc(message: service_pb2.ModelInferRequest) -> InferOptions:
+    """The request's ``timeout`` parameter and its outputs' ``classification`` parameters."""
+    classification = None
+    for output in message.outputs:
+        if output.parameters and CLASSIFICATION_PARAMETER in output.parameters:
+            count = _int_parameter(output.parameters[CLASSIFICATION_PARAMETER], f"output '{output.name}' classification")
+            if count:
+                if classification is None:
+                    classification = {}
+                classification[output.name] = count
+    timeout_us = 0
+    if message.parameters and TIMEOUT_PARAMETER in message.parameters:
+        timeout_us = _int_parameter(message.parameters[TIMEOUT_PARAMETER], "request timeout")
+        if timeout_us < 0:
+            raise invalid_argument(f"request timeout must be >= 0 microseconds, got {timeout_us}")
+    if classification is None and not timeout_us:
+        return NO_OPTIONS
+    return InferOptions(classification, timeout_us)
+
+
+def _int_parameter(parameter: service_pb2.InferParameter, what: str) -> int:
+    kind = parameter.WhichOneof("parameter_choice")
+    if kind not in ("int64_param", "uint64_param"):
+        raise invalid_argument(f"{what} parameter must be an integer, got {kind or 'nothing'}")
+    return getattr(parameter, kind)
+
+
+def infer_options_to_grpc(options: InferOptions, message: service_pb2.ModelInferRequest) -> None:
+    """Set ``options`` on ``message`` (whose outputs are already listed)."""
+    if options.timeout_us:
+        message.parameters[TIMEOUT_PARAMETER].int64_param = options.timeout_us
+    for name, count in (options.classification or {}).items():
+        output = next((o for o in message.outputs if o.name == name), None) or message.outputs.add(name=name)
+        output.parameters[CLASSIFICATION_PARAMETER].int64_param = count
+
+
 def infer_request_to_grpc(request: InferRequest) -> service_pb2.ModelInferRequest:
     """Inputs as ``raw_input_contents`` (raw bytes, or typed values packed little-endian)."""
     message = service_pb2.ModelInferRequest(
@@ -58,6 +103,13 @@ def infer_request_to_grpc(request: InferRequest) -> service_pb2.ModelInferReques
     return message
 
 
+def _raw(output: OutputTensor) -> bytes:
+    """An output's ``raw_output_contents``: its bytes, or length-prefixed elements for BYTES (as Triton sends)."""
+    if output.datatype == "BYTES":
+        return datatypes.join_bytes_elements(output.array.ravel())
+    return output.array.tobytes()
+
+
 def infer_response_to_grpc(response: InferResponse) -> service_pb2.ModelInferResponse:
     outputs = response.outputs
     return service_pb2.ModelInferResponse(
@@ -68,17 +120,35 @@ def infer_response_to_grpc(response: InferResponse) -> service_pb2.ModelInferRes
             service_pb2.ModelInferResponse.InferOutputTensor(name=o.name, datatype=o.datatype, shape=o.array.shape)
             for o in outputs
         ],
-        raw_output_contents=[o.array.tobytes() for o in outputs],
+        raw_output_contents=[_raw(o) for o in outputs],
     )
+
+
+def _array(tensor: service_pb2.ModelInferResponse.InferOutputTensor, data: bytes) -> np.ndarray:
+    shape = tuple(tensor.shape)
+    if tensor.datatype == "BYTES":
+        return datatypes.split_bytes_elements(data, int(np.prod(shape, dtype=np.int64))).reshape(shape)
+    return np.frombuffer(data, dtype=datatypes.BY_PROTOCOL[tensor.datatype].numpy).reshape(shape)
+
+
+def infer_response_to_wire(response: InferResponse) -> bytes:
+    """The serialized ModelInferResponse, raw output contents written once (see :mod:`server.wire`)."""
+    outputs = response.outputs
+    message = service_pb2.ModelInferResponse(
+        model_name=response.model_name,
+        model_version=response.model_version,
+        id=response.id,
+        outputs=[
+            service_pb2.ModelInferResponse.InferOutputTensor(name=o.name, datatype=o.datatype, shape=o.array.shape)
+            for o in outputs
+        ],
+    )
+    return encode_infer_response(message, [(o.datatype, o.array) for o in outputs])
 
 
 def infer_response_from_grpc(message: service_pb2.ModelInferResponse) -> InferResponse:
     outputs = [
-        OutputTensor(
-            tensor.name,
-            tensor.datatype,
-            np.frombuffer(data, dtype=datatypes.BY_PROTOCOL[tensor.datatype].numpy).reshape(tuple(tensor.shape)),
-        )
+        OutputTensor(tensor.name, tensor.datatype, _array(tensor, data))
         for tensor, data in zip(message.outputs, message.raw_output_contents)
     ]
     return InferResponse(message.model_name, message.model_version, message.id, outputs)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -17,17 +17,33 @@ import numpy as np
 from tritonclient.grpc import model_config_pb2
 
 from server.batching.batcher import SHUTTING_DOWN_MESSAGE, Batcher, QueuedRequest
+from server.classification import check_class_count, top_k
 from server.errors import FailureReason, ServerError, invalid_argument, not_found, unavailable
 from server.loader import LoadedVersion
 from server.model import ModelSpec
+from server.preprocess.stage import preprocess_inputs
 from server.stats import ModelStats, ServerStats
 from server.validate import InferRequest, validate_request
 
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "ipsbench"
-EXTENSIONS = ("model_configuration", "statistics")
+EXTENSIONS = ("classification", "model_configuration", "model_repository", "schedule_policy", "statistics")
 LOADING_MESSAGE = "Server is not ready: models are still loading"
+UNLOADED_REASON = "unloaded"
+
+
+@dataclass(slots=True)
+class InferOptions:
+    """What a request asks for beyond its tensors (KServe v2 request and output parameters)."""
+
+    classification: dict[str, int] | None = None
+    """Output name → class count, for outputs returned as top-k classes (Triton's classification extension)."""
+    timeout_us: int = 0
+    """The request's queue timeout in microseconds (its ``timeout`` parameter); 0: the model's default."""
+
+
+NO_OPTIONS = InferOptions()
 
 
 @dataclass(slots=True)
@@ -54,17 +70,27 @@ class IndexEntry:
 
 
 class LoadedModel:
-    """One served model version: spec, batcher and statistics."""
+    """One served model version: spec, batcher, statistics, class labels and its count of requests in flight."""
 
-    def __init__(self, loaded: LoadedVersion) -> None:
+    def __init__(self, loaded: LoadedVersion, labels: Mapping[str, Sequence[str]] | None = None) -> None:
         spec = loaded.spec
         self.spec = spec
         self.version = loaded.version
         self.version_text = str(loaded.version)
+        self.labels = dict(labels or {})
         self.stats = ModelStats(spec.name, loaded.version)
+        queue_policy = spec.config.dynamic_batching.default_queue_policy
         self.batcher = Batcher(
-            f"{spec.name}:{loaded.version}", spec.batching, loaded.instances, spec.output_names, self.stats
+            f"{spec.name}:{loaded.version}",
+            spec.batching,
+            loaded.instances,
+            spec.output_names,
+            self.stats,
+            allow_timeout_override=spec.batching.dynamic and queue_policy.allow_timeout_override,
         )
+        self.inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._output_index = {name: i for i, name in enumerate(spec.output_names)}
         self._all_outputs = tuple(
             (i, name, spec.outputs[name].datatype.protocol) for i, name in enumerate(spec.output_names)
@@ -74,13 +100,45 @@ class LoadedModel:
     def ready(self) -> bool:
         return self.batcher.alive
 
-    def select_outputs(self, requested: Sequence[str], arrays: list[np.ndarray]) -> list[OutputTensor]:
+    def enter(self) -> None:
+        self.inflight += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Until no request of this version is in flight (queued or executing)."""
+        await self._idle.wait()
+
+    def check_classification(self, classification: Mapping[str, int]) -> None:
+        for name, count in classification.items():
+            output = self.spec.outputs.get(name)
+            if output is not None:  # unknown names are refused by request validation, with Triton's text
+                check_class_count(name, count, output.datatype.protocol, self.spec.name)
+
+    def select_outputs(
+        self, requested: Sequence[str], arrays: list[np.ndarray], classification: Mapping[str, int] | None = None
+    ) -> list[OutputTensor]:
         if not requested:
             return [OutputTensor(name, datatype, arrays[i]) for i, name, datatype in self._all_outputs]
-        return [
-            OutputTensor(name, self.spec.outputs[name].datatype.protocol, arrays[self._output_index[name]])
-            for name in requested
-        ]
+        if not classification:
+            return [
+                OutputTensor(name, self.spec.outputs[name].datatype.protocol, arrays[self._output_index[name]])
+                for name in requested
+            ]
+        outputs = []
+        for name in requested:
+            array = arrays[self._output_index[name]]
+            count = classification.get(name, 0)
+            if count:
+                classes = top_k(array, count, self.labels.get(name, ()), self.spec.batched)
+                outputs.append(OutputTensor(name, "BYTES", classes))
+            else:
+                outputs.append(OutputTensor(name, self.spec.outputs[name].datatype.protocol, array))
+        return outputs
 
 
 def _display(name: str) -> str:
@@ -96,16 +154,44 @@ class ModelRegistry:
     def __init__(self) -> None:
         self._models: dict[str, dict[int, LoadedModel]] = {}
         self._failed: dict[str, str] = {}
+        self._unavailable: dict[str, str] = {}
 
     def add(self, model: LoadedModel) -> None:
         self._models.setdefault(model.spec.name, {})[model.version] = model
+        self._unavailable.pop(model.spec.name, None)
 
     def add_failed(self, name: str, reason: str) -> None:
+        """A model that failed to load at start-up: the server is not ready while one exists."""
         self._failed[name] = reason
 
     @property
     def failed(self) -> dict[str, str]:
         return dict(self._failed)
+
+    def replace(self, name: str, models: Sequence[LoadedModel]) -> list[LoadedModel]:
+        """Serve ``models`` as every version of ``name`` from now on; return the versions they replace."""
+        old = list(self._models.pop(name, {}).values())
+        self._failed.pop(name, None)
+        self._unavailable.pop(name, None)
+        for model in models:
+            self.add(model)
+        return old
+
+    def remove(self, name: str, reason: str = UNLOADED_REASON) -> list[LoadedModel]:
+        """Stop routing requests to ``name``; it stays listed in the index as UNAVAILABLE with ``reason``."""
+        old = list(self._models.pop(name, {}).values())
+        self._failed.pop(name, None)
+        self._unavailable[name] = reason
+        return old
+
+    def mark_unavailable(self, name: str, reason: str) -> None:
+        """List ``name`` as UNAVAILABLE in the index (a model not loaded on request), without affecting readiness."""
+        if name not in self._models:
+            self._unavailable[name] = reason
+
+    @property
+    def unavailable(self) -> dict[str, str]:
+        return dict(self._unavailable)
 
     def __iter__(self) -> Iterator[LoadedModel]:
         for versions in self._models.values():
@@ -119,8 +205,8 @@ class ModelRegistry:
         if not name.strip():
             raise invalid_argument("Model name cannot be empty.")
         versions = self._models.get(name)
-        if versions is None:
-            if name in self._failed:
+        if not versions:
+            if name in self._failed or (name in self._unavailable and self._unavailable[name] != UNLOADED_REASON):
                 raise not_found(f"Request for unknown model: '{name}' has no available versions")
             raise not_found(f"Request for unknown model: '{_display(name)}' is not found")
         return versions
@@ -214,17 +300,24 @@ class InferenceCore:
             return [m.stats for _, m in sorted(self.registry.versions(name).items())]
         return [self.registry.get(name, version).stats]
 
-    def repository_index(self, ready_only: bool) -> list[IndexEntry]:
+    def repository_index(self, ready_only: bool, not_loaded: Sequence[str] = ()) -> list[IndexEntry]:
+        """Every loaded version, every model that failed or was unloaded, and the names in ``not_loaded`` that are
+        none of those (repository folders never loaded, listed as Triton lists them)."""
         entries = [
             IndexEntry(m.spec.name, m.version_text, "READY" if m.ready else "UNAVAILABLE", "") for m in self.registry
         ]
-        entries += [IndexEntry(name, "", "UNAVAILABLE", reason) for name, reason in self.registry.failed.items()]
+        listed = {e.name for e in entries}
+        for name, reason in {**self.registry.unavailable, **self.registry.failed}.items():
+            if name not in listed:
+                entries.append(IndexEntry(name, "", "UNAVAILABLE", reason))
+                listed.add(name)
+        entries += [IndexEntry(name, "", "UNAVAILABLE", "") for name in not_loaded if name not in listed]
         entries.sort(key=lambda e: (e.name, e.version))
         return [e for e in entries if e.state == "READY"] if ready_only else entries
 
     # -- inference -------------------------------------------------------------------------------------------------
 
-    async def infer(self, request: InferRequest) -> InferResponse:
+    async def infer(self, request: InferRequest, options: InferOptions = NO_OPTIONS) -> InferResponse:
         start_ns = time.perf_counter_ns()
         if self._shutting_down:
             raise unavailable(SHUTTING_DOWN_MESSAGE)
@@ -239,11 +332,22 @@ class InferenceCore:
         stats = model.stats
         self._inflight += 1
         self._idle.clear()
+        model.enter()
         try:
             validated = validate_request(model.spec, request)
+            if options.classification:
+                model.check_classification(options.classification)
+            validated = await preprocess_inputs(model.spec, model.version, validated)
             future = asyncio.get_running_loop().create_future()
-            model.batcher.submit(QueuedRequest(validated.arrays, validated.batch_size, validated.batch_key, future))
-            result = await future
+            queued = QueuedRequest(
+                validated.arrays, validated.batch_size, validated.batch_key, future, options.timeout_us * 1000
+            )
+            model.batcher.submit(queued)
+            try:
+                result = await future
+            except asyncio.CancelledError:
+                model.batcher.withdraw(queued)
+                raise
         except ServerError as exc:
             stats.record_failure(exc.reason, time.perf_counter_ns() - start_ns)
             raise
@@ -254,10 +358,10 @@ class InferenceCore:
             stats.record_failure(FailureReason.OTHER, time.perf_counter_ns() - start_ns)
             raise
         finally:
+            model.leave()
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
         stats.record_success(validated.batch_size, time.perf_counter_ns() - start_ns, result.timing)
-        return InferResponse(
-            model.spec.name, model.version_text, request.id, model.select_outputs(request.outputs, result.outputs)
-        )
+        outputs = model.select_outputs(request.outputs, result.outputs, options.classification)
+        return InferResponse(model.spec.name, model.version_text, request.id, outputs)

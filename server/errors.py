@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import grpc
@@ -41,6 +42,15 @@ class ServerError(Exception):
 
     def __repr__(self) -> str:
         return f"ServerError({self.code.name}, {self.message!r})"
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[/\\](?:[^\s'\"/\\:]+[/\\]?)+")
+
+
+def without_paths(message: str) -> str:
+    """``message`` with absolute filesystem paths replaced by ``<path>``: texts from libraries (e.g. a model that
+    does not load) may name server paths, which clients are not told (the log keeps the full text)."""
+    return _ABSOLUTE_PATH.sub("<path>", message)
 
 
 def new_request_id() -> str:

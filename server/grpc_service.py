@@ -1,7 +1,11 @@
 """KServe v2 / Triton gRPC servicer: each RPC converts, calls the core, converts back.
 
 Errors are mapped in one place (:func:`rpc`): a :class:`ServerError` becomes its status code and message and one
-log line; anything else becomes INTERNAL with a request id, and its traceback goes to the log only.
+log line; anything else becomes INTERNAL with a request id, and its traceback goes to the log only. The admin RPCs
+(repository load/unload, log and trace settings) check the admin credential before anything else.
+ModelStreamInfer answers every request of the stream with one response (or one error message, the unary RPC's text),
+running the requests concurrently so that they batch like unary ones. Both inference RPCs take their request
+tensors off the wire without copies (:mod:`server.wire`); ModelInfer writes its response tensors once.
 """
 
 from __future__ import annotations
@@ -9,15 +13,27 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import AsyncIterator
 
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from server import convert
+from server.control import ModelControl
 from server.core import EXTENSIONS, SERVER_NAME, InferenceCore
-from server.errors import ServerError, new_request_id
+from server.errors import ServerError, new_request_id, unimplemented
+from server.security import AdminAuth
+from server.wire import InferRequestWire, decode_infer_request
 
 log = logging.getLogger(__name__)
+
+SERVICE = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+STREAM_MAX_OUTSTANDING = 1024
+"""Requests of one stream in flight at once; the stream stops reading (gRPC flow control) beyond this."""
+
+
+def _internal_message(name: str, request_id: str) -> str:
+    return f"internal server error (request id {request_id})"
 
 
 def rpc(method):
@@ -36,17 +52,43 @@ def rpc(method):
         except Exception:
             request_id = new_request_id()
             log.exception("%s failed (request id %s)", name, request_id)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal server error (request id {request_id})")
+            await context.abort(grpc.StatusCode.INTERNAL, _internal_message(name, request_id))
 
     return wrapper
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, core: InferenceCore) -> None:
+    def __init__(self, core: InferenceCore, control: ModelControl, admin: AdminAuth) -> None:
         self._core = core
+        self._control = control
+        self._admin = admin
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self, server)
+        """Register every RPC of the service, the inference ones with the zero-copy request decoder."""
+        handlers = {}
+        for method in SERVICE.methods:
+            behaviour = getattr(self, method.name)
+            response_class = getattr(service_pb2, method.output_type.name)
+            if method.name == "ModelInfer":
+                # The handler returns the serialized response (convert.infer_response_to_wire).
+                handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                    behaviour, request_deserializer=decode_infer_request, response_serializer=None
+                )
+            elif method.name == "ModelStreamInfer":
+                handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                    behaviour,
+                    request_deserializer=decode_infer_request,
+                    response_serializer=response_class.SerializeToString,
+                )
+            else:
+                handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                    behaviour,
+                    request_deserializer=getattr(service_pb2, method.input_type.name).FromString,
+                    response_serializer=response_class.SerializeToString,
+                )
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
+        if hasattr(server, "add_registered_method_handlers"):
+            server.add_registered_method_handlers(SERVICE.full_name, handlers)
 
     @rpc
     async def ServerLive(self, request, context):
@@ -79,12 +121,107 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @rpc
     async def RepositoryIndex(self, request, context):
-        return convert.repository_index_to_grpc(self._core.repository_index(request.ready))
+        not_loaded = await asyncio.to_thread(self._control.not_loaded_names) if self._control.explicit else ()
+        return convert.repository_index_to_grpc(self._core.repository_index(request.ready, not_loaded))
 
     @rpc
-    async def ModelInfer(self, request, context):
-        response = await self._core.infer(convert.infer_request_from_grpc(request))
-        return convert.infer_response_to_grpc(response)
+    async def RepositoryModelLoad(self, request, context):
+        self._admin.check(context.invocation_metadata())
+        await self._control.load(request.model_name)
+        return service_pb2.RepositoryModelLoadResponse()
+
+    @rpc
+    async def RepositoryModelUnload(self, request, context):
+        self._admin.check(context.invocation_metadata())
+        await self._control.unload(request.model_name)
+        return service_pb2.RepositoryModelUnloadResponse()
+
+    @rpc
+    async def LogSettings(self, request, context):
+        self._admin.check(context.invocation_metadata())
+        raise unimplemented("LogSettings is not supported by ipsbench-serve: logging is set on the command line")
+
+    @rpc
+    async def TraceSetting(self, request, context):
+        self._admin.check(context.invocation_metadata())
+        raise unimplemented("TraceSetting is not supported by ipsbench-serve")
+
+    @rpc
+    async def ModelInfer(self, request: InferRequestWire, context):
+        if request.error:
+            raise ServerError(grpc.StatusCode.INTERNAL, request.error)
+        message = request.message
+        response = await self._core.infer(
+            convert.infer_request_from_grpc(message, request.raw), convert.infer_options_from_grpc(message)
+        )
+        return convert.infer_response_to_wire(response)
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[InferRequestWire], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[service_pb2.ModelStreamInferResponse]:
+        loop = asyncio.get_running_loop()
+        responses: asyncio.Queue = asyncio.Queue()
+        slots = asyncio.Semaphore(STREAM_MAX_OUTSTANDING)
+        tasks: set[asyncio.Task] = set()
+        end_of_requests = object()
+        outstanding = 0
+        """Requests read whose response has not been taken from ``responses`` yet."""
+
+        async def answer(request: InferRequestWire) -> None:
+            try:
+                responses.put_nowait(await self._stream_response(request))
+            finally:
+                slots.release()
+
+        async def read() -> None:
+            nonlocal outstanding
+            try:
+                async for request in request_iterator:
+                    await slots.acquire()
+                    outstanding += 1
+                    task = loop.create_task(answer(request))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+            finally:
+                responses.put_nowait(end_of_requests)
+
+        reader = loop.create_task(read())
+        reading = True
+        try:
+            while reading or outstanding:
+                item = await responses.get()
+                if item is end_of_requests:
+                    reading = False
+                    continue
+                outstanding -= 1
+                yield item
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+    async def _stream_response(self, wire: InferRequestWire) -> service_pb2.ModelStreamInferResponse:
+        request = wire.message
+        try:
+            if wire.error:
+                raise ServerError(grpc.StatusCode.INTERNAL, wire.error)
+            response = await self._core.infer(
+                convert.infer_request_from_grpc(request, wire.raw), convert.infer_options_from_grpc(request)
+            )
+            return service_pb2.ModelStreamInferResponse(infer_response=convert.infer_response_to_grpc(response))
+        except ServerError as exc:
+            log.debug("ModelStreamInfer request %r -> %s: %s", request.id[:64], exc.code.name, exc.message)
+            message = exc.message
+        except Exception:
+            request_id = new_request_id()
+            log.exception("ModelStreamInfer request failed (request id %s)", request_id)
+            message = _internal_message("ModelStreamInfer", request_id)
+        return service_pb2.ModelStreamInferResponse(
+            error_message=message,
+            infer_response=service_pb2.ModelInferResponse(
+                model_name=request.model_name, model_version=request.model_version, id=request.id
+            ),
+        )
 
 
 def _unsupported(rpc_name: str):
@@ -96,6 +233,6 @@ def _unsupported(rpc_name: str):
     return handler
 
 
-for _method in service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+for _method in SERVICE.methods:
     if _method.name not in InferenceServicer.__dict__:
         setattr(InferenceServicer, _method.name, _unsupported(_method.name))

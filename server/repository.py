@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 CONFIG_FILENAME = "config.pbtxt"
 MAX_CONFIG_BYTES = 1024 * 1024
+MAX_LABELS_BYTES = 16 * 1024 * 1024
 
 
 class ModelLoadError(Exception):
@@ -41,6 +42,8 @@ class ModelSource:
 
     spec: ModelSpec
     version_files: dict[int, Path]
+    labels: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Class labels per output that names a ``label_filename``, one per line (line i labels class i)."""
 
     @property
     def name(self) -> str:
@@ -89,7 +92,19 @@ def load_model_source(real_root: Path, name: str) -> ModelSource:
         if not path.is_file():
             raise ModelLoadError(name, f"version {version} has no model file '{filename}'")
         files[version] = path
-    return ModelSource(spec, files)
+    labels = {
+        output.name: _read_labels(real_root, model_dir, output.label_filename, name)
+        for output in config.output
+        if output.label_filename
+    }
+    return ModelSource(spec, files, labels)
+
+
+def list_model_names(root: Path) -> list[str]:
+    """Names of the model folders in ``root`` (valid names only), without reading them."""
+    return sorted(
+        entry.name for entry in Path(root).iterdir() if MODEL_NAME_RE.match(entry.name) and entry.is_dir()
+    )
 
 
 def _inside(real_root: Path, path: Path, name: str) -> Path:
@@ -97,6 +112,22 @@ def _inside(real_root: Path, path: Path, name: str) -> Path:
     if real != real_root and real_root not in real.parents:
         raise ModelLoadError(name, "path resolves outside the model repository")
     return real
+
+
+def _read_labels(real_root: Path, model_dir: Path, filename: str, name: str) -> tuple[str, ...]:
+    if "/" in filename or "\\" in filename or filename in (".", ".."):
+        raise ModelLoadError(name, f"invalid label_filename '{filename}'")
+    path = _inside(real_root, model_dir / filename, name)
+    if not path.is_file():
+        # Labels only decorate classification results: serve the model, say why they are missing.
+        log.warning("model '%s': label file '%s' not found; classification results will have no labels", name, filename)
+        return ()
+    if path.stat().st_size > MAX_LABELS_BYTES:
+        raise ModelLoadError(name, f"label file '{filename}' is larger than {MAX_LABELS_BYTES} bytes")
+    try:
+        return tuple(path.read_text(encoding="utf-8").splitlines())
+    except UnicodeDecodeError as exc:
+        raise ModelLoadError(name, f"cannot read label file '{filename}': {exc}") from None
 
 
 def _read_config(path: Path, name: str) -> model_config_pb2.ModelConfig:

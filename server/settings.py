@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+MODEL_CONTROL_MODES = ("none", "explicit")
+LOG_FORMATS = ("text", "json")
+ADMIN_TOKEN_ENV = "IPSBENCH_ADMIN_TOKEN"
 
 
 def _opt(default, help: str, **extra):  # noqa: A002 - "help" mirrors argparse
@@ -32,6 +35,32 @@ class Settings:
     exit_on_error: bool = _opt(
         True, "Exit non-zero when a model fails to load (Triton's default); when off, serve the other models."
     )
+    model_control_mode: str = _opt(
+        "none",
+        "none: every model in the repository loads at start and the repository load/unload RPCs are refused "
+        "(Triton's default); explicit: only --load-model models load at start, the RPCs load and unload models.",
+        choices=MODEL_CONTROL_MODES,
+    )
+    load_model: tuple[str, ...] = _opt(
+        (), "With --model-control-mode explicit: a model to load at start (repeat the option for several).", repeat=True
+    )
+    admin_token_file: Path | None = _opt(
+        None,
+        "File holding the admin credential. When set (or when the environment variable "
+        f"{ADMIN_TOKEN_ENV} is), the repository load/unload and log/trace settings RPCs need the metadata header "
+        "'authorization: Bearer <token>'; inference, health, metadata and statistics do not.",
+    )
+    grpc_tls_cert: Path | None = _opt(None, "PEM certificate chain of the server; with --grpc-tls-key, serve TLS only.")
+    grpc_tls_key: Path | None = _opt(None, "PEM private key of --grpc-tls-cert.")
+    grpc_tls_root_certs: Path | None = _opt(
+        None, "PEM CA certificates that client certificates are checked against (mutual TLS)."
+    )
+    grpc_tls_client_auth: bool = _opt(
+        False, "Require a client certificate signed by --grpc-tls-root-certs (mutual TLS)."
+    )
+    log_format: str = _opt(
+        "text", "text: one human-readable line per event; json: one JSON object per line.", choices=LOG_FORMATS
+    )
     log_verbose: bool = _opt(False, "Log at DEBUG level, including one line per rejected request.")
 
     @property
@@ -42,10 +71,23 @@ class Settings:
     def is_loopback(self) -> bool:
         return self.host in LOOPBACK_HOSTS
 
+    @property
+    def explicit_model_control(self) -> bool:
+        return self.model_control_mode == "explicit"
+
+    @property
+    def tls(self) -> bool:
+        return self.grpc_tls_cert is not None
+
     def __post_init__(self) -> None:
         if self.model_repository is None:
             raise ValueError("model_repository is required")
         object.__setattr__(self, "model_repository", Path(self.model_repository))
+        for name in ("admin_token_file", "grpc_tls_cert", "grpc_tls_key", "grpc_tls_root_certs"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, Path(value))
+        object.__setattr__(self, "load_model", tuple(self.load_model or ()))
         for name in ("grpc_port", "metrics_port"):
             port = getattr(self, name)
             if not 0 <= port <= 65535:
@@ -56,6 +98,18 @@ class Settings:
             raise ValueError("grpc_max_concurrent_rpcs must be > 0")
         if self.grace_period_s < 0:
             raise ValueError("grace_period_s must be >= 0")
+        if self.model_control_mode not in MODEL_CONTROL_MODES:
+            raise ValueError(f"model_control_mode must be one of {list(MODEL_CONTROL_MODES)}")
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"log_format must be one of {list(LOG_FORMATS)}")
+        if self.load_model and not self.explicit_model_control:
+            raise ValueError("--load-model needs --model-control-mode explicit (in mode none every model loads)")
+        if (self.grpc_tls_cert is None) != (self.grpc_tls_key is None):
+            raise ValueError("--grpc-tls-cert and --grpc-tls-key go together")
+        if (self.grpc_tls_root_certs is not None or self.grpc_tls_client_auth) and not self.tls:
+            raise ValueError("--grpc-tls-root-certs and --grpc-tls-client-auth need --grpc-tls-cert and --grpc-tls-key")
+        if self.grpc_tls_client_auth and self.grpc_tls_root_certs is None:
+            raise ValueError("--grpc-tls-client-auth needs --grpc-tls-root-certs to check client certificates")
 
 
 def settings_fields() -> tuple[dataclasses.Field, ...]:

@@ -6,7 +6,11 @@ batch is full (``max_batch_size``), cannot grow (the next request does not fit),
 Without preferred sizes, as in Triton, the full batch is the preferred one. Engine calls run in a thread pool
 with one thread per instance. Every request ends in exactly one result or one error: a failed batch fails all
 its requests; if the collector dies, everything pending fails. A bounded queue (``max_queue_size``) rejects at
-once; queue timeouts (``default_timeout_microseconds`` with ``REJECT``) are enforced when a batch is formed.
+once. Queue timeouts follow Triton's queue policy and are applied when a batch is formed: a request's timeout is
+``default_timeout_microseconds``, or its own ``timeout`` parameter when that is shorter and the policy has
+``allow_timeout_override`` (a longer one is clamped to the default). Past its timeout a request is rejected with
+UNAVAILABLE (``REJECT``) or moved to a delayed queue (``DELAY``) that is served only while no request still inside
+its timeout is waiting.
 """
 
 from __future__ import annotations
@@ -42,7 +46,11 @@ class QueuedRequest:
     batch_key: object
     """Requests batch together only when their keys are equal (same optional inputs and variable dims)."""
     future: asyncio.Future
+    timeout_ns: int = 0
+    """The request's own queue timeout (0: none asked for); see the module docstring for how it applies."""
     enqueued_ns: int = 0
+    deadline_ns: int = 0
+    """When the request times out in the queue (``perf_counter_ns``); 0: never."""
 
 
 @dataclass(slots=True)
@@ -72,6 +80,7 @@ class Batcher:
         instances: Sequence[ModelInstance],
         output_names: Sequence[str],
         stats: ModelStats,
+        allow_timeout_override: bool = False,
     ) -> None:
         if not instances:
             raise ValueError("a batcher needs at least one instance")
@@ -82,6 +91,12 @@ class Batcher:
         self._stats = stats
         self._batched = policy.max_batch_size > 0
         self._queue: collections.deque[QueuedRequest] = collections.deque()
+        self._delayed: collections.deque[QueuedRequest] = collections.deque()
+        """Requests past their queue timeout under the DELAY action, in arrival order."""
+        self._allow_timeout_override = allow_timeout_override
+        self._timed = policy.default_timeout_ns > 0 or allow_timeout_override
+        self._next_deadline_ns = 0
+        """The earliest deadline in the queue, or 0 when none: no scan for expired requests before then."""
         self._idle: asyncio.Queue[ModelInstance] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=len(self._instances), thread_name_prefix=f"engine-{label}")
         self._waiter: asyncio.Future | None = None
@@ -123,12 +138,32 @@ class Batcher:
         if self._closed_reason is not None:
             raise self._closed_reason
         limit = self._policy.max_queue_size
-        if limit and len(self._queue) >= limit:
+        if limit and len(self._queue) + len(self._delayed) >= limit:
             raise unavailable(QUEUE_FULL_MESSAGE)
-        request.enqueued_ns = time.perf_counter_ns()
+        request.enqueued_ns = now = time.perf_counter_ns()
+        if self._timed:
+            timeout_ns = self._policy.default_timeout_ns
+            if self._allow_timeout_override and request.timeout_ns > 0:
+                # Shorter is honoured, longer is clamped to the default (no default: no bound to clamp to).
+                timeout_ns = min(timeout_ns, request.timeout_ns) if timeout_ns else request.timeout_ns
+            if timeout_ns:
+                request.deadline_ns = deadline = now + timeout_ns
+                if not self._next_deadline_ns or deadline < self._next_deadline_ns:
+                    self._next_deadline_ns = deadline
         self._queue.append(request)
-        self._stats.set_pending(len(self._queue))
+        self._stats.set_pending(len(self._queue) + len(self._delayed))
         self._wake()
+
+    def withdraw(self, request: QueuedRequest) -> None:
+        """Take a request whose client has gone out of the queue now (it may already be executing), so that the
+        pending count does not include it."""
+        for queue in (self._queue, self._delayed):
+            try:
+                queue.remove(request)
+            except ValueError:
+                continue
+            self._stats.set_pending(len(self._queue) + len(self._delayed))
+            return
 
     # -- collector -------------------------------------------------------------------------------------------------
 
@@ -157,7 +192,7 @@ class Batcher:
             except BaseException:
                 self._idle.put_nowait(instance)
                 raise
-            self._stats.set_pending(len(self._queue))
+            self._stats.set_pending(len(self._queue) + len(self._delayed))
             task = loop.create_task(self._execute(instance, batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -166,32 +201,41 @@ class Batcher:
         policy = self._policy
         while True:
             self._drop_expired()
-            if not self._queue:
-                await self._wait(None)
-                continue
-            if not policy.dynamic:
-                return [self._queue.popleft()]
-            count, size, blocked, preferred_count = self._fit()
-            now = time.perf_counter_ns()
-            deadline = self._queue[0].enqueued_ns + policy.max_queue_delay_ns
-            if not (size >= policy.max_batch_size or blocked or now >= deadline):
-                count = preferred_count
-            if count:
-                batch = [self._queue.popleft() for _ in range(count)]
-                batch = [r for r in batch if not r.future.done()]
-                if batch:
-                    return batch
-                continue
-            await self._wait((deadline - now) / 1e9)
+            queue = self._queue
+            if not queue:
+                if not self._delayed:
+                    self._stats.set_pending(0)
+                    await self._wait(None)
+                    continue
+                # Only delayed requests are left: they have waited long enough, dispatch at once.
+                queue = self._delayed
+                if not policy.dynamic:
+                    return [queue.popleft()]
+                count, _, _, _ = self._fit(queue)
+            elif not policy.dynamic:
+                return [queue.popleft()]
+            else:
+                count, size, blocked, preferred_count = self._fit(queue)
+                now = time.perf_counter_ns()
+                deadline = queue[0].enqueued_ns + policy.max_queue_delay_ns
+                if not (size >= policy.max_batch_size or blocked or now >= deadline):
+                    count = preferred_count
+                if not count:
+                    await self._wait((deadline - now) / 1e9)
+                    continue
+            batch = [queue.popleft() for _ in range(count)]
+            batch = [r for r in batch if not r.future.done()]
+            if batch:
+                return batch
 
-    def _fit(self) -> tuple[int, int, bool, int]:
+    def _fit(self, queue: collections.deque[QueuedRequest]) -> tuple[int, int, bool, int]:
         """Scan from the head for one batch: (requests that fit, their samples, whether the next one did not fit,
         requests up to the largest preferred batch size reached on the way, or 0)."""
         limit = self._policy.max_batch_size
         preferred = self._policy.preferred_batch_sizes
         key = None
         count = size = preferred_count = 0
-        for request in self._queue:
+        for request in queue:
             if request.future.done():
                 count += 1
                 continue
@@ -205,24 +249,37 @@ class Batcher:
         return count, size, False, preferred_count
 
     def _drop_expired(self) -> None:
+        """Drop requests whose client gave up; reject or delay those past their queue timeout."""
         queue = self._queue
         while queue and queue[0].future.done():
             queue.popleft()
-        timeout_ns = self._policy.default_timeout_ns
-        if not timeout_ns or not self._policy.timeout_reject or not queue:
+        delayed = self._delayed
+        while delayed and delayed[0].future.done():
+            delayed.popleft()
+        if not self._next_deadline_ns or not queue:
             return
-        oldest_allowed = time.perf_counter_ns() - timeout_ns
-        if queue[0].enqueued_ns > oldest_allowed:
+        now = time.perf_counter_ns()
+        if now < self._next_deadline_ns:
             return
+        reject = self._policy.timeout_reject
         kept: collections.deque[QueuedRequest] = collections.deque()
+        next_deadline = 0
         for request in queue:
-            if request.enqueued_ns <= oldest_allowed:
-                if not request.future.done():
+            deadline = request.deadline_ns
+            if deadline and deadline <= now:
+                if request.future.done():
+                    continue
+                if reject:
                     request.future.set_exception(unavailable(QUEUE_TIMEOUT_MESSAGE))
-            else:
-                kept.append(request)
+                else:
+                    delayed.append(request)
+                continue
+            kept.append(request)
+            if deadline and (not next_deadline or deadline < next_deadline):
+                next_deadline = deadline
         self._queue = kept
-        self._stats.set_pending(len(kept))
+        self._next_deadline_ns = next_deadline
+        self._stats.set_pending(len(kept) + len(delayed))
 
     # -- execution -------------------------------------------------------------------------------------------------
 
@@ -288,8 +345,9 @@ class Batcher:
         self._fail_queued(lambda: internal_error(request_id))
 
     def _fail_queued(self, make_error) -> None:
-        while self._queue:
-            request = self._queue.popleft()
-            if not request.future.done():
-                request.future.set_exception(make_error())
+        for queue in (self._queue, self._delayed):
+            while queue:
+                request = queue.popleft()
+                if not request.future.done():
+                    request.future.set_exception(make_error())
         self._stats.set_pending(0)

@@ -32,7 +32,13 @@ def test_server_metadata_names_ipsbench_and_its_extensions(client):
     meta = client.get_server_metadata()
     assert meta.name == "ipsbench"
     assert meta.version == metadata.version("ipsbench")
-    assert set(meta.extensions) == {"model_configuration", "statistics"}
+    assert set(meta.extensions) == {
+        "classification",
+        "model_configuration",
+        "model_repository",
+        "schedule_policy",
+        "statistics",
+    }
 
 
 def test_model_metadata_has_batch_dim_and_platform(client):
@@ -100,17 +106,23 @@ def test_health_follows_readiness_and_rejects_unknown_services(channel):
 
 def test_unsupported_rpcs_are_unimplemented_with_a_message(stub, channel):
     with pytest.raises(grpc.RpcError) as err:
-        stub.RepositoryModelLoad(service_pb2.RepositoryModelLoadRequest(model_name="resnet18"), timeout=CALL_TIMEOUT_S)
+        stub.SystemSharedMemoryStatus(service_pb2.SystemSharedMemoryStatusRequest(), timeout=CALL_TIMEOUT_S)
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "RepositoryModelLoad is not supported" in err.value.details()
+    assert "SystemSharedMemoryStatus is not supported" in err.value.details()
 
     with pytest.raises(grpc.RpcError) as err:
-        list(
-            stub.ModelStreamInfer(iter([service_pb2.ModelInferRequest(model_name="resnet18")]), timeout=CALL_TIMEOUT_S)
-        )
+        stub.LogSettings(service_pb2.LogSettingsRequest(), timeout=CALL_TIMEOUT_S)
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
     nope = channel.unary_unary("/inference.GRPCInferenceService/Nope")
     with pytest.raises(grpc.RpcError) as err:
         nope(b"", timeout=CALL_TIMEOUT_S)
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_server_reflection_is_off(channel):
+    for service in ("grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"):
+        reflection = channel.stream_stream(f"/{service}/ServerReflectionInfo")
+        with pytest.raises(grpc.RpcError) as err:
+            list(reflection(iter([b""]), timeout=CALL_TIMEOUT_S))
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
