@@ -5,7 +5,7 @@
 set -euo pipefail
 
 MODEL=${MODEL:-resnet50}
-PRECISION=${PRECISION:-fp16}
+PRECISION=${PRECISION:-fp16}  # fp32, fp16, or int8 (TensorRT only; CALIBRATION_IMAGES=DIR to calibrate on)
 BATCH_SIZES=${BATCH_SIZES:-1,8,32,64}
 MAX_BATCH_SIZE=${MAX_BATCH_SIZE:-64}
 CONCURRENCY=${CONCURRENCY:-1,16,64}
@@ -32,18 +32,27 @@ except ImportError:
 sys.exit(0 if torch.cuda.is_available() else 1)
 EOF
 
-# The best GPU backend ipsbench-serve has here: for FP32, ONNX Runtime's CUDA provider when onnxruntime-gpu is
-# installed; otherwise PyTorch on CUDA (FP16 or FP32, channels-last, CUDA graphs). A native TensorRT backend is not
-# part of ipsbench-serve yet.
+# The best GPU backend installed here: a TensorRT engine when TensorRT imports, else ONNX Runtime's CUDA provider
+# when onnxruntime-gpu is installed, else PyTorch on CUDA (TorchScript, channels-last, CUDA graphs). INT8 needs TensorRT.
 backend=$(PRECISION=$PRECISION "$PYTHON" -c '
-import os
+import importlib.util, os
 try:
     import onnxruntime
-    cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    ort_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 except ImportError:
-    cuda = False
-print("onnxruntime-cuda" if cuda and os.environ["PRECISION"] == "fp32" else "pytorch-cuda")
+    ort_cuda = False
+if importlib.util.find_spec("tensorrt") is not None:
+    print("tensorrt")
+elif ort_cuda:
+    print("onnxruntime-cuda")
+else:
+    print("pytorch-cuda")
 ')
+case $PRECISION in
+  fp32|fp16) ;;
+  int8) [ "$backend" = tensorrt ] || die "PRECISION=int8 needs TensorRT (pip install 'ipsbench[tensorrt]'); found $backend" ;;
+  *) die "PRECISION must be fp32, fp16 or int8, not '$PRECISION'" ;;
+esac
 gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1)
 echo "gpu-check: $gpu_name, backend $backend, $MODEL $PRECISION, output in $OUT"
 
@@ -51,13 +60,16 @@ mkdir -p "$OUT"
 repo=$OUT/models
 name=${MODEL}_${PRECISION}
 case $backend in
+  tensorrt)
+    "$PYTHON" -m export "$MODEL" --format tensorrt --precision "$PRECISION" \
+      ${CALIBRATION_IMAGES:+--calibration-images "$CALIBRATION_IMAGES"} \
+      --max-batch-size "$MAX_BATCH_SIZE" --name "$name" --out "$repo" ;;
+  onnxruntime-cuda)
+    "$PYTHON" -m export "$MODEL" --format onnx --device gpu --precision "$PRECISION" \
+      --max-batch-size "$MAX_BATCH_SIZE" --name "$name" --out "$repo" ;;
   pytorch-cuda)
     "$PYTHON" -m export "$MODEL" --format torchscript --device gpu --precision "$PRECISION" \
       --cuda-graphs --max-batch-size "$MAX_BATCH_SIZE" --name "$name" --out "$repo" ;;
-  onnxruntime-cuda)
-    "$PYTHON" -m export "$MODEL" --max-batch-size "$MAX_BATCH_SIZE" --name "$name" --out "$repo"
-    printf 'parameters { key: "execution_providers" value { string_value: "CUDAExecutionProvider" } }\n' \
-      >>"$repo/$name/config.pbtxt" ;;
 esac
 
 # Engine: the forward pass alone, in-process (the vendor-sheet number).

@@ -67,8 +67,10 @@ def onnx_config(
     instance_count: int = 1,
     queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
     device: str = "cpu",
+    precision: str = "fp32",
 ) -> mc.ModelConfig:
-    """Config for an ONNX classifier served by ONNX Runtime."""
+    """Config for an ONNX classifier served by ONNX Runtime; ``precision`` (the arithmetic inside the graph; the
+    wire types stay FP32) is recorded in ``parameters`` for reports."""
     return classifier_config(
         spec,
         name,
@@ -80,6 +82,25 @@ def onnx_config(
         instance_count=instance_count,
         device=device,
         queue_delay_us=queue_delay_us,
+        parameters={"precision": precision} if precision != "fp32" else None,
+    )
+
+
+def tensorrt_config(
+    spec: ModelSpec, name: str, max_batch_size: int, *, instance_count: int = 1, precision: str = "fp16"
+) -> mc.ModelConfig:
+    """Config for a TensorRT engine (``model.plan``), always on GPU 0; the names are the ONNX file's."""
+    return classifier_config(
+        spec,
+        name,
+        max_batch_size,
+        platform="tensorrt_plan",
+        backend="tensorrt",
+        input_name=onnx.INPUT_NAME,
+        output_name=onnx.OUTPUT_NAME,
+        instance_count=instance_count,
+        device="gpu",
+        parameters={"precision": precision},
     )
 
 

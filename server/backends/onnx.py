@@ -1,16 +1,22 @@
 """ONNX Runtime backend (Triton's ``onnxruntime`` / ``onnxruntime_onnx``).
 
-Session settings come from the model config, with Triton's ONNX Runtime backend names:
+Session settings come from the model config, with the names Triton's ONNX Runtime backend uses:
 
-* ``parameters { key: "intra_op_thread_count" value { string_value: "2" } }`` (and ``inter_op_thread_count``);
-* ``optimization { graph { level: N } }``: -1 basic, 1 extended, anything else all optimizations;
-* ``optimization { execution_accelerators { gpu_execution_accelerator [ { name: "tensorrt" } ] } }`` and
-  ``cpu_execution_accelerator [ { name: "openvino" } ]``;
-* ``instance_group { kind: KIND_GPU gpus: [0] }`` puts the instance on the CUDA execution provider;
+* ``parameters``: ``intra_op_thread_count``, ``inter_op_thread_count``, ``execution_mode`` (0 sequential, 1 parallel),
+  ``enable_mem_arena``, ``enable_mem_pattern``, ``session.use_device_allocator_for_initializers``; for the CUDA
+  provider the older top-level keys ``cudnn_conv_algo_search`` (0 exhaustive, 1 heuristic, 2 default),
+  ``gpu_mem_limit``, ``arena_extend_strategy`` and ``do_copy_in_default_stream``;
+* ``optimization { graph { level: N } }``: -1 basic, 1 basic and extended, 2 none, unset all optimizations;
+* ``optimization { execution_accelerators { gpu_execution_accelerator [ { name: "tensorrt" parameters {...} } ] } }``
+  with Triton's keys (``precision_mode`` FP16/INT8, ``max_workspace_size_bytes``, ``trt_*`` passed through), or
+  ``name: "cuda"`` with CUDA provider options; ``cpu_execution_accelerator [ { name: "openvino" } ]``;
+* ``instance_group { kind: KIND_GPU gpus: [N] }`` puts the instance on the CUDA provider with ``device_id`` N, after
+  any GPU accelerator; on a GPU the outputs are bound to device memory (IO binding) and copied back once;
 * ipsbench's own ``parameters { key: "execution_providers" value { string_value: "A,B" } }`` names the providers
-  outright.
+  outright, and ``precision`` (``fp16`` for a graph exported in FP16 behind FP32 inputs) labels reports.
 
-A requested provider that onnxruntime lacks, or falls back from, fails the load: never a silent CPU fallback.
+A requested provider that onnxruntime lacks, or falls back from, fails the load: never a silent CPU fallback. A GPU
+provider missing from a CPU build says to install ``onnxruntime-gpu``.
 """
 
 from __future__ import annotations
@@ -40,20 +46,43 @@ _ORT_TYPES = {
     "tensor(double)": "FP64",
 }
 _GPU_ACCELERATORS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider"}
+_GPU_PROVIDERS = frozenset(_GPU_ACCELERATORS.values())
 _CPU_ACCELERATORS = {"openvino": "OpenVINOExecutionProvider"}
 _GRAPH_LEVELS = {
     -1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     1: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    2: ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
 }
+_TRT_RENAMED = {
+    "max_workspace_size_bytes": "trt_max_workspace_size",
+    "int8_calibration_table_name": "trt_int8_calibration_table_name",
+    "int8_use_native_calibration_table": "trt_int8_use_native_calibration_table",
+}
+_CUDA_LEGACY_KEYS = ("cudnn_conv_algo_search", "gpu_mem_limit", "arena_extend_strategy", "do_copy_in_default_stream")
+_CONV_SEARCH = {"0": "EXHAUSTIVE", "1": "HEURISTIC", "2": "DEFAULT"}
+GPU_BUILD_HINT = (
+    "install onnxruntime-gpu in place of onnxruntime (pip uninstall onnxruntime && pip install onnxruntime-gpu), "
+    "with a CUDA driver and, for the TensorRT provider, TensorRT"
+)
 
 
 class OnnxRuntimeInstance(ModelInstance):
-    def __init__(self, session: ort.InferenceSession, info: EngineInfo) -> None:
+    def __init__(self, session: ort.InferenceSession, info: EngineInfo, device_id: int | None) -> None:
         self._session = session
         self.info = info
+        self._device_id = device_id
+        """GPU the session runs on (outputs bound there), or None on the CPU."""
 
     def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> list[np.ndarray]:
-        return self._session.run(output_names, inputs)
+        if self._device_id is None:
+            return self._session.run(output_names, inputs)
+        binding = self._session.io_binding()
+        for name, array in inputs.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        for name in output_names:
+            binding.bind_output(name, "cuda", self._device_id)
+        self._session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
 
     def close(self) -> None:
         self._session = None
@@ -73,15 +102,25 @@ class OnnxRuntimeBackend(Backend):
         if not active or active[0] != wanted:
             raise RuntimeError(f"requested execution provider {wanted}, but onnxruntime is using {active}")
         _check_io(spec, session)
-        return OnnxRuntimeInstance(session, _engine_info(session, instance))
+        on_gpu = active[0] in _GPU_PROVIDERS
+        device_id = (instance.device_id or 0) if on_gpu else None
+        precision = params.get("precision") or (
+            "fp16" if any(arg.type == "tensor(float16)" for arg in session.get_inputs()) else "fp32"
+        )
+        info = EngineInfo(device=f"cuda:{device_id}" if on_gpu else "cpu", precision=precision)
+        return OnnxRuntimeInstance(session, info, device_id)
 
 
-def _engine_info(session: ort.InferenceSession, instance: InstanceSpec) -> EngineInfo:
-    on_gpu = session.get_providers()[0] in _GPU_ACCELERATORS.values()
-    half = any(arg.type == "tensor(float16)" for arg in session.get_inputs())
-    return EngineInfo(
-        device=f"cuda:{instance.device_id or 0}" if on_gpu else "cpu", precision="fp16" if half else "fp32"
-    )
+def _int_parameter(params: dict[str, str], key: str, minimum: int = 0) -> int | None:
+    if key not in params:
+        return None
+    try:
+        value = int(params[key])
+    except ValueError:
+        raise ValueError(f"parameter '{key}' must be an integer, got '{params[key]}'") from None
+    if value < minimum:
+        raise ValueError(f"parameter '{key}' must be >= {minimum}, got {value}")
+    return value
 
 
 def _session_options(spec: ModelSpec, params: dict[str, str]) -> ort.SessionOptions:
@@ -90,17 +129,54 @@ def _session_options(spec: ModelSpec, params: dict[str, str]) -> ort.SessionOpti
         ("intra_op_thread_count", "intra_op_num_threads"),
         ("inter_op_thread_count", "inter_op_num_threads"),
     ):
-        if key in params:
-            try:
-                value = int(params[key])
-            except ValueError:
-                raise ValueError(f"parameter '{key}' must be an integer, got '{params[key]}'") from None
-            if value < 0:
-                raise ValueError(f"parameter '{key}' must be >= 0, got {value}")
+        value = _int_parameter(params, key)
+        if value is not None:
             setattr(options, attr, value)
+    mode = _int_parameter(params, "execution_mode")
+    if mode is not None:
+        if mode not in (0, 1):
+            raise ValueError(f"parameter 'execution_mode' must be 0 (sequential) or 1 (parallel), got {mode}")
+        options.execution_mode = ort.ExecutionMode.ORT_PARALLEL if mode else ort.ExecutionMode.ORT_SEQUENTIAL
+    for key, attr in (("enable_mem_arena", "enable_cpu_mem_arena"), ("enable_mem_pattern", "enable_mem_pattern")):
+        value = _int_parameter(params, key)
+        if value is not None:
+            setattr(options, attr, bool(value))
+    if "session.use_device_allocator_for_initializers" in params:
+        options.add_session_config_entry(
+            "session.use_device_allocator_for_initializers", params["session.use_device_allocator_for_initializers"]
+        )
     level = spec.config.optimization.graph.level
     options.graph_optimization_level = _GRAPH_LEVELS.get(level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     options.log_severity_level = 3
+    return options
+
+
+def _tensorrt_options(parameters: Mapping[str, str]) -> dict[str, str]:
+    """Triton's TensorRT accelerator keys → the TensorRT provider's options."""
+    options: dict[str, str] = {}
+    for key, value in parameters.items():
+        if key == "precision_mode":
+            mode = value.strip().upper()
+            if mode not in ("FP32", "FP16", "INT8"):
+                raise ValueError(f"tensorrt accelerator: precision_mode must be FP32, FP16 or INT8, got '{value}'")
+            options["trt_fp16_enable"] = str(mode in ("FP16", "INT8")).lower()
+            options["trt_int8_enable"] = str(mode == "INT8").lower()
+        elif key in _TRT_RENAMED:
+            options[_TRT_RENAMED[key]] = value
+        elif key.startswith("trt_"):
+            options[key] = value
+        else:
+            raise ValueError(f"tensorrt accelerator: unknown parameter '{key}'")
+    return options
+
+
+def _cuda_options(params: dict[str, str], accelerator: Mapping[str, str] | None) -> dict[str, str]:
+    options = {key: params[key] for key in _CUDA_LEGACY_KEYS if key in params}
+    if "cudnn_conv_algo_search" in options:
+        options["cudnn_conv_algo_search"] = _CONV_SEARCH.get(
+            options["cudnn_conv_algo_search"], options["cudnn_conv_algo_search"]
+        )
+    options.update(accelerator or {})
     return options
 
 
@@ -112,13 +188,18 @@ def _providers(spec: ModelSpec, instance: InstanceSpec, params: dict[str, str]) 
         accelerators = spec.config.optimization.execution_accelerators
         requested = []
         if instance.kind == "GPU":
-            device = {"device_id": instance.device_id or 0}
+            device = {"device_id": str(instance.device_id or 0)}
+            cuda_accelerator = None
             for acc in accelerators.gpu_execution_accelerator:
-                if acc.name not in _GPU_ACCELERATORS:
-                    raise ValueError(f"unknown gpu_execution_accelerator '{acc.name}'")
-                requested.append((_GPU_ACCELERATORS[acc.name], dict(device, **acc.parameters)))
-            if not any(p[0] == "CUDAExecutionProvider" for p in requested):
-                requested.append(("CUDAExecutionProvider", device))
+                if acc.name == "tensorrt":
+                    requested.append(("TensorrtExecutionProvider", {**device, **_tensorrt_options(acc.parameters)}))
+                elif acc.name == "cuda":
+                    cuda_accelerator = dict(acc.parameters)
+                else:
+                    raise ValueError(
+                        f"unknown gpu_execution_accelerator '{acc.name}' (supported: {sorted(_GPU_ACCELERATORS)})"
+                    )
+            requested.append(("CUDAExecutionProvider", {**device, **_cuda_options(params, cuda_accelerator)}))
         else:
             for acc in accelerators.cpu_execution_accelerator:
                 if acc.name not in _CPU_ACCELERATORS:
@@ -128,7 +209,11 @@ def _providers(spec: ModelSpec, instance: InstanceSpec, params: dict[str, str]) 
     for provider in requested:
         name = provider[0] if isinstance(provider, tuple) else provider
         if name not in available:
-            raise ValueError(f"execution provider {name} is not available in this onnxruntime (available: {available})")
+            hint = f"; {GPU_BUILD_HINT}" if name in _GPU_PROVIDERS else ""
+            raise ValueError(
+                f"execution provider {name} is not available in this onnxruntime {ort.__version__} "
+                f"(available: {available}){hint}"
+            )
     return requested
 
 

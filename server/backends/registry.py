@@ -44,6 +44,14 @@ BACKENDS: dict[str, BackendEntry] = {
         requires="torch",
         extra="ipsbench[torch]",
     ),
+    "tensorrt": BackendEntry(
+        name="tensorrt",
+        platform="tensorrt_plan",
+        default_model_filename="model.plan",
+        target="server.backends.tensorrt:TensorRTBackend",
+        requires="tensorrt",
+        extra="ipsbench[tensorrt]",
+    ),
 }
 PLATFORMS: dict[str, str] = {entry.platform: entry.name for entry in BACKENDS.values()}
 

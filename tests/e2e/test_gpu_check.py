@@ -27,6 +27,25 @@ def test_gpu_check_fails_clearly_without_a_gpu(tmp_path):
     assert not out.exists(), "the check wrote output before finding out there is no GPU"
 
 
+@pytest.mark.skipif(has_gpu(), reason="a GPU is present: the check would run for real (deploy/gpu-check.sh)")
+def test_gpu_check_stops_before_any_work_when_pytorch_has_no_cuda(tmp_path):
+    """Past the driver check (a stand-in nvidia-smi that lists a GPU), the check still refuses, because no backend it
+    could pick (TensorRT, ONNX Runtime CUDA, PyTorch CUDA) can reach a GPU from this Python."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "nvidia-smi"
+    fake.write_text("#!/bin/sh\necho 'GPU 0: Stand-in GPU (UUID: GPU-0)'\n")
+    fake.chmod(0o755)
+    out = tmp_path / "gpu-check"
+    env = dict(os.environ, OUT=str(out), PYTHON=sys.executable, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    result = subprocess.run(
+        ["bash", str(ROOT / "deploy" / "gpu-check.sh")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert "gpu-check: PyTorch cannot use the GPU" in result.stderr
+    assert not out.exists(), "the check wrote output before finding out the GPU is unusable"
+
+
 def test_gpu_summary_renders_engine_and_end_to_end_rows(tmp_path):
     """The summary table from files shaped as the bench, the load report and nvidia-smi write them."""
     bench = tmp_path / "bench.json"

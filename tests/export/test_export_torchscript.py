@@ -49,8 +49,11 @@ def test_gpu_export_asks_for_gpu_fp16_channels_last_and_says_where_it_was_verifi
     [
         (["--format", "torchscript", "--precision", "fp16"], "--precision fp16 needs --device gpu"),
         (["--format", "torchscript", "--cuda-graphs"], "--cuda-graphs needs --device gpu"),
-        (["--precision", "fp16", "--device", "gpu"], "--precision fp16 applies to --format torchscript only"),
+        (["--precision", "int8"], "--precision int8 needs --format tensorrt"),
+        (["--format", "torchscript", "--precision", "int8", "--device", "gpu"], "--precision int8 needs --format tensorrt"),
         (["--cuda-graphs", "--device", "gpu"], "--cuda-graphs applies to --format torchscript only"),
+        (["--format", "tensorrt", "--device", "cpu"], "--format tensorrt builds a GPU engine"),
+        (["--format", "tensorrt", "--channels-last"], "--channels-last applies to --format torchscript only"),
     ],
 )
 def test_options_that_do_not_fit_the_format_or_device_are_refused(args, message, tmp_path):
