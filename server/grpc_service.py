@@ -127,6 +127,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     @rpc
     async def RepositoryModelLoad(self, request, context):
         self._admin.check(context.invocation_metadata())
+        # Refuse rather than ignore: a client that sent an override or files must not believe they were applied.
+        overrides = sorted(key for key in request.parameters if key == "config" or key.startswith("file:"))
+        if overrides:
+            raise unimplemented(
+                f"RepositoryModelLoad parameters {overrides} are not supported by ipsbench-serve: "
+                "models load from the repository as they are there"
+            )
         await self._control.load(request.model_name)
         return service_pb2.RepositoryModelLoadResponse()
 

@@ -440,12 +440,6 @@ def test_load_of_a_model_not_in_the_repository_is_an_invalid_argument(kind, expl
     assert "load failed for model 'nope'" in raised.value.message()
 
 
-@pytest.mark.xfail(
-    reason="RepositoryModelLoad's 'config' and 'file:' parameters are ignored: the load succeeds with the "
-    "repository's config (Triton applies the override)",
-    raises=AssertionError,
-    strict=True,
-)
 def test_load_with_a_config_override_applies_it_or_refuses_it(explicit_server):
     with grpcclient.InferenceServerClient(explicit_server.grpc_url) as client:
         client.register_plugin(BearerToken(ADMIN_TOKEN))
