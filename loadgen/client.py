@@ -39,8 +39,32 @@ def channel_options(request_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
-def open_channel(target: str, request_bytes: int = 0) -> grpc.Channel:
-    """An insecure channel to ``target`` (host:port) with raised message limits and default keepalive."""
+def channel_credentials(tls_ca: str = "", tls_cert: str = "", tls_key: str = "") -> grpc.ChannelCredentials | None:
+    """TLS credentials from PEM files (the CA verifies the server; certificate and key for mutual TLS), or None
+    for plaintext. A file that cannot be read raises TargetError."""
+    if not (tls_ca or tls_cert):
+        return None
+
+    def read(path: str) -> bytes | None:
+        if not path:
+            return None
+        try:
+            with open(path, "rb") as file:
+                return file.read()
+        except OSError as error:
+            raise TargetError(f"cannot read TLS file {path}: {error.strerror}") from None
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=read(tls_ca), private_key=read(tls_key), certificate_chain=read(tls_cert)
+    )
+
+
+def open_channel(
+    target: str, request_bytes: int = 0, credentials: grpc.ChannelCredentials | None = None
+) -> grpc.Channel:
+    """A channel to ``target`` (host:port), TLS when ``credentials`` are given, with raised message limits."""
+    if credentials is not None:
+        return grpc.secure_channel(target, credentials, options=channel_options(request_bytes))
     return grpc.insecure_channel(target, options=channel_options(request_bytes))
 
 
@@ -63,27 +87,31 @@ class ModelInfo:
     server: dict
 
 
-def describe_model(channel: grpc.Channel, model: str, version: str, deadline_s: float = METADATA_DEADLINE_S) -> ModelInfo:
+def describe_model(
+    channel: grpc.Channel, model: str, version: str, deadline_s: float = METADATA_DEADLINE_S,
+    metadata: tuple[tuple[str, str], ...] = (),
+) -> ModelInfo:
     """ServerMetadata, ModelReady and ModelMetadata (KServe v2), plus ModelConfig where the target offers it."""
     stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    call = {"timeout": deadline_s, "metadata": metadata or None}
     try:
-        server = stub.ServerMetadata(service_pb2.ServerMetadataRequest(), timeout=deadline_s)
-        ready = stub.ModelReady(service_pb2.ModelReadyRequest(name=model, version=version), timeout=deadline_s)
+        server = stub.ServerMetadata(service_pb2.ServerMetadataRequest(), **call)
+        ready = stub.ModelReady(service_pb2.ModelReadyRequest(name=model, version=version), **call)
         if not ready.ready:
             raise TargetError(f"model {model!r} is not ready on the target")
-        metadata = stub.ModelMetadata(service_pb2.ModelMetadataRequest(name=model, version=version), timeout=deadline_s)
+        model_metadata = stub.ModelMetadata(service_pb2.ModelMetadataRequest(name=model, version=version), **call)
     except grpc.RpcError as error:
         raise TargetError(f"{error.code().name}: {error.details()}") from error
     return ModelInfo(
-        metadata=metadata,
-        max_batch_size=_max_batch_size(stub, model, version, deadline_s),
+        metadata=model_metadata,
+        max_batch_size=_max_batch_size(stub, model, version, call),
         server={"name": server.name, "version": server.version, "extensions": list(server.extensions)},
     )
 
 
-def _max_batch_size(stub: service_pb2_grpc.GRPCInferenceServiceStub, model: str, version: str, deadline_s: float):
+def _max_batch_size(stub: service_pb2_grpc.GRPCInferenceServiceStub, model: str, version: str, call: dict):
     try:
-        response = stub.ModelConfig(service_pb2.ModelConfigRequest(name=model, version=version), timeout=deadline_s)
+        response = stub.ModelConfig(service_pb2.ModelConfigRequest(name=model, version=version), **call)
     except grpc.RpcError as error:
         if error.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.NOT_FOUND):
             return None

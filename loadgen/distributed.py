@@ -36,6 +36,10 @@ STEP_MESSAGE = "ipsbench_step"
 """Master → workers: a step begins, or the current one is interrupted."""
 FINISH_MESSAGE = "ipsbench_finish"
 """Master → worker: stop any user left and send the final report."""
+REPORT_NOW_MESSAGE = "ipsbench_report_now"
+"""Master → workers: send a report now (the master needs merged results: a stability judgement, a search)."""
+COLLECT_TIMEOUT_S = 5.0
+"""How long the master waits for the reports it asked for; a worker that sends none is judged without."""
 REPORT_KEY = "ipsbench"
 WATCH_INTERVAL_S = 0.5
 """How often the master looks for workers that locust marked missing."""
@@ -45,7 +49,15 @@ def announce_step(runner: MasterRunner, step: StepRecord) -> None:
     """Tell every worker that ``step`` begins now."""
     runner.send_message(STEP_MESSAGE, {"open": {
         "index": step.index, "concurrency": step.concurrency, "warmup_s": step.warmup_s,
-        "window_s": step.window_s, "rate_per_s": step.rate_per_s,
+        "window_s": step.window_s, "rate_per_s": step.rate_per_s, "trials_max": step.trials_max,
+        "phase": step.phase,
+    }})
+
+
+def announce_end_after_trials(runner: MasterRunner, step: StepRecord) -> None:
+    """Tell every worker that ``step`` ends after its ``trials_used`` measured windows."""
+    runner.send_message(STEP_MESSAGE, {"end_after_trials": {
+        "index": step.index, "trials": step.trials_used, "stable": step.stable,
     }})
 
 
@@ -73,7 +85,9 @@ class WorkerSteps:
         self.recorder = recorder or RunRecorder()
         self.final = False
         self._sent: dict[int, tuple] = {}
+        self._answered = 0
         runner.register_message(STEP_MESSAGE, self._on_step)
+        runner.register_message(REPORT_NOW_MESSAGE, self._on_report_now)
         runner.environment.events.report_to_master.add_listener(self._on_report_to_master)
 
     def admit(self, now_ns: int) -> StepRecord | None:
@@ -89,14 +103,25 @@ class WorkerSteps:
         if msg.data.get("interrupt"):
             self.recorder.interrupt()
             return
+        if ended := msg.data.get("end_after_trials"):
+            for step in self.recorder.steps:
+                if step.index == ended["index"]:
+                    step.end_after_trials(ended["trials"], ended["stable"])
+            return
         step = msg.data["open"]
         self.recorder.open_step(
-            step["concurrency"], step["warmup_s"], step["window_s"], step["rate_per_s"], index=step["index"]
+            step["concurrency"], step["warmup_s"], step["window_s"], step["rate_per_s"], index=step["index"],
+            trials_max=step.get("trials_max", 1), phase=step.get("phase"),
         )
+
+    def _on_report_now(self, environment, msg, **_) -> None:
+        self._answered = msg.data
+        send_report(self.runner)
 
     def _on_report_to_master(self, client_id: str, data: dict, **_) -> None:
         changed = [step for step in self.recorder.steps if self.final or self._sent.get(step.index) != _signature(step)]
-        data[REPORT_KEY] = {"pid": os.getpid(), "final": self.final, "steps": [step.encode() for step in changed]}
+        data[REPORT_KEY] = {"pid": os.getpid(), "final": self.final, "answered": self._answered,
+                            "steps": [step.encode() for step in changed]}
         self._sent.update((step.index, _signature(step)) for step in changed)
 
 
@@ -113,6 +138,8 @@ class WorkerState:
     """Latest encoded snapshot per step index."""
     last_report_ns: int | None = None
     final: bool = False
+    answered: int = 0
+    """The latest report request it answered."""
     lost_at_ns: int | None = None
     lost_because: str = ""
     in_flight_when_lost: int = 0
@@ -127,6 +154,7 @@ class MasterSteps:
         self.setup = setup
         self.started_ns = started_ns
         self.workers: dict[str, WorkerState] = {}
+        self._requests = 0
         runner.environment.events.worker_report.add_listener(self._on_worker_report)
         runner.register_message(JOIN_MESSAGE, self._on_join)
         runner.register_message(READY_MESSAGE, self._on_ready)
@@ -164,6 +192,18 @@ class MasterSteps:
         """Stop watching for missing workers."""
         self._watcher.kill(block=False)
 
+    def collect(self, step: StepRecord, timeout_s: float = COLLECT_TIMEOUT_S) -> StepRecord:
+        """``step`` merged from every worker's report, asked for now (bounded wait)."""
+        self._requests += 1
+        request = self._requests
+        for worker in self._pending():
+            self.runner.send_message(REPORT_NOW_MESSAGE, request, client_id=worker.id)
+        deadline = time.monotonic() + timeout_s
+        while any(w.answered < request for w in self._pending()) and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+        (merged,) = self.merged_steps([step])
+        return merged
+
     # --- results ----------------------------------------------------------------------------------------------
 
     def merged_steps(self, planned: list[StepRecord]) -> list[StepRecord]:
@@ -177,6 +217,10 @@ class MasterSteps:
             into = StepRecord.decode(snapshots[0], start_ns=step.start_ns)
             for snapshot in snapshots[1:]:
                 into.merge_encoded(snapshot)
+            # The master judged the step's trials; workers lost before they heard it may not say so.
+            into.trials_used, into.stable, into.phase = step.trials_used, step.stable, step.phase
+            if step.trials_used:
+                into.window_end_ns = step.window_end_ns
             merged.append(into)
         return merged
 
@@ -245,6 +289,7 @@ class MasterSteps:
         worker.last_report_ns = time.perf_counter_ns()
         for step in report["steps"]:
             worker.steps[step["index"]] = step
+        worker.answered = max(worker.answered, report.get("answered", 0))
         if report["final"]:
             worker.final = True
 

@@ -7,6 +7,11 @@ requests that completed inside the step's measured window, timed from their send
 *intended* send time fell inside the window, timed from that intended time (no coordinated omission), with the
 service time (from the actual send) and each send's lateness in histograms of their own. A step's state
 encodes to plain data and merges with another worker's state for the same step (counts add, histograms add).
+
+A closed-loop step judged for stability splits its measured window into trials of ``window_s`` each (at most
+``trials_max``); each trial keeps its own counts and histograms, and once the step is ended after trial k its
+figures are those of the last 3 trials together (:meth:`StepRecord.settled`). Each step also notes the
+process's own CPU time while it issued, to tell when the load generator itself was the bottleneck.
 """
 
 from __future__ import annotations
@@ -22,10 +27,12 @@ from loadgen.histograms import (
     HIGHEST_LATENCY_US,
     LOWEST_LATENCY_US,
     add_encoded,
+    add_histogram,
     encode_histogram,
     new_histogram,
 )
 from loadgen.outcomes import COMPLETED, Outcome, error_message_kind, outcome_for
+from loadgen.trials import STABLE_WINDOWS, Trial
 
 MAX_ERROR_KINDS = 64
 """Distinct (outcome, code, message) rows kept per step; further kinds are counted under one overflow row."""
@@ -75,24 +82,43 @@ class StepRecord:
     lateness_histogram: HdrHistogram = field(default_factory=new_histogram)
     window_end_ns: int = 0
     interrupted: bool = False
+    trials_max: int = 1
+    """Closed loop: measured windows of ``window_s`` each at most (1: one window, not judged for stability)."""
+    trials: list[Trial] = field(default_factory=list)
+    trials_used: int | None = None
+    """Trials the step ran before it was ended (set when it was judged); None while running or if interrupted."""
+    stable: bool | None = None
+    phase: str | None = None
+    cpu_seconds: float | None = None
+    """This process's CPU time (all its threads) from the step's start until it stopped issuing."""
+    accuracy: list[int] = field(default_factory=lambda: [0, 0, 0])
+    """Accuracy under load: images checked, right at top-1, right within the top 5."""
+    cpu_percent: list[float] = field(default_factory=list)
+    """Per load-generating process: its CPU time over the time it issued into this step, in % of one core."""
     window_start_ns: int = field(init=False)
+    _cpu_start_s: float = field(init=False, default=0.0)
 
     def __post_init__(self) -> None:
         self.window_start_ns = self.start_ns + round(self.warmup_s * 1e9)
         if not self.window_end_ns:
-            self.window_end_ns = self.window_start_ns + round(self.window_s * 1e9)
+            self.window_end_ns = self.window_start_ns + round(self.window_s * self.trials_max * 1e9)
+        self._cpu_start_s = time.process_time()
 
     # --- hot path -------------------------------------------------------------------------------------------
 
     def issuing(self, now_ns: int) -> bool:
         """True while requests may be issued: from the step's start to the end of its window."""
-        return now_ns < self.window_end_ns
+        if now_ns < self.window_end_ns:
+            return True
+        if not self.cpu_percent:
+            self._note_cpu(now_ns)
+        return False
 
     def record_issued(self) -> None:
         self.issued += 1
 
     def record_ok(self, sent_ns: int, done_ns: int, images: int, intended_ns: int | None = None) -> None:
-        if self._completed(Outcome.OK, sent_ns, done_ns, intended_ns):
+        if self._completed(Outcome.OK, sent_ns, done_ns, intended_ns, images):
             self.window_images_ok += images
 
     def record_error(
@@ -127,13 +153,22 @@ class StepRecord:
         if self.in_window(intended_ns):
             self.not_sent += 1
 
+    def record_top_classes(self, labels, top_classes) -> None:
+        """A checked response: each image's top classes against its label."""
+        for label, top in zip(labels, top_classes):
+            self.accuracy[0] += 1
+            self.accuracy[1] += bool(top) and top[0] == label
+            self.accuracy[2] += label in top
+
     def record_abandoned(self) -> None:
         self.counts[Outcome.ABANDONED] += 1
 
     def in_window(self, at_ns: int) -> bool:
         return self.window_start_ns <= at_ns < self.window_end_ns
 
-    def _completed(self, outcome: Outcome, sent_ns: int, done_ns: int, intended_ns: int | None) -> bool:
+    def _completed(
+        self, outcome: Outcome, sent_ns: int, done_ns: int, intended_ns: int | None, images: int = 0
+    ) -> bool:
         """Count one outcome and time it; True when it completed inside the measured window."""
         self.counts[outcome] += 1
         completed_in_window = self.in_window(done_ns)
@@ -141,19 +176,39 @@ class StepRecord:
             self.window_counts[outcome] += 1
         if intended_ns is None:
             if completed_in_window:
-                self._record_latency(self.histograms[outcome], done_ns - sent_ns)
+                latency_us = self._record_latency(self.histograms[outcome], done_ns - sent_ns)
+                if self.trials_max > 1:
+                    trial = self.trial((done_ns - self.window_start_ns) // round(self.window_s * 1e9))
+                    trial.counts[outcome] += 1
+                    trial.histogram(outcome).record_value(latency_us)
+                    if outcome is Outcome.OK:
+                        trial.images_ok += images
         elif self.in_window(intended_ns):
             self._record_latency(self.histograms[outcome], done_ns - intended_ns)
             if outcome is Outcome.OK:
                 self._record_latency(self.service_histogram, done_ns - sent_ns)
         return completed_in_window
 
-    def _record_latency(self, histogram: HdrHistogram, elapsed_ns: int) -> None:
+    def _record_latency(self, histogram: HdrHistogram, elapsed_ns: int) -> int:
         latency_us = (elapsed_ns + 500) // 1000
         if latency_us > HIGHEST_LATENCY_US:
             self.latencies_clamped += 1
             latency_us = HIGHEST_LATENCY_US
-        histogram.record_value(max(latency_us, LOWEST_LATENCY_US))
+        latency_us = max(latency_us, LOWEST_LATENCY_US)
+        histogram.record_value(latency_us)
+        return latency_us
+
+    def trial(self, number: int) -> Trial:
+        """Trial ``number`` (from 0), created with those before it."""
+        while len(self.trials) <= number:
+            self.trials.append(Trial())
+        return self.trials[number]
+
+    def _note_cpu(self, now_ns: int) -> None:
+        self.cpu_seconds = time.process_time() - self._cpu_start_s
+        elapsed_s = (now_ns - self.start_ns) / 1e9
+        if elapsed_s > 0:
+            self.cpu_percent = [round(100 * self.cpu_seconds / elapsed_s, 1)]
 
     def _note_error(self, outcome: Outcome, code: str, message: str, at_ns: int) -> None:
         at_ns -= self.start_ns
@@ -175,6 +230,45 @@ class StepRecord:
         if now_ns < self.window_end_ns:
             self.window_end_ns = max(now_ns, self.window_start_ns)
             self.interrupted = True
+        if not self.cpu_percent:
+            self._note_cpu(now_ns)
+
+    def end_after_trials(self, trials: int, stable: bool) -> None:
+        """Stability judged after ``trials`` windows: the measured window ends with the last of them."""
+        self.trials_used, self.stable = trials, stable
+        self.window_end_ns = min(self.window_end_ns, self.window_start_ns + round(trials * self.window_s * 1e9))
+
+    def trial_figures(self, number: int) -> tuple[float, int | None]:
+        """Images/sec and p99 (microseconds, None without a success) of trial ``number``."""
+        trial = self.trial(number)
+        histogram = trial.histograms.get(Outcome.OK)
+        p99 = histogram.get_value_at_percentile(99.0) if histogram and histogram.get_total_count() else None
+        return trial.images_ok / self.window_s, p99
+
+    def settled(self) -> StepRecord:
+        """The step as reported: for a stability-judged step, its last 3 trials together (the whole step's
+        counts and errors unchanged); otherwise the step itself."""
+        if self.trials_max <= 1 or not self.trials_used:
+            return self
+        first = max(self.trials_used - STABLE_WINDOWS, 0)
+        chosen = [self.trial(n) for n in range(first, self.trials_used)]
+        trial_ns = round(self.window_s * 1e9)
+        view = StepRecord(
+            index=self.index, concurrency=self.concurrency, warmup_s=self.warmup_s, window_s=self.window_s,
+            start_ns=self.start_ns, rate_per_s=self.rate_per_s, issued=self.issued, counts=dict(self.counts),
+            latencies_clamped=self.latencies_clamped, errors=self.errors, interrupted=self.interrupted,
+            window_end_ns=self.window_start_ns + self.trials_used * trial_ns, trials_max=self.trials_max,
+            trials=self.trials, trials_used=self.trials_used, stable=self.stable, phase=self.phase,
+            cpu_seconds=self.cpu_seconds, cpu_percent=self.cpu_percent, accuracy=self.accuracy,
+        )
+        view.window_start_ns = self.window_start_ns + first * trial_ns
+        for trial in chosen:
+            for outcome, n in trial.counts.items():
+                view.window_counts[outcome] += n
+            view.window_images_ok += trial.images_ok
+            for outcome, histogram in trial.histograms.items():
+                add_histogram(view.histograms[outcome], histogram)
+        return view
 
     @property
     def measured_window_s(self) -> float:
@@ -206,6 +300,13 @@ class StepRecord:
             "open_loop": [self.scheduled, self.window_sends, self.late_sends, self.not_sent],
             "service_histogram": encode_histogram(self.service_histogram),
             "lateness_histogram": encode_histogram(self.lateness_histogram),
+            "trials_max": self.trials_max,
+            "trials": [trial.encode() for trial in self.trials],
+            "trials_used": self.trials_used,
+            "stable": self.stable,
+            "phase": self.phase,
+            "cpu_percent": list(self.cpu_percent),
+            "accuracy": list(self.accuracy),
         }
 
     @classmethod
@@ -221,7 +322,12 @@ class StepRecord:
             start_ns=start_ns,
             window_end_ns=window_start_ns + round(data["measured_window_s"] * 1e9),
             interrupted=data["interrupted"],
+            trials_max=data.get("trials_max", 1),
+            trials_used=data.get("trials_used"),
+            stable=data.get("stable"),
+            phase=data.get("phase"),
         )
+        step.cpu_percent = []
         step.merge_encoded(data)
         return step
 
@@ -251,6 +357,10 @@ class StepRecord:
             kind.first_ns = min(kind.first_ns, first_ns)
             kind.last_ns = max(kind.last_ns, last_ns)
         self.interrupted = self.interrupted or data["interrupted"]
+        for number, trial in enumerate(data.get("trials", ())):
+            self.trial(number).merge_encoded(trial)
+        self.cpu_percent = [*self.cpu_percent, *data.get("cpu_percent", ())]
+        self.accuracy = [mine + theirs for mine, theirs in zip(self.accuracy, data.get("accuracy", (0, 0, 0)))]
 
 
 class RunRecorder:
@@ -274,12 +384,13 @@ class RunRecorder:
 
     def open_step(
         self, concurrency: int, warmup_s: float, window_s: float, rate_per_s: float | None = None,
-        index: int | None = None,
+        index: int | None = None, trials_max: int = 1, phase: str | None = None,
     ) -> StepRecord:
         """Start a step now; ``index`` defaults to the next one (a worker passes the master's)."""
         step = StepRecord(
             index=len(self.steps) if index is None else index, concurrency=concurrency, warmup_s=warmup_s,
-            window_s=window_s, start_ns=self._clock_ns(), rate_per_s=rate_per_s,
+            window_s=window_s, start_ns=self._clock_ns(), rate_per_s=rate_per_s, trials_max=trials_max,
+            phase=phase,
         )
         self.steps.append(step)
         self.current = step

@@ -4,6 +4,9 @@ Lifecycle: ``run()`` → ``prepare()`` → ``execute()`` → ``finish()``. ``exe
 this process, or (``processes`` > 1) as a locust master over worker processes it starts on this box, merging
 their step state from locust's worker reports. SIGINT/SIGTERM during ``execute()`` stop issuing, wait (bounded)
 for in-flight requests, count the rest ABANDONED, and the report is still written; a second signal stops waiting.
+While it runs, a partial ``report.json`` (status ``running``) is rewritten every few seconds, so a run killed
+outright still leaves its results so far; the next run into the same folder keeps that file aside, marked
+``incomplete``.
 """
 
 from __future__ import annotations
@@ -12,8 +15,11 @@ from __future__ import annotations
 from locust.env import Environment  # isort: skip
 
 import datetime
+import json
 import logging
+import os
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,16 +28,19 @@ import gevent
 import gevent.event
 import grpc
 
-from loadgen.client import init_grpc_gevent, open_channel
+from loadgen.client import init_grpc_gevent
 from loadgen.distributed import MasterSteps
+from loadgen.progress import Progress
 from loadgen.recorder import RunRecorder
 from loadgen.report.files import write_reports
-from loadgen.report.schema import build_report
+from loadgen.report.schema import REPORT_JSON, VERDICT_EXIT_CODES, build_report, write_report, write_text
 from loadgen.scenarios.base import DRAIN_GRACE_S, StepShape
 from loadgen.scenarios.build import shape_for, user_class_for
+from loadgen.scenarios.slo import SloSearchShape
 from loadgen.scrape import SCRAPE_TIMEOUT_S, StepScrapes
 from loadgen.settings import RunSettings
-from loadgen.users import Workload
+from loadgen.slo import parse_objective
+from loadgen.users import Workload, open_target_channel
 from loadgen.worker import LocalWorkers
 from loadgen.workload import PreparedWorkload, SetupError, prepare_workload
 
@@ -45,8 +54,13 @@ TICK_SLACK_S = 2.0
 """Per step: locust asks the shape about once a second, so each step can start and end up to a tick late."""
 WORKERS_READY_S = 60.0
 """How long a distributed run waits for its workers to connect and prepare their requests."""
+REMOTE_WORKERS_READY_S = 600.0
+"""The same for workers from other hosts, which someone has to start."""
 FINAL_REPORTS_S = 15.0
 """How long a distributed run waits for the workers' final reports."""
+FLUSH_INTERVAL_S = 2.0
+"""How often the partial report.json is rewritten while the run goes on (at most 5 s apart)."""
+DEFAULT_MASTER_PORT = 5557
 SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 RUN_LIMIT = "run time limit"
 """``interrupted_by`` when the run outlived its planned length by more than the margin (exit code 1)."""
@@ -63,7 +77,7 @@ class RunResult:
     def exit_code(self) -> int:
         if self.interrupted_by:
             return SIGNAL_EXIT_CODES.get(self.interrupted_by, 1)
-        return 0 if self.report["valid"] else 1
+        return VERDICT_EXIT_CODES[self.report["verdict"]]
 
 
 class LoadRun:
@@ -86,6 +100,9 @@ class LoadRun:
         self._prepared: PreparedWorkload | None = None
         self._started_at = ""
         self._started_ns = 0
+        self._engine: dict | None = None
+        self._flusher: gevent.Greenlet | None = None
+        self._progress: Progress | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
@@ -103,9 +120,11 @@ class LoadRun:
     def prepare(self) -> None:
         """Ask the target about the model and serialize the requests (each worker does so again for itself)."""
         init_grpc_gevent()
+        self._engine = read_engine_bench(self.settings.engine_bench)
         self._prepared = prepare_workload(self.settings.target, self.settings.workload)
-        if self.settings.processes == 1:
-            self._channel = open_channel(self.settings.target.target, self._prepared.payloads.request_bytes)
+        keep_unfinished_report(self.settings.out_dir)
+        if not self.settings.distributed:
+            self._channel = open_target_channel(self.settings.target, self._prepared)
 
     def execute(self) -> None:
         """Run the scenario in locust until its last step ends, or a signal stops it."""
@@ -113,23 +132,38 @@ class LoadRun:
         target = self.settings.target
         if target.metrics_url:
             self._shape.scrapes = StepScrapes(target.metrics_url, target.model, target.model_version)
+        self._flusher = gevent.spawn(self._flush_periodically)
+        if sys.stdout.isatty():
+            self._progress = Progress(self._shape, self._live_step)
         try:
-            if self.settings.processes == 1:
+            if not self.settings.distributed:
                 self._execute_here()
             else:
                 self._execute_distributed()
         finally:
+            self._flusher.kill(block=True)
+            if self._progress is not None:
+                self._progress.stop()
             self._shape.wait_scrapes(SCRAPE_TIMEOUT_S + 1.0)
 
     def finish(self) -> RunResult:
         """Write report.json, then the files rendered from it."""
+        report = self.build(running=False)
+        json_path, markdown_path = write_reports(report, self.settings.out_dir)
+        return RunResult(report, json_path, markdown_path, self.interrupted_by)
+
+    def build(self, running: bool) -> dict:
+        """The report document as things stand (``running``: a partial one written while the run goes on)."""
         duration_s = (time.perf_counter_ns() - self._started_ns) / 1e9 if self._started_ns else 0.0
         steps = self.recorder.steps
         if self._master is not None:
             steps = self._master.merged_steps(steps)
-        report = build_report(
+        validity, shape = self.settings.validity, self._shape
+        search = shape.search.describe() if isinstance(shape, SloSearchShape) else None
+        judged = bool(validity.latency_slo) or search is not None
+        return build_report(
             steps=steps,
-            settings=self.settings.to_dict(),
+            settings=self.settings.to_report(),
             target=self._prepared.target,
             model=self._prepared.model,
             payload=self._prepared.payload_description(self.settings.workload),
@@ -137,18 +171,38 @@ class LoadRun:
             started_at=self._started_at,
             duration_s=duration_s,
             interrupted_by=self.interrupted_by,
-            max_error_rate=self.settings.validity.max_error_rate,
+            max_error_rate=validity.max_error_rate,
             workers=self._master.describe() if self._master is not None else None,
             unix_s=self.recorder.unix_s,
             server=self._server_side(),
+            objectives=[parse_objective(text) for text in validity.latency_slo] if judged else None,
+            search=search,
+            tolerance=getattr(self.settings.steps, "stability", None),
+            engine=self._engine,
+            running=running,
         )
-        json_path, markdown_path = write_reports(report, self.settings.out_dir)
-        return RunResult(report, json_path, markdown_path, self.interrupted_by)
+
+    def _flush_periodically(self) -> None:
+        while True:
+            gevent.sleep(FLUSH_INTERVAL_S)
+            if not self._started_ns:
+                continue
+            try:
+                write_report(self.build(running=True), self.settings.out_dir)
+            except Exception:  # a failed flush must not end the run; the final report is written anyway
+                logger.exception("could not write the partial report")
+
+    def _live_step(self):
+        """The step being issued into, with every process's requests so far (for the progress line)."""
+        step = self.recorder.current
+        if step is None or self._master is None:
+            return step
+        return self._master.merged_steps([step])[0]
 
     # --- in this process ------------------------------------------------------------------------------------
 
     def _execute_here(self) -> None:
-        workload = Workload.over(self._channel, self._prepared, self.settings.target.deadline_s)
+        workload = Workload.over(self._channel, self._prepared, self.settings.target)
         drain_s = self.settings.steps.drain_s
         self._environment = Environment(
             user_classes=[user_class_for(self.settings, workload)], shape_class=self._shape, stop_timeout=drain_s,
@@ -168,17 +222,25 @@ class LoadRun:
     # --- over worker processes ------------------------------------------------------------------------------
 
     def _execute_distributed(self) -> None:
-        processes, drain_s = self.settings.processes, self.settings.steps.drain_s
+        settings, drain_s = self.settings, self.settings.steps.drain_s
         self._shape.hold_at_end = True  # the run stops the test once the workers' final reports are in
         self._environment = Environment(
-            user_classes=[user_class_for(self.settings, None)], shape_class=self._shape, stop_timeout=drain_s,
+            user_classes=[user_class_for(settings, None)], shape_class=self._shape, stop_timeout=drain_s,
             catch_exceptions=True,
         )
-        runner = self._environment.create_master_runner("127.0.0.1", 0)
-        self._master = MasterSteps(runner, self.settings.to_dict(), self.recorder.started_ns)
-        workers = LocalWorkers(processes, runner.server.port, self.log_level)
+        host, port = master_address(settings)
+        runner = self._environment.create_master_runner(host, port)
+        self._master = MasterSteps(runner, settings.to_dict(), self.recorder.started_ns)
+        self._shape.results = self._master.collect
+        local = settings.processes if settings.processes > 1 else 0
+        connect_host = "127.0.0.1" if host in ("0.0.0.0", "*", "") else host
+        workers = LocalWorkers(local, runner.server.port, self.log_level, connect_host)
+        if settings.remote_workers:
+            logger.info("waiting for %d workers from other hosts: ipsbench-load worker --master %s:%d",
+                        settings.remote_workers, host, runner.server.port)
         try:
-            problems = self._master.wait_ready(processes, WORKERS_READY_S, cancel=self._interrupted)
+            ready_s = WORKERS_READY_S if not settings.remote_workers else REMOTE_WORKERS_READY_S
+            problems = self._master.wait_ready(settings.worker_count, ready_s, cancel=self._interrupted)
             if problems:
                 raise SetupError("workers not ready: " + "; ".join(problems))
             self._mark_start()
@@ -219,7 +281,8 @@ class LoadRun:
 
     def _run_limit_s(self) -> float:
         steps = self.settings.steps
-        per_step = steps.warmup_s + steps.window_s + steps.drain_s + DRAIN_GRACE_S + TICK_SLACK_S
+        per_step = (steps.warmup_s + steps.window_s * steps.windows_per_step + steps.drain_s + DRAIN_GRACE_S
+                    + TICK_SLACK_S)
         return per_step * steps.step_count + RUN_LIMIT_MARGIN_S
 
     def _capture_signals(self) -> None:
@@ -250,3 +313,53 @@ class LoadRun:
             self._shape.interrupt()
         if runner is not None and self._master is None:  # a master's shape drains its workers' users itself
             gevent.spawn(runner.stop)
+
+
+def master_address(settings: RunSettings) -> tuple[str, int]:
+    """Where the master listens: ``--master-bind``, else loopback (port 5557 for workers from other hosts, any
+    free port for workers on this box)."""
+    if settings.master_bind:
+        host, _, port = settings.master_bind.rpartition(":")
+        return host, int(port)
+    if not settings.remote_workers:
+        return "127.0.0.1", 0
+    return ("0.0.0.0" if in_container() else "127.0.0.1"), DEFAULT_MASTER_PORT
+
+
+def in_container() -> bool:
+    """Inside a container (Docker, Podman, a Kubernetes pod), where workers reach the master from outside."""
+    return (Path("/.dockerenv").exists() or Path("/run/.containerenv").exists()
+            or "KUBERNETES_SERVICE_HOST" in os.environ)
+
+
+def read_engine_bench(path: str) -> dict | None:
+    """The JSON ``ipsbench-serve bench --json`` wrote, as the report carries it; SetupError when unreadable."""
+    if not path:
+        return None
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise SetupError(f"--engine-bench {path}: {error}") from error
+    if not isinstance(data, dict):
+        raise SetupError(f"--engine-bench {path}: expected a JSON object")
+    return data
+
+
+def keep_unfinished_report(out_dir: Path) -> Path | None:
+    """A report.json left ``running`` by a run that never finished (killed) is kept aside, marked incomplete,
+    before this run writes its own; returns where it went."""
+    path = out_dir / REPORT_JSON
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(report, dict) or report.get("status") != "running":
+        return None
+    report["status"] = "incomplete"
+    report["incomplete_reason"] = "the run that wrote it ended without finishing its report (killed?)"
+    stamp = "".join(c for c in str(report.get("started_at", "")) if c.isalnum()) or "unknown"
+    kept = out_dir / f"report.incomplete-{stamp}.json"
+    write_text(kept, json.dumps(report, indent=2) + "\n")
+    path.unlink()
+    logger.warning("%s was left by an unfinished run; kept as %s, marked incomplete", path, kept.name)
+    return kept

@@ -14,8 +14,9 @@ import grpc
 from locust import User, task
 from locust.runners import WorkerRunner
 
-from loadgen.arrivals import arrival_process
-from loadgen.client import init_grpc_gevent, model_infer_bytes, open_channel
+from loadgen.arrivals import arrival_process, trace
+from loadgen.client import channel_credentials, init_grpc_gevent, model_infer_bytes, open_channel
+from loadgen.payloads import top_classes
 from loadgen.recorder import StepRecord
 from loadgen.settings import TargetSettings, WorkloadSettings
 from loadgen.workload import PreparedWorkload, prepare_workload
@@ -36,12 +37,19 @@ class Workload:
     requests: tuple[bytes, ...]
     images_per_request: int
     deadline_s: float
+    metadata: tuple[tuple[str, str], ...] | None = None
+    checked_requests: tuple[bytes, ...] = ()
+    """Accuracy under load: the requests asking for their top classes, sent every ``check_every``-th time."""
+    labels: tuple[tuple[int | None, ...], ...] = ()
+    check_every: int = 0
 
     @classmethod
-    def over(cls, channel: grpc.Channel, prepared: PreparedWorkload, deadline_s: float) -> Workload:
-        """The prepared requests, sent over ``channel``."""
+    def over(cls, channel: grpc.Channel, prepared: PreparedWorkload, target: TargetSettings) -> Workload:
+        """The prepared requests, sent over ``channel`` with ``target``'s deadline and headers."""
         payloads = prepared.payloads
-        return cls(model_infer_bytes(channel), payloads.requests, payloads.images_per_request, deadline_s)
+        check_every = prepared.check_every if payloads.checked_requests else 0
+        return cls(model_infer_bytes(channel), payloads.requests, payloads.images_per_request, target.deadline_s,
+                   tuple(target.headers) or None, payloads.checked_requests, payloads.labels, check_every)
 
     @classmethod
     def connect(cls, target: str, model: str, **workload: object) -> Workload:
@@ -50,8 +58,13 @@ class Workload:
         init_grpc_gevent()
         target_settings = TargetSettings(target=target, model=model)
         prepared = prepare_workload(target_settings, WorkloadSettings(**workload))
-        channel = open_channel(target, prepared.payloads.request_bytes)
-        return cls.over(channel, prepared, target_settings.deadline_s)
+        return cls.over(open_target_channel(target_settings, prepared), prepared, target_settings)
+
+
+def open_target_channel(target: TargetSettings, prepared: PreparedWorkload) -> grpc.Channel:
+    """The channel the load goes over: TLS as ``target`` says, message limits fitting the requests."""
+    credentials = channel_credentials(target.tls_ca, target.tls_cert, target.tls_key)
+    return open_channel(target.target, prepared.payloads.request_bytes, credentials)
 
 
 class StepSource(Protocol):
@@ -81,20 +94,27 @@ class _KServeSender(User):
     def _admit(self) -> StepRecord | None:
         return (self.steps or self.environment.shape_class).admit(time.perf_counter_ns())
 
-    def _next_request(self) -> bytes:
-        requests = self.workload.requests
+    def _next_request(self) -> tuple[bytes, int | None]:
+        """The next request, and its index among the distinct ones when it is a checked one."""
+        workload = self.workload
         self._next += 1
-        return requests[self._next % len(requests)]
+        index = self._next % len(workload.requests)
+        if workload.check_every and self._next % workload.check_every == 0:
+            return workload.checked_requests[index], index
+        return workload.requests[index], None
 
-    def _send(self, step: StepRecord, request: bytes, intended_ns: int | None = None) -> None:
+    def _send(
+        self, step: StepRecord, next_request: tuple[bytes, int | None], intended_ns: int | None = None
+    ) -> None:
         """Send ``request`` (already counted issued) and record how it ended; open loop passes ``intended_ns``."""
         workload = self.workload
+        request, checked = next_request
         sent_ns = time.perf_counter_ns()
         if intended_ns is not None:
             step.record_send(intended_ns, sent_ns)
         start_ns = sent_ns if intended_ns is None else intended_ns
         try:
-            response = workload.infer(request, timeout=workload.deadline_s)
+            response = workload.infer(request, timeout=workload.deadline_s, metadata=workload.metadata)
         except grpc.RpcError as error:
             done_ns = time.perf_counter_ns()
             code = error.code() or grpc.StatusCode.UNKNOWN
@@ -110,7 +130,17 @@ class _KServeSender(User):
         else:
             done_ns = time.perf_counter_ns()
             step.record_ok(sent_ns, done_ns, workload.images_per_request, intended_ns)
+            if checked is not None:
+                self._check(step, response, workload.labels[checked])
             self._report(start_ns, done_ns, response.ByteSize(), None)
+
+    @staticmethod
+    def _check(step: StepRecord, response, labels) -> None:
+        try:
+            top = top_classes(response)
+        except (ValueError, IndexError, UnicodeDecodeError):
+            top = [[] for _ in labels]  # not a classification answer: counted wrong, never a crash
+        step.record_top_classes(labels, top)
 
     def _report(self, start_ns: int, done_ns: int, response_length: int, exception: Exception | None) -> None:
         """Let locust's own statistics and UI see the request (ipsbench's numbers come from the recorder)."""
@@ -151,6 +181,8 @@ class OpenLoopUser(_KServeSender):
     arrival: str = "poisson"
     max_in_flight: int = 256
     seed: int = 0
+    interarrivals_s: tuple[float, ...] = ()
+    """``arrival = "trace"``: the recorded inter-arrival times, shared among the step's senders."""
 
     def __init__(self, environment) -> None:
         super().__init__(environment)
@@ -167,7 +199,10 @@ class OpenLoopUser(_KServeSender):
     def _run_schedule(self, step: StepRecord) -> None:
         senders = max(step.concurrency, 1)
         stream = f"{self.seed}/{step.index}/{self._process_index()}/{self._number}"
-        schedule = arrival_process(self.arrival, step.rate_per_s / senders, stream)(time.perf_counter_ns())
+        if self.arrival == "trace":
+            schedule = trace(self.interarrivals_s, self._process_index() % senders, senders)(step.start_ns)
+        else:
+            schedule = arrival_process(self.arrival, step.rate_per_s / senders, stream)(time.perf_counter_ns())
         in_flight = gevent.pool.Pool(max(1, math.ceil(self.max_in_flight / senders)))
         try:
             for intended_ns in schedule:

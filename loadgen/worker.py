@@ -19,11 +19,11 @@ import time
 import gevent
 import gevent.event
 
-from loadgen.client import init_grpc_gevent, open_channel
+from loadgen.client import init_grpc_gevent
 from loadgen.distributed import FINISH_MESSAGE, JOIN_MESSAGE, READY_MESSAGE, SETUP_MESSAGE, WorkerSteps
-from loadgen.scenarios.build import configure_user_class, user_classes
+from loadgen.scenarios.build import configure_user_class, loop_of, user_classes
 from loadgen.settings import RunSettings
-from loadgen.users import Workload
+from loadgen.users import Workload, open_target_channel
 from loadgen.workload import SetupError, prepare_workload
 
 logger = logging.getLogger(__name__)
@@ -81,9 +81,9 @@ class Worker:
             logger.error("setup failed: %s", error)
             self.runner.send_message(READY_MESSAGE, {"pid": os.getpid(), "error": str(error)})
             return
-        self._channel = open_channel(settings.target.target, prepared.payloads.request_bytes)
-        workload = Workload.over(self._channel, prepared, settings.target.deadline_s)
-        configure_user_class(self.classes[settings.scenario], settings, workload, self.steps)
+        self._channel = open_target_channel(settings.target, prepared)
+        workload = Workload.over(self._channel, prepared, settings.target)
+        configure_user_class(self.classes[loop_of(settings)], settings, workload, self.steps)
         self.runner.send_message(READY_MESSAGE, {"pid": os.getpid(), "error": None})
 
     def _on_finish(self, environment, msg, **_) -> None:
@@ -103,11 +103,12 @@ def run_worker(master_host: str, master_port: int, exit_with_parent: bool = Fals
 class LocalWorkers:
     """Worker processes on this box, each in a session of its own (Ctrl-C reaches only the master)."""
 
-    def __init__(self, count: int, master_port: int, log_level: str) -> None:
-        command = [sys.executable, "-m", "loadgen", "worker", "--master", f"127.0.0.1:{master_port}",
+    def __init__(self, count: int, master_port: int, log_level: str, master_host: str = "127.0.0.1") -> None:
+        command = [sys.executable, "-m", "loadgen", "worker", "--master", f"{master_host}:{master_port}",
                    "--exit-with-parent", "--log-level", log_level]
         self.processes = [subprocess.Popen(command, start_new_session=True) for _ in range(count)]
-        logger.info("started %d worker processes: %s", count, ", ".join(str(p.pid) for p in self.processes))
+        if count:
+            logger.info("started %d worker processes: %s", count, ", ".join(str(p.pid) for p in self.processes))
 
     def stop(self, timeout_s: float = REAP_S) -> None:
         """Wait (bounded) for every worker to exit; terminate, then kill, those that do not."""

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
-from loadgen.client import TargetError, describe_model, open_channel
+from loadgen.client import TargetError, channel_credentials, describe_model, open_channel
+from loadgen.image_sources import ImageSourceError, folder_source, synthetic_source
 from loadgen.images import JPEG_QUALITY
 from loadgen.payloads import (
+    MAX_IMAGE_POOL,
     RESIZE_RATIO,
     InputSpec,
     PayloadError,
     Payloads,
-    build_fp32_payloads,
+    build_payloads,
+    check_mode,
     input_spec_from_metadata,
+    with_top_classes,
 )
 from loadgen.settings import TargetSettings, WorkloadSettings
 
@@ -32,25 +37,43 @@ class PreparedWorkload:
     payloads: Payloads
     target: dict
     model: dict
+    classes: int = 0
+    """Classes of a labelled image folder (0: unlabelled or synthetic)."""
+    check_every: int = 0
+    """Accuracy under load: every this many requests is a checked one (0: none)."""
 
     def payload_description(self, workload: WorkloadSettings) -> dict:
-        crop_h, crop_w = self.spec.crop_hw
+        folder = bool(workload.images_dir)
+        images = (f"images from {workload.images_dir}" + (f" ({self.classes} classes)" if self.classes else "")
+                  if folder else f"synthetic ImageNet-style JPEGs, quality {JPEG_QUALITY}, seed {workload.seed}")
+        if workload.payload == "jpeg":
+            how = "sent encoded; the server decodes and preprocesses"
+        else:
+            crop_h, crop_w = self.spec.crop_hw
+            how = f"shorter side resized to {round(crop_h * RESIZE_RATIO)}, centre-cropped to {crop_h}x{crop_w}"
+            how += ", ImageNet mean/std, FP32" if workload.payload == "fp32" else ", RGB uint8"
         return {
+            "mode": workload.payload,
             "encoding": workload.payload,
             "seed": workload.seed,
             **self.payloads.to_dict(),
-            "source": (
-                f"synthetic ImageNet-style JPEGs, quality {JPEG_QUALITY}; shorter side resized to "
-                f"{round(crop_h * RESIZE_RATIO)}, centre-cropped to {crop_h}x{crop_w}, ImageNet mean/std, FP32"
-            ),
+            "source": "folder" if folder else "synthetic",
+            "images_dir": workload.images_dir or None,
+            "labelled": self.classes > 0,
+            "accuracy_every": workload.accuracy_every or None,
+            "description": f"{images}; {how}",
         }
 
 
 def prepare_workload(target: TargetSettings, workload: WorkloadSettings) -> PreparedWorkload:
     """Describe the model through the target's metadata RPCs and build the requests; SetupError when unfit."""
-    with open_channel(target.target) as probe:
+    try:
+        credentials = channel_credentials(target.tls_ca, target.tls_cert, target.tls_key)
+    except TargetError as error:
+        raise SetupError(str(error)) from error
+    with open_channel(target.target, 0, credentials) as probe:
         try:
-            info = describe_model(probe, target.model, target.model_version)
+            info = describe_model(probe, target.model, target.model_version, metadata=tuple(target.headers))
             spec = input_spec_from_metadata(info.metadata)
         except (TargetError, PayloadError) as error:
             raise SetupError(f"{target.target} model {target.model!r}: {error}") from error
@@ -60,13 +83,29 @@ def prepare_workload(target: TargetSettings, workload: WorkloadSettings) -> Prep
             f"max_batch_size {info.max_batch_size}"
         )
     logger.info("model %s input %s %s %s", target.model, spec.name, spec.datatype, list(spec.shape))
+    count = min(workload.distinct_requests * workload.images_per_request, MAX_IMAGE_POOL)
+    classes = 0
     try:
-        payloads = build_fp32_payloads(
-            target.model, target.model_version, spec,
-            workload.images_per_request, workload.distinct_requests, workload.seed,
+        check_mode(workload.payload, spec)
+        if workload.images_dir:
+            pool, classes = folder_source(workload.images_dir, count)
+        else:
+            pool = synthetic_source(workload.seed, count, workload.cache_dir or None)
+        payloads = build_payloads(
+            target.model, target.model_version, spec, workload.payload,
+            workload.images_per_request, workload.distinct_requests, pool,
         )
-    except PayloadError as error:
-        raise SetupError(str(error)) from error
+    except (PayloadError, ImageSourceError) as error:
+        raise SetupError(f"model {target.model!r}: {error}") from error
+    if workload.accuracy_every:
+        if not classes:
+            raise SetupError(f"accuracy under load needs labelled images (synset folders) in {workload.images_dir}")
+        if not info.metadata.outputs:
+            raise SetupError(f"model {target.model!r} declares no output to classify")
+        output = info.metadata.outputs[0].name
+        payloads = dataclasses.replace(
+            payloads, checked_requests=tuple(with_top_classes(request, output) for request in payloads.requests)
+        )
     return PreparedWorkload(
         spec=spec,
         payloads=payloads,
@@ -75,4 +114,6 @@ def prepare_workload(target: TargetSettings, workload: WorkloadSettings) -> Prep
             "name": target.model, "version": target.model_version, "platform": info.metadata.platform,
             "input": spec.to_dict(), "max_batch_size": info.max_batch_size,
         },
+        classes=classes,
+        check_every=workload.accuracy_every,
     )

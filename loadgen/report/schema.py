@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import json
-import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from loadgen.histograms import add_histogram, new_histogram
 from loadgen.outcomes import COMPLETED, ERRORS, Outcome
 from loadgen.recorder import LATE_TOLERANCE_US, StepRecord
+from loadgen.trials import STABLE_WINDOWS
+from loadgen.slo import LatencyObjective, judge, min_samples, worst
+from loadgen.stability import stability_entry
 
-SCHEMA_VERSION = 2
-"""2: open-loop (rate) steps, workers of distributed runs, warnings."""
+SCHEMA_VERSION = 3
+"""2: open-loop (rate) steps, workers of distributed runs, warnings. 3: stability windows, the client's own
+CPU, SLO objectives and the search, phases, the engine bench, payload modes, verdict, running/incomplete."""
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
+VERDICT_EXIT_CODES = {"PASS": 0, "FAIL": 1, "UNSTABLE": 1, "INVALID": 2}
+"""Exit code of a run that ended on its own, by its verdict."""
+CLIENT_CPU_BOUND_PERCENT = 90.0
+"""A step where a load-generating process used at least this much of a core is client-bound."""
 
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p95", 95.0), ("p99", 99.0), ("p99.9", 99.9))
 COUNT_FIELDS = ("issued", "ok", "rejected", "failed", "deadline", "cancelled", "abandoned")
@@ -38,11 +45,21 @@ SERVER_METHOD = (
 )
 CLIENT_BOUND_SHARE = 0.95
 """A rate step whose sends in the window fall below this share of the scheduled arrivals is client-bound."""
-
-
-def min_samples(percentile: float) -> int:
-    """Samples needed before a percentile is claimed: 100 / (1 - p), e.g. 10,000 for p99."""
-    return math.ceil(round(100 / (1 - percentile / 100), 6))
+STABILITY_METHOD = (
+    f"each level runs measured windows back to back until the last {STABLE_WINDOWS} agree within the tolerance "
+    f"of their mean for images/sec and p99 (at most max_trials windows, else UNSTABLE); the step's figures are "
+    f"those {STABLE_WINDOWS} windows' histograms together"
+)
+CLIENT_METHOD = (
+    "the load generator's own CPU time (all threads of each load-generating process) over the time it issued "
+    f"into the step, warm-up included; client-bound at {CLIENT_CPU_BOUND_PERCENT:g}% of a core or more, or "
+    f"when an open-loop step sent below {CLIENT_BOUND_SHARE:.0%} of its scheduled arrivals"
+)
+SLO_METHOD = (
+    "a latency objective is met when the percentile of successful requests' latency in the measured window is "
+    "at most its target and the window holds at least 100 / (1 - p) samples; the error-rate objective over all "
+    "requests the step issued"
+)
 
 
 def latency_summary(histogram) -> dict | None:
@@ -57,8 +74,19 @@ def latency_summary(histogram) -> dict | None:
     return summary
 
 
-def step_entry(step: StepRecord, max_error_rate: float, unix_s: Callable[[int], float] | None = None) -> dict:
-    """A step as the report states it, with its validity; ``unix_s`` maps the monotonic clock to wall-clock time."""
+def step_entry(
+    step: StepRecord,
+    max_error_rate: float,
+    unix_s: Callable[[int], float] | None = None,
+    objectives: Sequence[LatencyObjective] | None = None,
+    tolerance: float | None = None,
+    errors_invalidate: bool = True,
+) -> dict:
+    """A step as the report states it, with its validity; ``unix_s`` maps the monotonic clock to wall-clock time;
+    ``objectives`` (None: no SLO) judge it; ``tolerance``: of a stability-judged step; ``errors_invalidate``:
+    an error rate above ``max_error_rate`` makes the step invalid (in an SLO search it only fails the SLO)."""
+    windows = [step.trial_figures(number) for number in range(step.trials_used or len(step.trials))]
+    step = step.settled()
     window_s = step.measured_window_s
     counts = {"issued": step.issued, **{o.value: step.counts[o] for o in Outcome}}
     all_completed = new_histogram()
@@ -100,11 +128,38 @@ def step_entry(step: StepRecord, max_error_rate: float, unix_s: Callable[[int], 
         "latencies_clamped": step.latencies_clamped,
         "service_time_us": latency_summary(step.service_histogram) if open_loop else None,
         "open_loop": open_loop_entry(step, window_s) if open_loop else None,
+        "phase": step.phase,
+        "stability": None if step.trials_max <= 1 else stability_entry(
+            windows, step.stable, step.trials_used or len(step.trials), tolerance if tolerance is not None else 0.10
+        ),
     }
-    reasons = step_invalid_reasons(entry, max_error_rate)
+    entry["client"] = client_entry(step, entry["open_loop"])
+    entry["slo"] = None
+    if objectives is not None:
+        judged = judge(list(objectives), step.histograms[Outcome.OK], entry["error_rate"], step.issued,
+                       max_error_rate)
+        entry["slo"] = {"met": all(o["met"] for o in judged), "objectives": judged}
+    reasons = step_invalid_reasons(entry, max_error_rate if errors_invalidate else 1.0)
     entry["valid"] = not reasons
     entry["invalid_reasons"] = reasons
     return entry
+
+
+def client_entry(step: StepRecord, open_loop: dict | None) -> dict:
+    """The load generator watching itself: its busiest process's CPU and whether it kept up."""
+    cpu = max(step.cpu_percent) if step.cpu_percent else None
+    reasons = []
+    if cpu is not None and cpu >= CLIENT_CPU_BOUND_PERCENT:
+        busiest = step.cpu_percent.index(cpu)
+        who = f"load-generating process {busiest}" if len(step.cpu_percent) > 1 else "the load generator"
+        reasons.append(f"{who} used {cpu:g}% of a core (at least {CLIENT_CPU_BOUND_PERCENT:g}%)")
+    if open_loop and open_loop["client_bound"]:
+        reasons.append(
+            f"sent {open_loop['sent']} of {open_loop['scheduled']} scheduled requests in the window "
+            f"(below {CLIENT_BOUND_SHARE:.0%})"
+        )
+    return {"cpu_percent": cpu, "cpu_percent_per_process": list(step.cpu_percent), "client_bound": bool(reasons),
+            "reasons": reasons}
 
 
 def open_loop_entry(step: StepRecord, window_s: float) -> dict:
@@ -157,10 +212,24 @@ def build_report(
     workers: list[dict] | None = None,
     unix_s: Callable[[int], float] | None = None,
     server: dict | None = None,
+    objectives: Sequence[LatencyObjective] | None = None,
+    search: dict | None = None,
+    tolerance: float | None = None,
+    engine: dict | None = None,
+    accuracy: dict | None = None,
+    running: bool = False,
 ) -> dict:
     """The report document of one run; ``workers``: those of a distributed run, as the master describes them;
-    ``server``: the scraped server metrics (``metrics_url``, ``steps`` by step index, ``warnings``), if any."""
-    entries = [step_entry(step, max_error_rate, unix_s) for step in steps]
+    ``server``: the scraped server metrics (``metrics_url``, ``steps`` by step index, ``warnings``), if any;
+    ``objectives``: the run's latency SLO (an error-rate objective is added; None and no ``search``: no SLO);
+    ``search``: the ``slo`` search as :meth:`loadgen.slo.Search.describe` gives it; ``running``: a partial report
+    written while the run goes on."""
+    judged = objectives is not None or search is not None
+    entries = [
+        step_entry(step, max_error_rate, unix_s, objectives=list(objectives or ()) if judged else None,
+                   tolerance=tolerance, errors_invalidate=search is None)
+        for step in steps
+    ]
     for entry in entries:
         entry["server"] = server["steps"].get(entry["index"]) if server else None
     totals = {name: sum(entry[name] for entry in entries) for name in COUNT_FIELDS}
@@ -179,21 +248,37 @@ def build_report(
                 f"{lost['in_flight_at_last_report']} in flight at its last report counted abandoned"
             )
     warnings = [
-        f"step {entry['index']} ({step_load(entry)}): client-bound, sent {entry['open_loop']['sent']} of "
-        f"{entry['open_loop']['scheduled']} scheduled requests in the window (below {CLIENT_BOUND_SHARE:.0%}); "
+        f"step {entry['index']} ({step_load(entry)}): client-bound, {'; '.join(entry['client']['reasons'])}; "
         "not a measure of the server's capacity"
-        for entry in entries if entry["open_loop"] and entry["open_loop"]["client_bound"]
+        for entry in entries if entry["client"]["client_bound"]
     ]
     if server:
         warnings += server["warnings"]
+    unstable = [entry["index"] for entry in entries
+                if entry["stability"] is not None and not entry["stability"]["stable"] and not entry["interrupted"]]
+    slo = slo_block(entries, search) if judged else None
+    if not reasons and slo is None and not unstable:
+        verdict = "PASS"
+    else:
+        verdict = "INVALID" if reasons else "FAIL" if slo and slo["verdict"] == "FAIL" else (
+            "UNSTABLE" if unstable else "PASS")
+    status = "running" if running else "interrupted" if interrupted_by else "complete"
+    if accuracy is None:
+        accuracy = accuracy_block(steps, payload)
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": "ipsbench-load",
         "scenario": scenario,
-        "status": "interrupted" if interrupted_by else "complete",
+        "status": status,
         "interrupted_by": interrupted_by,
         "valid": not reasons,
         "invalid_reasons": reasons,
+        "verdict": verdict,
+        "stable": not unstable,
+        "unstable_steps": unstable,
+        "slo": slo,
+        "engine": engine,
+        "accuracy": accuracy,
         "warnings": warnings,
         "started_at": started_at,
         "duration_s": round(duration_s, 3),
@@ -212,11 +297,43 @@ def build_report(
                 f"time is late; client-bound below {CLIENT_BOUND_SHARE:.0%} of the scheduled sends"
             ) if scenario == "rate" else None,
             "server": SERVER_METHOD if server else None,
+            "stability": STABILITY_METHOD if any(entry["stability"] for entry in entries) else None,
+            "client": CLIENT_METHOD,
+            "slo": SLO_METHOD if judged else None,
         },
         "steps": entries,
         "totals": totals,
         "workers": workers or [],
     }
+
+
+def accuracy_block(steps: list[StepRecord], payload: dict) -> dict | None:
+    """Top-1 and top-5 over the checked responses of every step (warm-up included), or None if none was checked."""
+    checked, top1, top5 = (sum(step.accuracy[n] for step in steps) for n in range(3))
+    if not payload.get("accuracy_every"):
+        return None
+    return {
+        "every_nth_request": payload["accuracy_every"], "class_count": 5, "checked_images": checked,
+        "top1": round(top1 / checked, 6) if checked else None, "top5": round(top5 / checked, 6) if checked else None,
+        "method": "every Nth request asks for its top 5 classes (Triton's classification extension); each image's "
+                  "answer is compared with its label, the index of its synset folder in sorted order",
+    }
+
+
+def slo_block(entries: list[dict], search: dict | None) -> dict:
+    """The run's SLO verdict: a search passes when it found a value meeting every objective (the objectives as
+    measured at that step); any other run when every step meets them (the objectives as the worst step has them)."""
+    by_index = {entry["index"]: entry for entry in entries}
+    if search is not None:
+        best_step = next((s["step"] for s in search["steps"] if s["met"] and s["value"] == search["best"]), None)
+        shown = by_index.get(best_step) or (entries[0] if entries else None)
+        objectives = shown["slo"]["objectives"] if shown else []
+        verdict = "PASS" if search["best"] is not None else "FAIL"
+    else:
+        judged = [entry["slo"]["objectives"] for entry in entries if not entry["interrupted"] or entry["window_s"] > 0]
+        objectives = worst(judged)
+        verdict = "PASS" if judged and all(o["met"] for objectives_ in judged for o in objectives_) else "FAIL"
+    return {"verdict": verdict, "objectives": objectives, "search": search}
 
 
 def step_load(entry: dict) -> str:

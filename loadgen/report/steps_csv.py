@@ -14,7 +14,8 @@ COLUMNS = (
     *(f"latency_{name}_us" for name in LATENCY_FIELDS), "latency_count",
     "service_p50_us", "service_p99_us",
     "scheduled", "sent", "achieved_send_rate_per_s", "late_sends", "not_sent", "send_lateness_p99_us",
-    "send_lateness_max_us", "client_bound", "valid", "invalid_reasons",
+    "send_lateness_max_us", "client_cpu_percent", "client_bound", "phase", "stable", "trials", "slo_met",
+    "valid", "invalid_reasons",
 )
 """Units in the names; empty cells where a value does not apply (closed-loop steps have no send columns)."""
 
@@ -37,7 +38,12 @@ def _row(step: dict) -> dict:
         "achieved_send_rate_per_s": open_loop.get("achieved_send_rate_per_s"),
         "late_sends": open_loop.get("late_sends"), "not_sent": open_loop.get("not_sent"),
         "send_lateness_p99_us": lateness.get("p99"), "send_lateness_max_us": lateness.get("max"),
-        "client_bound": open_loop.get("client_bound"),
+        "client_cpu_percent": (step.get("client") or {}).get("cpu_percent"),
+        "client_bound": (step.get("client") or {}).get("client_bound", open_loop.get("client_bound")),
+        "phase": step.get("phase"),
+        "stable": (step.get("stability") or {}).get("stable"),
+        "trials": (step.get("stability") or {}).get("trials"),
+        "slo_met": (step.get("slo") or {}).get("met"),
         "valid": step["valid"], "invalid_reasons": "; ".join(step["invalid_reasons"]),
     }
 

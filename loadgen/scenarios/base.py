@@ -1,23 +1,31 @@
 """Step bookkeeping shared by scenarios: each step runs N users through a warm-up and a measured window,
 then stops issuing and waits (bounded) for its in-flight requests before the next step starts.
 
-In a distributed run the shape runs on the master; each step it opens (or interrupts) is announced to the
-workers, which record into steps of their own with the same index."""
+A closed-loop step judged for stability runs measured windows (trials) back to back; at the end of each the
+shape looks at the last 3 and ends the step once they agree, or when the trials run out (UNSTABLE).
+A shape may choose its steps as it goes (the ``slo`` search): :meth:`StepShape.next_plan` sees the results of
+the steps before.
+
+In a distributed run the shape runs on the master; each step it opens (or interrupts, or ends after its
+trials) is announced to the workers, which record into steps of their own with the same index; the master
+asks for their reports whenever it needs merged results (``results``)."""
 
 from __future__ import annotations
 
 import logging
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import gevent.event
 from locust import LoadTestShape, events
 from locust.runners import MasterRunner, WorkerRunner
 
-from loadgen.distributed import WorkerSteps, announce_interrupt, announce_step
+from loadgen.distributed import WorkerSteps, announce_end_after_trials, announce_interrupt, announce_step
 from loadgen.recorder import RunRecorder, StepRecord
 from loadgen.scrape import SCRAPE_LEAD_S, StepScrapes
+from loadgen.stability import is_stable
+from loadgen.trials import STABLE_WINDOWS
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +44,10 @@ class StepPlan:
     warmup_s: float
     window_s: float
     rate_per_s: float | None = None
+    trials_max: int = 1
+    """Closed loop: measured windows of ``window_s`` at most, until the last 3 agree (1: one window)."""
+    tolerance: float = 0.10
+    phase: str | None = None
 
 
 class StepShape(LoadTestShape):
@@ -58,6 +70,9 @@ class StepShape(LoadTestShape):
     scrapes: StepScrapes | None = None
     """Where set, the server's metrics are scraped at each step's window start and end (only the process that
     owns the steps, the master of a distributed run, has one)."""
+    results: Callable[[StepRecord], StepRecord] | None = None
+    """The step with every process's requests in it (a distributed run's master merges its workers' reports);
+    None: this process's own record is the whole step."""
 
     def __init__(
         self,
@@ -78,6 +93,8 @@ class StepShape(LoadTestShape):
         self._stopping = False
         self.finished = gevent.event.Event()
         self._scrapers: list[gevent.Greenlet] = []
+        self._judges: list[gevent.Greenlet] = []
+        self.step_count = 0
 
     @abstractmethod
     def plan(self) -> Sequence[StepPlan]:
@@ -86,6 +103,22 @@ class StepShape(LoadTestShape):
     @property
     def planned_steps(self) -> list[StepPlan]:
         return list(self._plans)
+
+    @property
+    def planned_step_count(self) -> int:
+        """Steps planned (an upper bound for a shape that chooses as it goes)."""
+        return len(self._plans)
+
+    def next_plan(self) -> StepPlan | None:
+        """The next step to run, or None when the scenario is over; called once the previous step drained."""
+        if self._next_plan >= len(self._plans):
+            return None
+        self._next_plan += 1
+        return self._plans[self._next_plan - 1]
+
+    def merged(self, step: StepRecord) -> StepRecord:
+        """``step`` with every process's requests in it."""
+        return self.results(step) if self.results is not None else step
 
     def admit(self, now_ns: int) -> StepRecord | None:
         """The step a request issued now belongs to, or None when nothing may be issued."""
@@ -116,28 +149,57 @@ class StepShape(LoadTestShape):
             if self._users_left() and waited_s < self.drain_s + DRAIN_GRACE_S:
                 return 0, _spawn_rate(self._users_left())
             self._draining_since_ns = None
-        if self._stopping or self._next_plan >= len(self._plans):
+        plan = None if self._stopping else self.next_plan()
+        if plan is None or self._stopping:
             self.finished.set()
             return (0, _spawn_rate(0)) if self.hold_at_end else None
-        plan = self._plans[self._next_plan]
-        self._next_plan += 1
+        self.step_count += 1
         users = plan.users or self._processes()
         load = f"{users} users" if plan.rate_per_s is None else f"{plan.rate_per_s:g} requests/s ({users} senders)"
-        logger.info(
-            "step %d/%d: %s, %g s warm-up, %g s measured", self._next_plan, len(self._plans), load,
-            plan.warmup_s, plan.window_s,
+        windows = f"{plan.window_s:g} s measured" if plan.trials_max <= 1 else (
+            f"{plan.window_s:g} s windows until 3 agree within {plan.tolerance:.0%} (at most {plan.trials_max})"
         )
-        step = self.recorder.open_step(users, plan.warmup_s, plan.window_s, plan.rate_per_s)
+        logger.info(
+            "step %d/%d: %s, %g s warm-up, %s", self.step_count, self.planned_step_count, load, plan.warmup_s, windows,
+        )
+        step = self.recorder.open_step(
+            users, plan.warmup_s, plan.window_s, plan.rate_per_s, trials_max=plan.trials_max, phase=plan.phase
+        )
         if isinstance(self.runner, MasterRunner):
             announce_step(self.runner, step)
         if self.scrapes is not None:
             self._scrapers.append(gevent.spawn(self._scrape_window, step))
+        if plan.trials_max > 1:
+            self._judges.append(gevent.spawn(self._judge_trials, step, plan.tolerance))
         return users, _spawn_rate(users)
+
+    def _judge_trials(self, step: StepRecord, tolerance: float) -> None:
+        """At the end of each trial: end the step once its last 3 windows agree, or after the last trial."""
+        trial_ns = round(step.window_s * 1e9)
+        for trials in range(1, step.trials_max + 1):
+            boundary_ns = step.window_start_ns + trials * trial_ns
+            while (wait_ns := boundary_ns - self.recorder.now_ns()) > 0:
+                if step.interrupted:
+                    return
+                gevent.sleep(min(wait_ns / 1e9, SCRAPE_POLL_S))
+            if step.interrupted:
+                return
+            if trials < STABLE_WINDOWS and trials < step.trials_max:
+                continue
+            merged = self.merged(step)
+            windows = [merged.trial_figures(number) for number in range(trials)]
+            stable = is_stable(windows, tolerance)
+            if stable or trials == step.trials_max:
+                logger.info("step %d %s after %d windows", step.index + 1, "stable" if stable else "UNSTABLE", trials)
+                step.end_after_trials(trials, stable)
+                if isinstance(self.runner, MasterRunner):
+                    announce_end_after_trials(self.runner, step)
+                return
 
     def wait_scrapes(self, timeout_s: float) -> None:
         """Wait (bounded) for the steps' metric scrapes still running; those left are stopped."""
         gevent.joinall(self._scrapers, timeout=timeout_s)
-        gevent.killall(self._scrapers, block=False)
+        gevent.killall([*self._scrapers, *self._judges], block=False)
 
     def _scrape_window(self, step: StepRecord) -> None:
         lead_ns = round(min(SCRAPE_LEAD_S, step.warmup_s) * 1e9)

@@ -36,6 +36,7 @@ class RateShape(StepShape):
     abstract = True  # for locust's picker: a locustfile runs its own subclass, not this class
     rates_per_s: Sequence[float] = (10.0, 20.0)
     senders: int = 0
+    phase: str | None = None
 
     def __init__(self, rates_per_s: Sequence[float] | None = None, **step_timing) -> None:
         """``step_timing``: :class:`StepShape`'s ``warmup_s``, ``window_s``, ``drain_s`` and ``recorder``."""
@@ -45,6 +46,7 @@ class RateShape(StepShape):
 
     def plan(self) -> list[StepPlan]:
         return [
-            StepPlan(users=self.senders, warmup_s=self.warmup_s, window_s=self.window_s, rate_per_s=rate)
+            StepPlan(users=self.senders, warmup_s=self.warmup_s, window_s=self.window_s, rate_per_s=rate,
+                     phase=self.phase)
             for rate in self.rates_per_s
         ]

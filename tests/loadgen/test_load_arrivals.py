@@ -45,3 +45,21 @@ def test_constant_arrivals_are_evenly_spaced_from_the_start():
 def test_bad_arrival_processes_are_refused(name, rate, message):
     with pytest.raises(ValueError, match=message):
         arrival_process(name, rate)
+
+
+def test_traces_read_plain_or_csv_and_split_among_senders(tmp_path):
+    from loadgen.arrivals import read_trace, trace
+
+    plain = tmp_path / "trace.txt"
+    plain.write_text("0.5\n0.25\n\n0.25\n")
+    table = tmp_path / "trace.csv"
+    table.write_text("at,interarrival_s\n1,0.5\n2,0.25\n3,0.25\n")
+    assert read_trace(str(plain), 10) == read_trace(str(table), 10) == (0.5, 0.25, 0.25)
+    whole = list(trace((0.5, 0.25, 0.25))(START_NS))
+    assert whole == [START_NS + 500_000_000, START_NS + 750_000_000, START_NS + 1_000_000_000]
+    halves = [list(trace((0.5, 0.25, 0.25), part, 2)(START_NS)) for part in (0, 1)]
+    assert sorted(halves[0] + halves[1]) == whole and halves[1] == [whole[1]]
+    bad = tmp_path / "bad.txt"
+    bad.write_text("0.1\nsoon\n")
+    with pytest.raises(ValueError, match="line 2"):
+        read_trace(str(bad), 10)

@@ -30,6 +30,16 @@ def load(*args: str) -> subprocess.CompletedProcess:
          "max in flight must be"),
         (["sweep", "--target", "127.0.0.1:1", "--model", "m", "--processes", "0"], "processes must be"),
         (["worker", "--master", "nohost"], "host:port"),
+        (["sweep", "--target", "127.0.0.1:1", "--model", "m", "--latency-slo", "99=1s"], "PERCENTILE=DURATION"),
+        (["sweep", "--target", "127.0.0.1:1", "--model", "m", "--max-trials", "0"], "max trials must be"),
+        (["sweep", "--target", "127.0.0.1:1", "--model", "m", "--header", "novalue"], "KEY=VALUE"),
+        (["sweep", "--target", "127.0.0.1:1", "--model", "m", "--tls-cert", "c.pem"], "go together"),
+        (["sweep", "--target", "127.0.0.1:1", "--model", "m", "--accuracy-every", "5"], "labelled --images"),
+        (["slo", "--target", "127.0.0.1:1", "--model", "m", "--low", "20", "--high", "10"], "--low must be below"),
+        (["slo", "--target", "127.0.0.1:1", "--model", "m", "--search", "concurrency", "--low", "1.5", "--high",
+          "4"], "whole numbers"),
+        (["trace", "--target", "127.0.0.1:1", "--model", "m", "--trace", "/nonexistent/trace.txt"], "No such file"),
+        (["sweep", "--target", "127.0.0.1:1", "--model", "m", "--master-bind", "nohost"], "host:port"),
     ],
 )
 def test_usage_errors_exit_2(args, message):
@@ -38,9 +48,9 @@ def test_usage_errors_exit_2(args, message):
     assert message in result.stderr
 
 
-def test_unreachable_target_exits_1_without_a_report(tmp_path):
+def test_unreachable_target_exits_2_without_a_report(tmp_path):
     result = load("sweep", "--target", "127.0.0.1:1", "--model", "m", "--out", str(tmp_path / "r"))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "UNAVAILABLE" in result.stderr
     assert not (tmp_path / "r").exists()
 
@@ -55,8 +65,21 @@ def test_recorder_payloads_and_reports_do_not_import_locust():
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True, timeout=60)
 
 
+def test_every_command_documents_its_options():
+    for command in ("sweep", "offline", "single-stream", "ramp", "spike", "rate", "trace", "slo", "ui", "worker",
+                    "compare"):
+        result = load(command, "--help")
+        assert result.returncode == 0 and "usage: ipsbench-load" in result.stdout, (command, result.stderr)
+    common = load("slo", "--help").stdout
+    for option in ("--remote-workers", "--master-bind", "--engine-bench", "--tls-ca", "--tls-cert", "--tls-key",
+                   "--header", "--latency-slo", "--max-error-rate", "--search", "--low", "--high"):
+        assert option in common, option
+
+
 @pytest.mark.parametrize("scenario", [
     ["sweep", "--concurrency", "1,8"],
+    ["slo", "--search", "rate", "--low", "10", "--high", "50", "--latency-slo", "p99=100ms", "--header", "a=b"],
+    ["spike", "--base", "1", "--spike", "8", "--remote-workers", "2", "--master-bind", "0.0.0.0:5557"],
     ["rate", "--rate", "20,40.5", "--arrival", "constant", "--max-in-flight", "64", "--processes", "2"],
 ])
 def test_settings_travel_to_workers_as_plain_data(scenario):

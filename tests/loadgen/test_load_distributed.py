@@ -3,9 +3,13 @@ merges the workers' step state from their reports, lists the workers, and names 
 import os
 import re
 import signal
+import socket
+import subprocess
+import sys
 import time
 
-from load_helpers import assert_accounted
+import pytest
+from load_helpers import REPO_ROOT, assert_accounted
 
 from loadgen.report.schema import COUNT_FIELDS
 
@@ -59,7 +63,7 @@ def test_a_lost_worker_is_named_and_the_run_is_invalid(server, start_load):
     run.wait_for_log("step 1/1", timeout=60)
     time.sleep(1.5)  # into the measured window on purpose
     os.kill(pids[0], signal.SIGKILL)
-    assert run.finish(timeout=90) == 1, run.stdout + run.stderr()
+    assert run.finish(timeout=90) == 2, run.stdout + run.stderr()
     assert_exited(pids)
 
     report = run.report()
@@ -76,3 +80,48 @@ def test_a_lost_worker_is_named_and_the_run_is_invalid(server, start_load):
     survivor = next(worker for worker in report["workers"] if not worker["lost"])
     assert survivor["final_report"] and step["ok"] > 0
     assert "1 lost" in run.stdout and "INVALID" in run.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_worker_started_elsewhere_joins_through_master_bind(server, start_load, tmp_path):
+    """--remote-workers: the master waits on --master-bind for a worker started on its own (as on another host)."""
+    port = free_port()
+    run = start_load(server.grpc_url, "--concurrency", "2", "--remote-workers", "1", "--master-bind",
+                     f"127.0.0.1:{port}", "--warmup", "300ms", "--duration", "1s", "--drain", "5s")
+    run.wait_for_log("waiting for 1 workers from other hosts", timeout=60)
+    with (tmp_path / "worker.log").open("w") as log:
+        worker = subprocess.Popen([sys.executable, "-m", "loadgen", "worker", "--master", f"127.0.0.1:{port}"],
+                                  cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        assert run.finish(timeout=90) == 0, run.stdout + run.stderr()
+        assert worker.wait(timeout=30) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    report = run.report()
+    assert_accounted(report)
+    assert report["settings"]["remote_workers"] == 1
+    (described,) = report["workers"]
+    assert described["pid"] == worker.pid and described["final_report"] and described["lost"] is None
+    assert described["steps"][0]["issued"] == report["steps"][0]["issued"] > 0
+
+
+def test_stability_windows_merge_across_worker_processes(server, start_load):
+    run = start_load(server.grpc_url, "--concurrency", "2", "--processes", "2", "--max-trials", "4",
+                     "--stability", "1.0", "--warmup", "500ms", "--duration", "1s", "--drain", "5s")
+    assert run.finish(timeout=120) == 0, run.stdout + run.stderr()
+    report = run.report()
+    assert report["verdict"] == "PASS"
+    assert_accounted(report)
+    (step,) = report["steps"]
+    stability = step["stability"]
+    assert stability["stable"] and 3 <= stability["trials"] <= 4
+    assert len(stability["windows"]) == stability["trials"]
+    last_three = [window["images_per_s"] for window in stability["windows"][-3:]]
+    assert step["images_per_s"] == pytest.approx(sum(last_three) / 3, rel=1e-3)
+    assert len(step["client"]["cpu_percent_per_process"]) == 2  # one figure per worker process

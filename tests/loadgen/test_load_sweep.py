@@ -49,7 +49,7 @@ def test_images_per_request_multiply_images(server, start_load):
 
 def test_deadline_failures_are_counted_with_their_code(server, start_load):
     run = start_load(server.grpc_url, "--concurrency", "2", "--deadline", "100us", *SHORT)
-    assert run.finish(timeout=60) == 1, run.stdout + run.stderr()
+    assert run.finish(timeout=60) == 2, run.stdout + run.stderr()
     report = run.report()
     assert not report["valid"]
     assert_accounted(report)
@@ -64,7 +64,7 @@ def test_requests_failing_in_the_server_are_counted_failed_by_code(tmp_path, sta
     write_failing_image_model(repository, "broken")
     target = start_server(repository)
     run = start_load(target.grpc_url, "--concurrency", "2", "--warmup", "0s", "--duration", "1s", model="broken")
-    assert run.finish(timeout=60) == 1, run.stdout + run.stderr()
+    assert run.finish(timeout=60) == 2, run.stdout + run.stderr()
 
     report = run.report()
     assert not report["valid"] and "no successful request at all" in report["invalid_reasons"]
@@ -82,7 +82,7 @@ def test_server_killed_mid_run_is_counted_and_invalid(model_repository, start_se
     run.wait_for_log("step 1/2", timeout=60)
     time.sleep(1.0)  # mid-step on purpose
     target.process.kill()
-    assert run.finish(timeout=60) == 1, run.stdout + run.stderr()
+    assert run.finish(timeout=60) == 2, run.stdout + run.stderr()
 
     report = run.report()
     assert not report["valid"]

@@ -1,0 +1,149 @@
+"""Where a run's images come from: a folder (ImageNet's validation layout with synset folders gives labels, any
+folder of JPEG/PNG gives unlabelled images), or synthetic ImageNet-style photos cached on disk.
+
+The synthetic set depends only on the seed, so a cached file is reused as is; files are written atomically, so
+processes sharing a cache never read half a file."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import simplejpeg
+from PIL import Image
+
+from loadgen.images import synthetic_image
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+MAX_IMAGE_FILE_BYTES = 10 * 1024 * 1024
+"""Larger files are skipped (the server refuses bigger encoded images too)."""
+MAX_IMAGE_PIXELS = 40_000_000
+"""Decoding refuses images with more pixels (decompression bombs)."""
+
+
+class ImageSourceError(ValueError):
+    """The images cannot be read (empty folder, unreadable file)."""
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """One encoded image as read from disk or generated, its size, and its label where the layout gives one."""
+
+    encoded: bytes
+    width: int
+    height: int
+    label: int | None = None
+    name: str = ""
+
+    def rgb(self) -> np.ndarray:
+        """Decoded to an HxWx3 uint8 RGB array."""
+        if self.encoded[:2] == b"\xff\xd8":
+            return simplejpeg.decode_jpeg(self.encoded, colorspace="RGB")
+        return decode_with_pillow(self.encoded)
+
+
+def decode_with_pillow(encoded: bytes) -> np.ndarray:
+    import io
+
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    with Image.open(io.BytesIO(encoded), formats=["JPEG", "PNG"]) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def default_cache_dir(seed: int, count: int) -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "ipsbench" / "images" / f"{seed}-{count}"
+
+
+def synthetic_source(seed: int, count: int, cache_dir: str | Path | None) -> list[SourceImage]:
+    """The first ``count`` synthetic images of ``seed``, read from the cache or generated into it."""
+    folder = Path(cache_dir) if cache_dir else default_cache_dir(seed, count)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        logger.warning("image cache %s not usable (%s); generating in memory", folder, error.strerror)
+        folder = None
+    images = []
+    for index in range(count):
+        path = folder / f"{seed}-{index:05d}.jpg" if folder else None
+        encoded = path.read_bytes() if path is not None and path.is_file() else None
+        if encoded is None:
+            encoded = synthetic_image(seed, index).jpeg
+            if path is not None:
+                _write_atomically(path, encoded)
+        height, width = simplejpeg.decode_jpeg_header(encoded)[:2]
+        images.append(SourceImage(encoded, width, height, None, f"synthetic-{seed}-{index}"))
+    return images
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        partial.write_bytes(data)
+        os.replace(partial, path)
+    except OSError as error:
+        logger.warning("could not cache %s: %s", path, error.strerror)
+
+
+def image_files(folder: Path) -> tuple[list[tuple[Path, int | None]], int]:
+    """The image files of ``folder`` in a stable order, with their labels, and the number of classes: with
+    sub-folders (ImageNet's validation layout), label = the sub-folder's index in sorted order."""
+    if not folder.is_dir():
+        raise ImageSourceError(f"{folder} is not a folder")
+    classes = sorted(entry for entry in folder.iterdir() if entry.is_dir())
+    if classes:
+        files = [(path, label) for label, sub in enumerate(classes) for path in sorted(sub.iterdir())
+                 if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()]
+    else:
+        files = [(path, None) for path in sorted(folder.iterdir())
+                 if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()]
+    if not files:
+        raise ImageSourceError(f"no JPEG or PNG images in {folder}")
+    return files, len(classes)
+
+
+def folder_source(folder: str | Path, count: int) -> tuple[list[SourceImage], int]:
+    """Up to ``count`` images of ``folder`` (spread over its classes in a stable order), and its class count."""
+    files, classes = image_files(Path(folder))
+    step = max(len(files) // count, 1)
+    chosen = files[::step][:count]
+    images = []
+    for path, label in chosen:
+        if path.stat().st_size > MAX_IMAGE_FILE_BYTES:
+            logger.warning("skipping %s: larger than %d bytes", path, MAX_IMAGE_FILE_BYTES)
+            continue
+        encoded = path.read_bytes()
+        try:
+            height, width = decode_header(encoded)
+        except Exception as error:  # any decoder error: the file is not a usable image
+            raise ImageSourceError(f"{path}: not a readable JPEG or PNG ({error})") from None
+        images.append(SourceImage(encoded, width, height, label, str(path.relative_to(folder))))
+    if not images:
+        raise ImageSourceError(f"no usable images in {folder}")
+    return images, classes
+
+
+def decode_header(encoded: bytes) -> tuple[int, int]:
+    """(height, width) of an encoded JPEG or PNG without decoding its pixels."""
+    import io
+
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    with Image.open(io.BytesIO(encoded), formats=["JPEG", "PNG"]) as image:
+        width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageSourceError(f"{width}x{height} exceeds {MAX_IMAGE_PIXELS} pixels")
+    return height, width
+
+
+def describe_sizes(images: Sequence[SourceImage]) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for image in images:
+        key = f"{image.width}x{image.height}"
+        sizes[key] = sizes.get(key, 0) + 1
+    return dict(sorted(sizes.items(), key=lambda kv: -kv[1]))

@@ -1,0 +1,201 @@
+"""Scenarios against a real ipsbench-serve, as a user sees them: stability windows (L10), SLO verdicts and the
+SLO search (L11), offline, single-stream, ramp, spike and trace, the partial report of a killed run (L06)."""
+import json
+import signal
+import time
+
+import pytest
+from load_helpers import assert_accounted
+
+QUICK = ("--warmup", "300ms", "--drain", "5s")
+
+
+def test_a_level_is_measured_in_windows_until_three_agree(server, start_load):
+    # A wide tolerance and many trials: this shared test machine is noisy; the rule itself has unit tests.
+    run = start_load(server.grpc_url, "--concurrency", "2", "--duration", "1s", "--max-trials", "10",
+                     "--stability", "1.0", *QUICK)
+    assert run.finish(timeout=90) == 0, run.stdout + run.stderr()
+    report = run.report()
+    assert report["verdict"] == "PASS" and report["stable"]
+    assert_accounted(report)
+    (step,) = report["steps"]
+    stability = step["stability"]
+    assert stability["stable"] and 3 <= stability["trials"] <= 10 and stability["tolerance"] == 1.0
+    assert len(stability["windows"]) == stability["trials"]
+    assert step["window_s"] == pytest.approx(3.0)  # the last 3 windows together
+    last_three = [window["images_per_s"] for window in stability["windows"][-3:]]
+    assert step["images_per_s"] == pytest.approx(sum(last_three) / 3, rel=1e-3)
+    assert step["latency_us"]["max"] >= max(window["p99_us"] for window in stability["windows"][-3:])
+    assert step["client"]["cpu_percent"] > 0 and not step["client"]["client_bound"]
+
+
+def test_a_server_that_stalls_in_one_window_makes_the_level_unstable(server, start_load):
+    """L10: windows that disagree after the last trial: UNSTABLE, exit 1, still a valid measurement."""
+    run = start_load(server.grpc_url, "--concurrency", "2", "--duration", "1s", "--max-trials", "3",
+                     "--stability", "0.5", "--warmup", "500ms", "--drain", "5s")
+    run.wait_for_log("step 1/1", timeout=60)
+    time.sleep(0.5 + 1.1)  # warm-up and the first window
+    server.process.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(0.8)
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+    assert run.finish(timeout=90) == 1, run.stdout + run.stderr()
+    report = run.report()
+    assert report["valid"] and report["verdict"] == "UNSTABLE" and report["unstable_steps"] == [0]
+    (step,) = report["steps"]
+    assert step["stability"]["trials"] == 3 and not step["stability"]["stable"]
+    assert max(window["p99_us"] for window in step["stability"]["windows"]) >= 600_000
+    assert "UNSTABLE" in run.stdout
+
+
+def test_slo_verdict_states_each_objective_and_refuses_an_unsupported_percentile(server, start_load):
+    """L11: p10 has the samples it needs and is met; p99 has not, so it is not met, and the run FAILs."""
+    run = start_load(server.grpc_url, "--concurrency", "2", "--duration", "3s", "--latency-slo", "p10=60s",
+                     "--latency-slo", "p99=60s", "--max-error-rate", "0.5", *QUICK)
+    assert run.finish(timeout=90) == 1, run.stdout + run.stderr()
+    report = run.report()
+    assert report["valid"] and report["verdict"] == "FAIL"
+    p10, p99, error_rate = report["slo"]["objectives"]
+    samples = report["steps"][0]["latency_us"]["count"]
+    assert p10["name"] == "p10" and p10["target_us"] == 60_000_000 and p10["samples"] == samples
+    if samples >= 112:  # 100 / (1 - 0.10) samples claim p10
+        assert p10["met"] and p10["enough_samples"] and 0 < p10["measured_us"] < 60_000_000
+    assert not p99["met"] and not p99["enough_samples"] and p99["samples_needed"] == 10_000
+    assert f"{samples} samples, 10000 needed" in p99["why"]
+    assert error_rate == {**error_rate, "name": "error_rate", "target": 0.5, "measured": 0.0, "met": True}
+    assert report["steps"][0]["slo"]["met"] is False
+
+
+@pytest.mark.parametrize(("objectives", "verdict", "exit_code"), [
+    (("--max-error-rate", "0.5"), "PASS", 0),  # an error-rate objective only: met at both ends
+    (("--latency-slo", "p10=1us"), "FAIL", 1),  # never met: the lower end fails, so nothing in the bracket does
+])
+def test_slo_search_reports_the_bracket_every_step_and_the_best(server, start_load, objectives, verdict, exit_code):
+    run = start_load(server.grpc_url, "--search", "concurrency", "--low", "1", "--high", "2", *objectives,
+                     "--duration", "1s", "--max-steps", "4", *QUICK, scenario="slo")
+    assert run.finish(timeout=90) == exit_code, run.stdout + run.stderr()
+    report = run.report()
+    assert report["valid"] and report["verdict"] == verdict and report["slo"]["verdict"] == verdict
+    assert_accounted(report)
+    search = report["slo"]["search"]
+    assert search["kind"] == "concurrency" and search["bracket"] == [1.0, 2.0] and search["stopped_because"]
+    values = [step["value"] for step in search["steps"]]
+    assert [step["concurrency"] for step in report["steps"]] == values and values == [1.0, 2.0][:len(values)]
+    for searched, step in zip(search["steps"], report["steps"]):
+        assert searched["met"] == step["slo"]["met"] and step["phase"] == "search"
+    if verdict == "FAIL":
+        assert values == [1.0] and search["best"] is None and "lower end" in search["stopped_because"]
+        return
+    assert values == [1.0, 2.0] and search["best"] == 2.0 and "upper end meets" in search["stopped_because"]
+    (error_rate,) = report["slo"]["objectives"]
+    assert error_rate["name"] == "error_rate" and error_rate["met"] and error_rate["target"] == 0.5
+
+
+def test_slo_search_over_rates_runs_open_loop_steps(server, start_load):
+    run = start_load(server.grpc_url, "--search", "rate", "--low", "5", "--high", "10", "--max-error-rate", "0.5",
+                     "--arrival", "constant", "--duration", "1s", *QUICK, scenario="slo")
+    assert run.finish(timeout=90) == 0, run.stdout + run.stderr()
+    report = run.report()
+    search = report["slo"]["search"]
+    assert search["kind"] == "rate" and search["best"] == 10.0
+    assert [step["target_rate_per_s"] for step in report["steps"]] == [5.0, 10.0]
+    assert all(step["open_loop"]["scheduled"] > 0 for step in report["steps"])
+
+
+def test_offline_sends_large_requests_and_single_stream_one_at_a_time(server, start_load):
+    offline = start_load(server.grpc_url, "--concurrency", "2", "--duration", "1s", *QUICK, scenario="offline")
+    single = start_load(server.grpc_url, "--duration", "1s", *QUICK, scenario="single-stream")
+    assert offline.finish(timeout=60) == 0, offline.stdout + offline.stderr()
+    assert single.finish(timeout=60) == 0, single.stdout + single.stderr()
+    (step,) = offline.report()["steps"]
+    assert offline.report()["payload"]["images_per_request"] == 8
+    assert step["images_ok"] == 8 * step["window_requests"]["ok"] > 0
+    report = single.report()
+    assert report["scenario"] == "single-stream" and [s["concurrency"] for s in report["steps"]] == [1]
+    assert report["steps"][0]["latency_us"]["p90"] > 0
+
+
+@pytest.mark.parametrize(("scenario", "args", "levels", "phases"), [
+    ("ramp", ("--from", "1", "--to", "3", "--steps", "3"), [1, 2, 3], ["ramp", "ramp", "peak"]),
+    ("spike", ("--base", "1", "--spike", "3"), [1, 3, 1], ["baseline", "spike", "recovery"]),
+])
+def test_ramp_and_spike_name_the_phase_of_each_step(server, start_load, scenario, args, levels, phases):
+    run = start_load(server.grpc_url, *args, "--duration", "700ms", *QUICK, scenario=scenario)
+    assert run.finish(timeout=90) == 0, run.stdout + run.stderr()
+    report = run.report()
+    assert_accounted(report)
+    assert [step["concurrency"] for step in report["steps"]] == levels
+    assert [step["phase"] for step in report["steps"]] == phases
+
+
+def test_trace_replays_its_inter_arrival_times(server, start_load, tmp_path):
+    trace = tmp_path / "trace.csv"
+    trace.write_text("interarrival_s\n" + "0.025\n" * 80)  # 40 requests/s for 2 s
+    run = start_load(server.grpc_url, "--trace", str(trace), "--warmup", "500ms", "--drain", "5s", scenario="trace")
+    assert run.finish(timeout=60) == 0, run.stdout + run.stderr()
+    report = run.report()
+    assert_accounted(report)
+    (step,) = report["steps"]
+    assert step["issued"] == 80 and step["ok"] == 80
+    assert step["target_rate_per_s"] == 40.0 and step["window_s"] == pytest.approx(1.5, abs=0.01)
+    assert step["open_loop"]["scheduled"] == pytest.approx(60, abs=1) and step["open_loop"]["not_sent"] == 0
+    assert report["settings"]["trace"]["interarrivals_s"] == {"count": 80}
+
+
+def test_a_killed_run_leaves_a_partial_report_marked_incomplete_by_the_next(server, start_load, tmp_path):
+    """L06: the partial report.json is rewritten while the run goes on; SIGKILL leaves it "running"; the next
+    run into the same folder keeps it aside as incomplete."""
+    out = tmp_path / "same"
+    killed = start_load(server.grpc_url, "--concurrency", "1", "--duration", "30s", "--out", str(out), *QUICK)
+    killed.wait_for_log("step 1/1", timeout=60)
+    deadline = time.monotonic() + 20
+    while not (out / "report.json").exists():
+        assert time.monotonic() < deadline, killed.stderr()
+        time.sleep(0.2)
+    time.sleep(2.5)  # at least one more flush, with requests in it
+    killed.process.kill()
+    killed.finish(timeout=10)
+    partial = json.loads((out / "report.json").read_text())
+    assert partial["status"] == "running" and partial["steps"][0]["issued"] > 0
+
+    again = start_load(server.grpc_url, "--concurrency", "1", "--duration", "500ms", "--out", str(out), *QUICK)
+    assert again.finish(timeout=60) == 0, again.stdout + again.stderr()
+    assert json.loads((out / "report.json").read_text())["status"] == "complete"
+    (kept,) = out.glob("report.incomplete-*.json")
+    incomplete = json.loads(kept.read_text())
+    assert incomplete["status"] == "incomplete" and incomplete["steps"][0]["issued"] == partial["steps"][0]["issued"]
+
+
+def test_a_terminal_sees_a_live_progress_line(server, tmp_path):
+    """On a terminal the run shows the current step, images/sec, p99 and errors while it goes (a pipe, as in
+    every other test, gets only the final table)."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from load_helpers import REPO_ROOT
+
+    primary, secondary = pty.openpty()
+    command = [sys.executable, "-m", "loadgen", "sweep", "--target", server.grpc_url, "--model", "resnet18",
+               "--concurrency", "1", "--max-trials", "1", "--duration", "2s", "--out", str(tmp_path / "r"), *QUICK]
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"), COLUMNS="200")
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=secondary, stderr=subprocess.DEVNULL, env=env)
+    os.close(secondary)
+    seen = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # the terminal closed: the process is gone
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(primary)
+        assert process.wait(timeout=60) == 0
+    text = seen.decode(errors="replace")
+    assert "step 1/1 concurrency 1" in text and "images/s, p99" in text and "errors" in text
+    assert "report: " in text

@@ -1,0 +1,139 @@
+"""The SLO search, objectives, stability rule and a stability-judged step's figures, checked without a server."""
+import pytest
+
+from loadgen.outcomes import Outcome
+from loadgen.recorder import StepRecord
+from loadgen.report.schema import build_report
+from loadgen.slo import Search, min_samples, parse_objective
+from loadgen.stability import is_stable
+
+MS = 1_000_000
+
+
+def run_search(search: Search, highest_passing: float) -> Search:
+    """Drive ``search`` against an oracle that meets the SLO up to ``highest_passing``."""
+    while (value := search.next_value()) is not None:
+        search.record(value, value <= highest_passing, len(search.steps), [])
+    return search
+
+
+@pytest.mark.parametrize(("kind", "low", "high", "answer", "best"), [
+    ("concurrency", 1, 16, 5, 5),
+    ("concurrency", 1, 64, 63, 63),
+    ("rate", 10.0, 100.0, 37.0, pytest.approx(37.0, rel=0.05)),
+])
+def test_search_brackets_then_bisects_to_the_highest_passing_value(kind, low, high, answer, best):
+    search = run_search(Search(kind, low, high, max_steps=12), answer)
+    assert search.best == best and search.best <= answer
+    values = [step["value"] for step in search.steps]
+    assert values[:2] == [low, high] and all(low <= v <= high for v in values)
+    assert len(values) <= 12 and search.stopped_because == "bracket narrower than the resolution"
+    assert search.describe()["bracket"] == [low, high]
+
+
+def test_search_stops_at_the_bounds_or_the_step_budget():
+    assert run_search(Search("rate", 10, 100, max_steps=8), 5).best is None  # the lower end fails
+    top = run_search(Search("rate", 10, 100, max_steps=8), 1000)
+    assert top.best == 100 and len(top.steps) == 2 and "may lie above" in top.stopped_because
+    budget = run_search(Search("rate", 1, 1000, max_steps=4, resolution=0.001), 500)
+    assert len(budget.steps) == 4 and budget.stopped_because == "4 steps run" and budget.best < 500
+
+
+@pytest.mark.parametrize(("text", "name", "target_us"), [
+    ("p99=100ms", "p99", 100_000), ("p99.9 = 1s", "p99.9", 1_000_000), ("p50=250us", "p50", 250),
+])
+def test_objectives_parse(text, name, target_us):
+    objective = parse_objective(text)
+    assert (objective.name, objective.target_us) == (name, target_us)
+
+
+@pytest.mark.parametrize("text", ["99=100ms", "p99", "p100=1s", "p0=1s", "p99=fast"])
+def test_bad_objectives_are_refused(text):
+    with pytest.raises(ValueError):
+        parse_objective(text)
+
+
+def test_stability_needs_three_windows_agreeing_on_throughput_and_p99():
+    assert is_stable([(100, 10_000), (105, 10_500), (95, 9_800)], 0.10)
+    assert not is_stable([(100, 10_000), (105, 10_500)], 0.10)  # two windows are not enough
+    assert not is_stable([(100, 10_000), (130, 10_500), (95, 9_800)], 0.10)  # throughput off
+    assert not is_stable([(100, 10_000), (100, 14_000), (100, 9_800)], 0.10)  # p99 off
+    assert is_stable([(10, 1), (100, 10_000), (105, 10_500), (95, 9_800)], 0.10)  # only the last 3 count
+    assert not is_stable([(100, None), (100, 10_000), (100, 10_000)], 0.10)  # a window without success
+
+
+def stability_step() -> StepRecord:
+    """Five 1 s trials after 1 s of warm-up: 10 requests per trial, trial n taking (n + 1) ms each."""
+    step = StepRecord(index=0, concurrency=2, warmup_s=1.0, window_s=1.0, start_ns=0, trials_max=10)
+    for trial in range(5):
+        for number in range(10):
+            done_ns = (1_000 + 1_000 * trial + 50 * number) * MS
+            step.record_issued()
+            step.record_ok(done_ns - (trial + 1) * MS, done_ns, images=2)
+    step.end_after_trials(5, stable=True)
+    return step
+
+
+def test_a_stability_judged_step_reports_its_last_three_windows():
+    step = stability_step()
+    assert [step.trial_figures(n)[0] for n in range(5)] == [20.0] * 5
+    settled = step.settled()
+    assert settled.measured_window_s == 3.0 and settled.window_counts[Outcome.OK] == 30
+    assert settled.histograms[Outcome.OK].get_min_value() == 3000  # trials 3 to 5 only
+    assert settled.issued == step.issued == 50
+
+    report = build_report(
+        steps=[step], settings={}, target={}, model={}, payload={}, scenario="sweep", started_at="", duration_s=8.0,
+        interrupted_by=None, max_error_rate=0.0, tolerance=0.1,
+    )
+    (entry,) = report["steps"]
+    assert entry["window_s"] == 3.0 and entry["images_ok"] == 60 and entry["images_per_s"] == 20.0
+    assert entry["stability"]["stable"] and entry["stability"]["trials"] == 5
+    p99s = [w["p99_us"] for w in entry["stability"]["windows"]]
+    assert p99s == pytest.approx([1000, 2000, 3000, 4000, 5000], rel=1e-3)  # HDR: 3 significant digits
+    assert report["verdict"] == "PASS" and report["stable"]
+
+
+def test_an_unstable_step_makes_the_verdict_unstable():
+    step = stability_step()
+    step.stable = False
+    report = build_report(
+        steps=[step], settings={}, target={}, model={}, payload={}, scenario="sweep", started_at="", duration_s=8.0,
+        interrupted_by=None, max_error_rate=0.0,
+    )
+    assert report["valid"] and report["verdict"] == "UNSTABLE" and report["unstable_steps"] == [0]
+
+
+def test_trials_merge_across_processes():
+    one, other = stability_step(), stability_step()
+    merged = StepRecord.decode(one.encode(), start_ns=0)
+    merged.merge_encoded(other.encode())
+    rate, p99 = merged.trial_figures(4)
+    assert rate == 40.0 and p99 == pytest.approx(5000, rel=1e-3)
+    assert merged.settled().window_counts[Outcome.OK] == 60
+
+
+def test_slo_verdict_refuses_a_percentile_without_enough_samples():
+    step = stability_step()
+    report = build_report(
+        steps=[step], settings={}, target={}, model={}, payload={}, scenario="sweep", started_at="", duration_s=8.0,
+        interrupted_by=None, max_error_rate=0.0, objectives=[parse_objective("p50=1s")],
+    )
+    p50, error_rate = report["slo"]["objectives"]
+    assert report["slo"]["verdict"] == "FAIL" and report["verdict"] == "FAIL"
+    assert p50["measured_us"] <= 5000 and not p50["enough_samples"] and not p50["met"]
+    assert p50["samples"] == 30 and p50["samples_needed"] == min_samples(50) == 200 and "30 samples" in p50["why"]
+    assert error_rate["name"] == "error_rate" and error_rate["met"]
+
+
+def test_client_bound_when_the_load_generator_is_busy():
+    step = stability_step()
+    step.cpu_percent = [40.0, 97.5]
+    report = build_report(
+        steps=[step], settings={}, target={}, model={}, payload={}, scenario="sweep", started_at="", duration_s=8.0,
+        interrupted_by=None, max_error_rate=0.0,
+    )
+    client = report["steps"][0]["client"]
+    assert client["client_bound"] and client["cpu_percent"] == 97.5
+    assert "process 1 used 97.5% of a core" in client["reasons"][0]
+    assert any("client-bound" in warning for warning in report["warnings"])
