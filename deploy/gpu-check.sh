@@ -10,7 +10,8 @@ BATCH_SIZES=${BATCH_SIZES:-1,8,32,64}
 MAX_BATCH_SIZE=${MAX_BATCH_SIZE:-64}
 CONCURRENCY=${CONCURRENCY:-1,16,64}
 IMAGES_PER_REQUEST=${IMAGES_PER_REQUEST:-1}
-DURATION=${DURATION:-10s}
+DURATION=${DURATION:-5s}      # one measurement window; a level runs 3 to MAX_TRIALS of them until they agree
+MAX_TRIALS=${MAX_TRIALS:-5}
 WARMUP=${WARMUP:-3s}
 BENCH_DURATION=${BENCH_DURATION:-3s}
 LOAD_PROCESSES=${LOAD_PROCESSES:-4}  # locust worker processes of ipsbench-load
@@ -104,7 +105,7 @@ metrics=$(sed -n 's/^ipsbench-serve: metrics on \(.*\)$/\1/p' "$server_log" | he
 load_status=0
 "$PYTHON" -m loadgen sweep --target "$target" --model "$name" --concurrency "$CONCURRENCY" \
   --images-per-request "$IMAGES_PER_REQUEST" --duration "$DURATION" --warmup "$WARMUP" --out "$OUT/load" \
-  --metrics-url "$metrics" \
+  --max-trials "$MAX_TRIALS" --metrics-url "$metrics" --engine-bench "$OUT/bench.json" \
   ${LOAD_PROCESSES:+--processes "$LOAD_PROCESSES"} || load_status=$?
 curl -sf "$metrics" >"$OUT/server-metrics.txt" 2>/dev/null || true
 cleanup

@@ -54,9 +54,14 @@ def duration_words(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def open_loop(report: dict) -> bool:
+    """Whether the run's steps were open loop (rate, trace, an slo search over rates): they carry send accounting."""
+    return any(step.get("open_loop") for step in report["steps"])
+
+
 def load_header(report: dict) -> str:
     """The first column of every step table: what the step varied."""
-    return "rate/s" if report["scenario"] == "rate" else "concurrency"
+    return "rate/s" if any(step.get("target_rate_per_s") is not None for step in report["steps"]) else "concurrency"
 
 
 def load_cell(step: dict) -> str:

@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from loadgen.report.cells import client_bound, load_cell, load_header, ms, rate
+from loadgen.report.cells import client_bound, load_cell, load_header, ms, open_loop, rate
 from loadgen.report.schema import step_load
 
 CLIENT_BOUND_MARK = "!"
@@ -41,20 +41,20 @@ def summary_table(report: dict) -> Table:
     verdict = "VALID" if report["valid"] else "INVALID"
     if report.get("verdict") and report["verdict"] not in ("PASS", verdict):
         verdict += f" ({report['verdict']})"
-    open_loop = report["scenario"] == "rate"
+    is_open_loop = open_loop(report)
     table = Table(
         title=f"{report['model']['name']} @ {report['target']['address']}: {verdict}, {report['status']}",
         box=box.SIMPLE_HEAD,
         show_edge=False,
         pad_edge=False,
     )
-    columns = [load_header(report)] + (["sent/s"] if open_loop else [])
+    columns = [load_header(report)] + (["sent/s"] if is_open_loop else [])
     columns += ["requests", "images/sec", "p50 ms", "p90 ms", "p95 ms", "p99 ms"]
-    columns += ["service p99 ms", "late"] if open_loop else []
+    columns += ["service p99 ms", "late"] if is_open_loop else []
     for column in [*columns, "errors"]:
         table.add_column(column, justify="right", no_wrap=True)
     for step in report["steps"]:
-        extra = _open_loop_cells(step) if open_loop else []
+        extra = _open_loop_cells(step) if is_open_loop else []
         table.add_row(
             load_cell(step),
             *extra[:1],
@@ -76,7 +76,7 @@ def print_summary(report: dict, markdown_path, console: Console | None = None) -
     console.print(table)
     if any(step["latency_us"] and step["unsupported_percentiles"] for step in report["steps"]):
         console.print("* fewer samples than needed to claim this percentile")
-    if report["scenario"] == "rate":
+    if open_loop(report):
         console.print("latency from each request's intended send time; service time from its actual send")
     for step in report["steps"]:
         if client_bound(step):

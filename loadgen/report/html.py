@@ -7,7 +7,7 @@ from __future__ import annotations
 import html
 import re
 
-from loadgen.report.cells import Flag, TableData, payload_mode, verdict_is_good
+from loadgen.report.cells import Flag, TableData, open_loop, payload_mode, verdict_is_good
 from loadgen.report.markdown import method_lines, setup_lines
 from loadgen.report.p40 import p40_table, what_numbers_mean
 from loadgen.report.plots import Plot, all_plots
@@ -128,7 +128,7 @@ def render_html(report: dict) -> str:
     body = [f"<h1>{html.escape(title)}</h1>", _summary(report),
             _section("steps", "Throughput and latency (successful requests, measured window)",
                      _table(steps_table(report), "steps-table"))]
-    if report["scenario"] == "rate":
+    if open_loop(report):
         body.append(_section("open-loop", "Open-loop sends (measured window)",
                              _table(open_loop_table(report), "open-loop-table")))
     body.append(_section("plots", "Plots", *(_figure(plot) for plot in plots.values())))

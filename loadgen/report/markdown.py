@@ -8,6 +8,7 @@ from loadgen.report.cells import (  # noqa: F401 - ms, rate, load_header, load_c
     load_cell,
     load_header,
     ms,
+    open_loop,
     payload_mode,
     rate,
 )
@@ -74,7 +75,7 @@ def setup_lines(report: dict) -> list[str]:
     timing += f"; RPC deadline {settings['target']['deadline_s']:g} s"
     timing += f"; drain bound {drain_s:g} s." if drain_s is not None else "."
     lines.append(timing)
-    if report["scenario"] == "rate":
+    if open_loop(report):
         lines.append(
             f"Open loop: {scenario_settings.get('arrival')} arrivals, at most {scenario_settings.get('max_in_flight')} "
             "requests in flight; latency from each request's intended send time."
@@ -97,7 +98,7 @@ def render_markdown(report: dict) -> str:
     lines += [f"- warning: {warning}" for warning in report.get("warnings", [])]
     lines += ["", "## Throughput and latency (successful requests, measured window)", "",
               *_table(steps_table(report)), ""]
-    if report["scenario"] == "rate":
+    if open_loop(report):
         lines += ["## Open-loop sends (measured window)", "", *_table(open_loop_table(report)), ""]
     if any(step.get("server") for step in report["steps"]):
         lines += [f"## Server side (scraped from {report.get('server_metrics_url')})", "",
