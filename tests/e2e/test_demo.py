@@ -20,8 +20,9 @@ def test_demo_script_exports_serves_loads_and_reports(tmp_path):
         IMAGE_SIZE="64",
         REPO=str(tmp_path / "models"),
         CONCURRENCY="1,2",
-        DURATION="2s",
+        DURATION="1s",
         WARMUP="1s",
+        MAX_TRIALS="3",
         OUT=str(out),
         # The console scripts live beside this interpreter (the project's virtual environment).
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -36,7 +37,11 @@ def test_demo_script_exports_serves_loads_and_reports(tmp_path):
     assert [step["concurrency"] for step in report["steps"]] == [1, 2]
     for step in report["steps"]:
         assert step["ok"] > 0 and step["images_per_s"] > 0
-    assert (out / "report.md").read_text().strip()
+    # The engine measured in process beside the end-to-end steps, and the server's side scraped per step.
+    assert [row["batch_size"] for row in report["engine"]["results"]] == [1, 4]
+    assert all(step["server"] for step in report["steps"])
+    assert "Engine and end to end" in (out / "report.md").read_text()
+    assert "<svg" in (out / "report.html").read_text()
 
     # The server the script started has exited, and cleanly (SIGTERM → drain → exit 0).
     server_log = (out / "server.log").read_text()
