@@ -337,7 +337,8 @@ class InferenceCore:
             validated = validate_request(model.spec, request)
             if options.classification:
                 model.check_classification(options.classification)
-            validated = await preprocess_inputs(model.spec, model.version, validated)
+            if model.spec.preprocess is not None:
+                validated = await preprocess_inputs(model.spec, model.version, validated)
             future = asyncio.get_running_loop().create_future()
             queued = QueuedRequest(
                 validated.arrays, validated.batch_size, validated.batch_key, future, options.timeout_us * 1000

@@ -4,7 +4,9 @@ The collector takes an idle instance, then forms a batch from the head of the qu
 batch is full (``max_batch_size``), cannot grow (the next request does not fit), or the oldest request has waited
 ``max_queue_delay_microseconds``; before that, it dispatches the largest ``preferred_batch_size`` it can form.
 Without preferred sizes, as in Triton, the full batch is the preferred one. Engine calls run in a thread pool
-with one thread per instance. Every request ends in exactly one result or one error: a failed batch fails all
+with one thread per instance; when a call ends, the engine thread schedules one callback on the event loop that
+resolves the batch's request futures and hands the instance back (no task per batch, no chained futures: each
+loop hop costs a context switch). Every request ends in exactly one result or one error: a failed batch fails all
 its requests; if the collector dies, everything pending fails. A bounded queue (``max_queue_size``) rejects at
 once. Queue timeouts follow Triton's queue policy and are applied when a batch is formed: a request's timeout is
 ``default_timeout_microseconds``, or its own ``timeout`` parameter when that is shorter and the policy has
@@ -20,7 +22,7 @@ import collections
 import logging
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -97,19 +99,21 @@ class Batcher:
         self._timed = policy.default_timeout_ns > 0 or allow_timeout_override
         self._next_deadline_ns = 0
         """The earliest deadline in the queue, or 0 when none: no scan for expired requests before then."""
-        self._idle: asyncio.Queue[ModelInstance] = asyncio.Queue()
+        self._idle: collections.deque[ModelInstance] = collections.deque()
         self._executor = ThreadPoolExecutor(max_workers=len(self._instances), thread_name_prefix=f"engine-{label}")
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._waiter: asyncio.Future | None = None
         self._collector: asyncio.Task | None = None
-        self._running: set[asyncio.Task] = set()
+        self._running: set[asyncio.Future] = set()
+        """One future per batch being executed, resolved when its requests have their results."""
         self._closed_reason: ServerError | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        for instance in self._instances:
-            self._idle.put_nowait(instance)
-        self._collector = asyncio.get_running_loop().create_task(self._collect_forever(), name=f"batcher-{self._label}")
+        self._loop = loop = asyncio.get_running_loop()
+        self._idle.extend(self._instances)
+        self._collector = loop.create_task(self._collect_forever(), name=f"batcher-{self._label}")
         self._collector.add_done_callback(self._on_collector_done)
 
     @property
@@ -184,18 +188,18 @@ class Batcher:
                 handle.cancel()
 
     async def _collect_forever(self) -> None:
-        loop = asyncio.get_running_loop()
+        idle = self._idle
         while True:
-            instance = await self._idle.get()
+            while not idle:
+                await self._wait(None)  # woken by _finish when an instance is handed back
+            instance = idle.popleft()
             try:
                 batch = await self._next_batch()
             except BaseException:
-                self._idle.put_nowait(instance)
+                idle.appendleft(instance)
                 raise
             self._stats.set_pending(len(self._queue) + len(self._delayed))
-            task = loop.create_task(self._execute(instance, batch))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            self._execute(instance, batch)
 
     async def _next_batch(self) -> list[QueuedRequest]:
         policy = self._policy
@@ -283,15 +287,50 @@ class Batcher:
 
     # -- execution -------------------------------------------------------------------------------------------------
 
-    async def _execute(self, instance: ModelInstance, batch: list[QueuedRequest]) -> None:
+    def _execute(self, instance: ModelInstance, batch: list[QueuedRequest]) -> None:
+        """Start the engine call on the instance's thread; :meth:`_finish` runs on the loop when it ends."""
+        loop = self._loop
         start_ns = time.perf_counter_ns()
         sizes = [request.batch_size for request in batch]
+        done = loop.create_future()
+        self._running.add(done)
         try:
+            work = self._executor.submit(self._run_batch, instance, [r.inputs for r in batch], sizes)
+        except RuntimeError as exc:  # the executor is shut down: the server is stopping
+            work = Future()
+            work.set_exception(exc)
+            self._finish(instance, batch, sizes, start_ns, work, done)
+            return
+
+        def on_engine_done(_: Future) -> None:  # on the engine thread
+            if loop.is_closed():
+                return  # the process is exiting without waiting for this batch
             try:
-                parts, timing = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._run_batch, instance, [r.inputs for r in batch], sizes
-                )
-            except Exception as exc:
+                loop.call_soon_threadsafe(self._finish, instance, batch, sizes, start_ns, work, done)
+            except RuntimeError:  # the loop closed in between
+                pass
+
+        work.add_done_callback(on_engine_done)
+
+    def _finish(
+        self,
+        instance: ModelInstance,
+        batch: list[QueuedRequest],
+        sizes: list[int],
+        start_ns: int,
+        work: Future,
+        done: asyncio.Future,
+    ) -> None:
+        """On the loop: resolve every request of the batch with its result or the batch's error, free the
+        instance."""
+        try:
+            if work.cancelled():
+                for request in batch:
+                    if not request.future.done():
+                        request.future.set_exception(unavailable(SHUTTING_DOWN_MESSAGE))
+                return
+            exc = work.exception()
+            if exc is not None:
                 request_id = new_request_id()
                 log.error(
                     "model %s: batch of %d request(s) failed (request id %s)",
@@ -304,6 +343,7 @@ class Batcher:
                     if not request.future.done():
                         request.future.set_exception(internal_error(request_id))
                 return
+            parts, timing = work.result()
             self._stats.record_execution(sum(sizes), timing)
             for request, outputs in zip(batch, parts):
                 if not request.future.done():
@@ -315,7 +355,10 @@ class Batcher:
                     )
                     request.future.set_result(BatchResult(outputs, request_timing))
         finally:
-            self._idle.put_nowait(instance)
+            self._idle.append(instance)
+            self._running.discard(done)
+            done.set_result(None)
+            self._wake()
 
     def _run_batch(
         self, instance: ModelInstance, inputs: list[dict[str, np.ndarray]], sizes: list[int]
