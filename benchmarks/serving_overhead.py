@@ -78,18 +78,23 @@ def engine_bench(model: str, repo: Path, out: Path, duration_s: float) -> dict:
 # --- load -------------------------------------------------------------------------------------------------------
 
 
+SWEEP_TRIALS = 3
+"""Measurement windows per concurrency level: the three the stability check compares, no retries, so a run's length
+is known."""
+
+
 def sweep(server: Server, model: str, levels: list[int], out: Path, duration_s: float) -> list[dict]:
     """Closed-loop sweep on core 1; returns the report's steps with client/server CPU % of each window."""
     folder = out / f"sweep-{model}"
     cmd = [sys.executable, "-m", "loadgen", "sweep", "--target", f"127.0.0.1:{server.port}", "--model", model,
            "--concurrency", ",".join(map(str, levels)), "--duration", f"{duration_s:g}s", "--warmup", "1s",
-           "--out", str(folder), "--log-level", "warning"]
+           "--max-trials", str(SWEEP_TRIALS), "--out", str(folder), "--log-level", "warning"]
     print(f"sweep {model} at concurrency {','.join(map(str, levels))} ...", flush=True)
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, preexec_fn=pinned(CLIENT_CORE), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     client = psutil.Process(proc.pid)
     samples = []  # (unix time, client cpu s, server cpu s)
-    limit = time.monotonic() + 60 + len(levels) * (duration_s + 10)
+    limit = time.monotonic() + 60 + len(levels) * (SWEEP_TRIALS * duration_s + 10)
     while proc.poll() is None and time.monotonic() < limit:
         samples.append((time.time(), tree_cpu_s(client), server.cpu_s()))
         time.sleep(0.25)
@@ -98,7 +103,9 @@ def sweep(server: Server, model: str, levels: list[int], out: Path, duration_s: 
         proc.wait(timeout=10)
         raise SystemExit(f"sweep of {model} ran past its bound")
     stderr = proc.stderr.read()
-    if proc.returncode != 0:
+    if proc.returncode == 1:  # a level stayed UNSTABLE: its figures stand, flagged in the report
+        print(f"note: some levels of the {model} sweep did not settle within {SWEEP_TRIALS} windows", flush=True)
+    elif proc.returncode != 0:
         sys.stderr.write(stderr[-3000:])
         raise SystemExit(f"sweep of {model} failed ({proc.returncode})")
     report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
