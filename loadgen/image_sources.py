@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,9 +142,7 @@ def decode_header(encoded: bytes) -> tuple[int, int]:
     return height, width
 
 
-def describe_sizes(images: Sequence[SourceImage]) -> dict[str, int]:
-    sizes: dict[str, int] = {}
-    for image in images:
-        key = f"{image.width}x{image.height}"
-        sizes[key] = sizes.get(key, 0) + 1
-    return dict(sorted(sizes.items(), key=lambda kv: -kv[1]))
+def describe_sizes(sizes: Iterable[tuple[int, int]]) -> dict[str, int]:
+    """How many images have each ``WxH`` size, given (width, height) pairs; the most common size first."""
+    counts = Counter(f"{width}x{height}" for width, height in sizes)
+    return dict(counts.most_common())

@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image
 from tritonclient.grpc import service_pb2
 
-from loadgen.image_sources import SourceImage
-from loadgen.images import decode_rgb, synthetic_image
+from loadgen.image_sources import SourceImage, describe_sizes
+from loadgen.images import synthetic_image
 
 logger = logging.getLogger(__name__)
 
@@ -127,12 +127,7 @@ def resize_crop(rgb: np.ndarray, crop_hw: tuple[int, int]) -> np.ndarray:
 
 def fp32_tensor(images: list[np.ndarray], spec: InputSpec) -> np.ndarray:
     """Stack preprocessed HxWx3 images into the input's layout, contiguous FP32."""
-    batch = np.stack(images)
-    if spec.layout == "NCHW":
-        batch = batch.transpose(0, 3, 1, 2)
-    if not spec.batched:
-        batch = batch[0]
-    return np.ascontiguousarray(batch, dtype=np.float32)
+    return image_tensor(images, spec, np.float32)
 
 
 def image_tensor(images: list[np.ndarray], spec: InputSpec, dtype: type) -> np.ndarray:
@@ -192,16 +187,13 @@ class Payloads:
         return max(len(request) for request in self.requests)
 
     def to_dict(self) -> dict:
-        sizes: dict[str, int] = {}
-        for width, height in self.image_sizes:
-            sizes[f"{width}x{height}"] = sizes.get(f"{width}x{height}", 0) + 1
         return {
             "distinct_requests": len(self.requests),
             "images_per_request": self.images_per_request,
             "request_shape": list(self.request_shape),
             "request_bytes": self.request_bytes,
             "source_images": len(self.image_sizes),
-            "source_image_sizes": dict(sorted(sizes.items(), key=lambda kv: -kv[1])),
+            "source_image_sizes": describe_sizes(self.image_sizes),
         }
 
 
@@ -296,33 +288,8 @@ def build_payloads(
 def build_fp32_payloads(
     model: str, version: str, spec: InputSpec, images_per_request: int, distinct_requests: int, seed: int
 ) -> Payloads:
-    """Generate, decode and preprocess synthetic images; serialize ``distinct_requests`` requests once."""
-    if spec.datatype != "FP32":
-        raise PayloadError(f"payload fp32 needs an FP32 input, but input {spec.name!r} is {spec.datatype}")
-    shape = spec.request_shape(images_per_request)
-    one_request_bytes = int(np.prod(shape)) * 4
-    fitting = max(1, MAX_PAYLOAD_BYTES_TOTAL // one_request_bytes)
-    if distinct_requests > fitting:
-        logger.warning(
-            "%d distinct requests of %d bytes exceed the %d-byte payload bound; building %d",
-            distinct_requests, one_request_bytes, MAX_PAYLOAD_BYTES_TOTAL, fitting,
-        )
-        distinct_requests = fitting
+    """Generate, decode and preprocess synthetic images (in memory); serialize ``distinct_requests`` requests once."""
     pool_size = min(distinct_requests * images_per_request, MAX_IMAGE_POOL)
-    pool, sizes = [], []
-    for index in range(pool_size):
-        image = synthetic_image(seed, index)
-        pool.append(preprocess(decode_rgb(image.jpeg), spec.crop_hw))
-        sizes.append((image.width, image.height))
-    requests = []
-    for number in range(distinct_requests):
-        first = number * images_per_request
-        images = [pool[(first + k) % pool_size] for k in range(images_per_request)]
-        request = infer_request(model, version, spec, fp32_tensor(images, spec), f"ipsbench-{number}")
-        requests.append(request.SerializeToString())
-    return Payloads(
-        requests=tuple(requests),
-        images_per_request=images_per_request,
-        request_shape=tuple(shape),
-        image_sizes=tuple(sizes),
-    )
+    generated = (synthetic_image(seed, index) for index in range(pool_size))
+    pool = [SourceImage(image.jpeg, image.width, image.height) for image in generated]
+    return build_payloads(model, version, spec, "fp32", images_per_request, distinct_requests, pool)

@@ -1,10 +1,8 @@
 """Fixtures for the load generator's tests."""
 import os
-import subprocess
-import sys
 
 import pytest
-from load_helpers import REPO_ROOT, LoadRun
+from load_helpers import LoadRun, start_load_run
 
 CLOSED_LOOP = ("sweep", "offline", "single-stream", "ramp", "spike")
 
@@ -18,21 +16,14 @@ def start_load(tmp_path):
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))  # synthetic images cached per test, not in ~
 
     def start(target: str, *args: str, model: str = "resnet18", scenario: str = "sweep") -> LoadRun:
-        out = tmp_path / f"report{len(runs)}"
-        log = tmp_path / f"load{len(runs)}.log"
         if scenario in CLOSED_LOOP and "--max-trials" not in args:
             args = (*args, "--max-trials", "1")
-        command = [sys.executable, "-m", "loadgen", scenario, "--target", target, "--model", model,
-                   "--out", str(out), *args]
-        with log.open("w") as stderr:
-            process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                                       env=env)
-        run = LoadRun(process, out, log)
+        index = len(runs)
+        run = start_load_run(tmp_path / f"report{index}", tmp_path / f"load{index}.log", scenario, target, model,
+                             *args, env=env)
         runs.append(run)
         return run
 
     yield start
     for run in runs:
-        if run.process.poll() is None:
-            run.process.kill()
-        run.process.communicate(timeout=10)
+        run.close()

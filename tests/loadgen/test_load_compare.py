@@ -6,11 +6,11 @@ import sys
 
 import grpc
 import pytest
-from load_helpers import REPO_ROOT
+from load_helpers import REPO_ROOT, sweep_report
 
 from loadgen.recorder import StepRecord
 from loadgen.report.compare import main
-from loadgen.report.schema import build_report, write_report
+from loadgen.report.schema import write_report
 
 MS = 1_000_000
 
@@ -27,18 +27,8 @@ def recorded_step(index: int, concurrency: int, ok: int, latency_ms: int, reject
     return step
 
 
-def written_report(out, steps, max_error_rate=0.0):
-    report = build_report(
-        steps=steps,
-        settings={"target": {"deadline_s": 30.0}, "sweep": {"warmup_s": 1.0, "drain_s": 10.0}},
-        target={"address": "127.0.0.1:8001", "server": {}},
-        model={"name": "resnet18", "input": {"name": "input", "datatype": "FP32", "shape": [-1, 3, 64, 64]}},
-        payload={"encoding": "fp32", "images_per_request": 1, "distinct_requests": 4, "request_bytes": 49_152,
-                 "source": "synthetic"},
-        scenario="sweep", started_at="2025-01-01T00:00:00+00:00", duration_s=7.0, interrupted_by=None,
-        max_error_rate=max_error_rate,
-    )
-    return write_report(report, out)
+def written_report(out, steps):
+    return write_report(sweep_report(steps), out)
 
 
 @pytest.fixture

@@ -4,12 +4,12 @@ import io
 import json
 
 import pytest
+from load_helpers import sweep_report
 from rich.console import Console
 
 from loadgen.recorder import StepRecord
 from loadgen.report.console import print_summary
 from loadgen.report.markdown import render_markdown
-from loadgen.report.schema import build_report
 from loadgen.slo import parse_objective
 
 MS = 1_000_000
@@ -27,17 +27,8 @@ def recorded_step(index=0, concurrency=1, ok=300, cpu_percent=None) -> StepRecor
 
 
 def report_of(steps, objectives=None, engine=None) -> dict:
-    report = build_report(
-        steps=steps,
-        settings={"target": {"deadline_s": 30.0}, "sweep": {"warmup_s": 1.0, "drain_s": 10.0}},
-        target={"address": "127.0.0.1:8001", "server": {}},
-        model={"name": "resnet18", "input": {"name": "input", "datatype": "FP32", "shape": [-1, 3, 64, 64]}},
-        payload={"mode": "fp32", "images_per_request": 1, "distinct_requests": 4, "request_bytes": 49_152,
-                 "source": "synthetic"},
-        scenario="sweep", started_at="2025-01-01T00:00:00+00:00", duration_s=7.0, interrupted_by=None,
-        max_error_rate=0.0, objectives=objectives, engine=engine,
-    )
-    return json.loads(json.dumps(report))
+    """The report as its JSON file holds it (read back, as renderers see it)."""
+    return json.loads(json.dumps(sweep_report(steps, objectives=objectives, engine=engine)))
 
 
 def cells(markdown: str, first: str) -> list[str]:

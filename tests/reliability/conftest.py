@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import grpc
 import pytest
-from reliability_helpers import LoadProcess, server_flags, start_load_process
+from reliability_helpers import LoadRun, server_flags, start_load_run
 from tritonclient.grpc import service_pb2_grpc
 
 
@@ -52,21 +51,15 @@ def stub_for(channel_to):
 @pytest.fixture
 def start_load(tmp_path: Path):
     """``start_load(scenario, target, model, *args, out=None)`` → a ``python -m loadgen`` subprocess; killed if left running."""
-    runs: list[LoadProcess] = []
+    runs: list[LoadRun] = []
 
-    def start(scenario: str, target: str, model: str, *args: str, out: Path | None = None) -> LoadProcess:
+    def start(scenario: str, target: str, model: str, *args: str, out: Path | None = None) -> LoadRun:
         index = len(runs)
-        run = start_load_process(
-            out or tmp_path / f"report{index}", tmp_path / f"load{index}.log", scenario, target, model, *args
-        )
+        run = start_load_run(out or tmp_path / f"report{index}", tmp_path / f"load{index}.log", scenario, target,
+                             model, *args)
         runs.append(run)
         return run
 
     yield start
     for run in runs:
-        if run.process.poll() is None:
-            run.process.kill()
-        try:
-            run.process.communicate(timeout=10)
-        except (subprocess.TimeoutExpired, ValueError):
-            pass
+        run.close()

@@ -6,19 +6,19 @@ The test process never imports locust (it patches the whole process for gevent):
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from load_helpers import LoadRun, assert_accounted, start_load_run  # noqa: F401 - re-exported to the tests
+from onnx_test_models import SLOW_ITERATIONS_PER_MS, busy_output, save_test_model
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,8 +27,6 @@ HEALTHY_WITHIN_S = 1.0
 """"Server healthy after": a small valid request answers OK within this long (Triton's L0_large_payload)."""
 HEALTHY_RETRY_S = 10.0
 """How long the check keeps trying before it fails (the first try after a fault may meet a reconnect)."""
-SLOW_ITERATIONS_PER_MS = 3
-"""Loop iterations of a 256x256 MatMul per millisecond, roughly, on one core (as in tests/conftest.py)."""
 
 
 # -- requests --------------------------------------------------------------------------------------------------
@@ -65,6 +63,20 @@ def rpc_error(call, *args, **kwargs) -> grpc.RpcError:
     except grpc.RpcError as error:
         return error
     pytest.fail(f"expected an RPC error, got {type(result).__name__}: {result}")
+
+
+def answered_and_failed(futures, code: grpc.StatusCode) -> tuple[int, list[grpc.RpcError]]:
+    """Wait for every ModelInfer future: how many were answered, and the errors of the others, each of which must
+    carry status ``code``."""
+    answered, failed = 0, []
+    for future in futures:
+        try:
+            future.result(timeout=CALL_TIMEOUT_S)
+            answered += 1
+        except grpc.RpcError as error:
+            assert error.code() == code, error.details()
+            failed.append(error)
+    return answered, failed
 
 
 # -- "server healthy after" ------------------------------------------------------------------------------------
@@ -169,43 +181,14 @@ def write_image_model(
 ) -> Path:
     """``repository/name``: input FP32 [-1,3,size,size], output FP32 [-1,3] (the per-channel mean). With
     ``delay_ms``, every execution first spends about that long in a loop of 256x256 MatMuls (one thread)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     nodes = [helper.make_node("ReduceMean", ["input"], ["mean"], axes=[2, 3], keepdims=0)]
     inits = []
     if delay_ms:
-        width = 256
-        weights = (np.random.default_rng(0).standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
-        body = helper.make_graph(
-            [
-                helper.make_node("MatMul", ["m_in", "W"], ["product"]),
-                helper.make_node("Tanh", ["product"], ["m_out"]),
-                helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-            ],
-            "body",
-            [
-                helper.make_tensor_value_info("i", TensorProto.INT64, []),
-                helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-                helper.make_tensor_value_info("m_in", TensorProto.FLOAT, [width, width]),
-            ],
-            [
-                helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-                helper.make_tensor_value_info("m_out", TensorProto.FLOAT, [width, width]),
-            ],
-        )
-        nodes += [
-            helper.make_node("Loop", ["trip", "cond", "W"], ["m_last"], body=body),
-            helper.make_node("ReduceSum", ["m_last"], ["last_total"], keepdims=0),
-            helper.make_node("Mul", ["last_total", "zero"], ["nothing"]),
-            helper.make_node("Add", ["mean", "nothing"], ["output"]),
-        ]
-        inits += [
-            numpy_helper.from_array(weights, "W"),
-            numpy_helper.from_array(np.array(delay_ms * SLOW_ITERATIONS_PER_MS, np.int64), "trip"),
-            numpy_helper.from_array(np.array(True), "cond"),
-            numpy_helper.from_array(np.array(0, np.float32), "zero"),
-        ]
+        loop_nodes, inits = busy_output("trip", "W", "mean")
+        nodes += loop_nodes
+        inits.append(numpy_helper.from_array(np.array(delay_ms * SLOW_ITERATIONS_PER_MS, np.int64), "trip"))
     else:
         nodes.append(helper.make_node("Identity", ["mean"], ["output"]))
     graph = helper.make_graph(
@@ -215,12 +198,8 @@ def write_image_model(
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 3])],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
     folder = Path(repository) / name
-    (folder / "1").mkdir(parents=True, exist_ok=True)
-    onnx.save(model, folder / "1" / "model.onnx")
+    save_test_model(graph, folder)
     warm_one = (
         'model_warmup [ { name: "one" batch_size: 1 inputs { key: "input" value { data_type: TYPE_FP32 '
         f"dims: [ 3, {size}, {size} ] zero_data: true }} }} }} ]\n"
@@ -238,54 +217,5 @@ def write_image_model(
     return folder
 
 
-# -- ipsbench-load subprocess runs -----------------------------------------------------------------------------
+# -- ipsbench-load subprocess runs: the load generator's own test helpers --------------------------------------
 
-
-@dataclass
-class LoadProcess:
-    """A running or finished ``python -m loadgen`` and where its report goes."""
-
-    process: subprocess.Popen
-    out: Path
-    log: Path
-    stdout: str = ""
-
-    def finish(self, timeout_s: float) -> int:
-        self.stdout, _ = self.process.communicate(timeout=timeout_s)
-        return self.process.returncode
-
-    def stderr(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def report(self) -> dict:
-        return json.loads((self.out / "report.json").read_text())
-
-    def wait_for_log(self, text: str, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while text not in self.stderr():
-            if self.process.poll() is not None:
-                pytest.fail(f"ipsbench-load exited ({self.process.returncode}) before logging {text!r}:\n{self.stderr()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"ipsbench-load did not log {text!r} within {timeout_s} s:\n{self.stderr()}")
-            time.sleep(0.05)
-
-
-def start_load_process(out: Path, log: Path, scenario: str, target: str, model: str, *args: str) -> LoadProcess:
-    command = [sys.executable, "-m", "loadgen", scenario, "--target", target, "--model", model, "--out", str(out),
-               *args]
-    with log.open("w") as stderr:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True)
-    return LoadProcess(process, out, log)
-
-
-COUNT_FIELDS = ("ok", "rejected", "failed", "deadline", "cancelled", "abandoned")
-
-
-def assert_accounted(report: dict) -> None:
-    """ISSUED = OK + REJECTED + FAILED + DEADLINE + CANCELLED + ABANDONED on every step and in the totals."""
-    assert report["steps"], report
-    for step in report["steps"]:
-        assert step["issued"] == sum(step[name] for name in COUNT_FIELDS), step
-        assert step["identity_holds"], step
-    totals = report["totals"]
-    assert totals["issued"] == sum(totals[name] for name in COUNT_FIELDS), totals

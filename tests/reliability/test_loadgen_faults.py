@@ -64,12 +64,12 @@ def test_L03_target_restart_mid_run_reconnects_and_success_resumes(repository, s
     port = target.grpc_port
     run = start_load("sweep", target.grpc_url, "image8", "--concurrency", "2,2", "--warmup", "0s",
                      "--duration", "3s", "--drain", "5s", *ONE_WINDOW)
-    run.wait_for_log("step 1/2", timeout_s=60)
+    run.wait_for_log("step 1/2", timeout=60)
     time.sleep(0.5)  # into the first step on purpose
     target.stop(signal.SIGKILL)
     restarted = start_server(repository, "--grpc-port", str(port))
     assert restarted.grpc_port == port
-    assert run.finish(timeout_s=180) != 0, run.stdout + run.stderr()  # errors make the run invalid
+    assert run.finish(timeout=180) != 0, run.stdout + run.stderr()  # errors make the run invalid
     report = run.report()
     assert report["status"] == "complete"  # the load generator itself carried on to the end
     assert_accounted(report)
@@ -86,10 +86,10 @@ def test_L03_target_restart_mid_run_reconnects_and_success_resumes(repository, s
 def test_L05_sigterm_writes_every_report_including_html(server, start_load):
     run = start_load("sweep", server.grpc_url, "image8", "--concurrency", "2", "--warmup", "500ms",
                      "--duration", "30s", "--drain", "5s", *ONE_WINDOW)
-    run.wait_for_log("step 1/1", timeout_s=60)
+    run.wait_for_log("step 1/1", timeout=60)
     time.sleep(1.5)
     run.process.send_signal(signal.SIGTERM)
-    assert run.finish(timeout_s=60) == 143, run.stdout + run.stderr()
+    assert run.finish(timeout=60) == 143, run.stdout + run.stderr()
     report = run.report()
     assert report["status"] == "interrupted" and report["interrupted_by"] == "SIGTERM"
     assert_accounted(report)
@@ -106,16 +106,16 @@ def test_L06_sigkill_leaves_a_partial_report_the_next_run_marks_incomplete(serve
     out = tmp_path / "shared-out"
     run = start_load("sweep", server.grpc_url, "image8", "--concurrency", "2", "--warmup", "0s",
                      "--duration", "60s", "--drain", "5s", *ONE_WINDOW, out=out)
-    run.wait_for_log("step 1/1", timeout_s=60)
+    run.wait_for_log("step 1/1", timeout=60)
     time.sleep(FLUSH_BOUND_S + 1.0)  # at least one periodic flush is due by now
     run.process.send_signal(signal.SIGKILL)
-    run.finish(timeout_s=30)
+    run.finish(timeout=30)
     partial = run.report()
     assert partial["status"] == "running", partial["status"]
     assert partial["steps"] and partial["steps"][0]["issued"] > 0 and partial["totals"]["ok"] > 0
 
     again = start_load("sweep", server.grpc_url, "image8", "--concurrency", "1", *SHORT, *ONE_WINDOW, out=out)
-    assert again.finish(timeout_s=120) == 0, again.stdout + again.stderr()
+    assert again.finish(timeout=120) == 0, again.stdout + again.stderr()
     assert again.report()["status"] == "complete"
     kept = sorted(out.glob("report.incomplete*.json"))
     assert len(kept) == 1, sorted(p.name for p in out.iterdir())
@@ -134,12 +134,12 @@ MASTER_HEARTBEAT_TIMEOUT_S = 60
 def test_L08_workers_stop_sending_when_the_master_is_killed(server, start_load):
     run = start_load("rate", server.grpc_url, "image8", "--rate", "40", "--processes", "2", "--warmup", "0s",
                      "--duration", "60s", "--drain", "5s")
-    run.wait_for_log("worker processes:", timeout_s=60)
+    run.wait_for_log("worker processes:", timeout=60)
     pids = [int(pid) for pid in WORKER_PIDS.search(run.stderr())[2].split(", ")]
-    run.wait_for_log("step 1/1", timeout_s=60)
+    run.wait_for_log("step 1/1", timeout=60)
     time.sleep(1.5)
     run.process.send_signal(signal.SIGKILL)
-    run.finish(timeout_s=30)
+    run.finish(timeout=30)
     wait_until(lambda: not any(_alive(pid) for pid in pids), timeout_s=MASTER_HEARTBEAT_TIMEOUT_S + 10,
                what=f"the workers {pids} to stop", interval_s=0.2)
     labels = dict(model="image8", version="1")
@@ -153,7 +153,7 @@ def test_L08_workers_stop_sending_when_the_master_is_killed(server, start_load):
 
 def test_L09_a_client_that_cannot_keep_up_is_flagged_client_bound(server, start_load):
     run = start_load("rate", server.grpc_url, "image8", "--rate", "50000", "--max-in-flight", "8", *SHORT)
-    run.finish(timeout_s=120)
+    run.finish(timeout=120)
     report = run.report()
     assert_accounted(report)
     (step,) = report["steps"]
@@ -188,7 +188,7 @@ def test_L10_a_noisy_server_makes_the_step_unstable(server, start_load):
     try:
         run = start_load("sweep", server.grpc_url, "slow20", "--concurrency", "1", "--warmup", "0s",
                          "--duration", "500ms", "--drain", "5s")
-        code = run.finish(timeout_s=180)
+        code = run.finish(timeout=180)
     finally:
         stop.set()
         noisy.join(timeout=60)
@@ -203,7 +203,7 @@ def test_L10_a_noisy_server_makes_the_step_unstable(server, start_load):
 
 def test_L11_a_short_run_does_not_claim_p99(server, start_load):
     run = start_load("sweep", server.grpc_url, "slow20", "--concurrency", "1", *SHORT, *ONE_WINDOW)
-    assert run.finish(timeout_s=120) == 0, run.stdout + run.stderr()
+    assert run.finish(timeout=120) == 0, run.stdout + run.stderr()
     report = run.report()
     (step,) = report["steps"]
     samples = step["latency_us"]["count"]
@@ -220,7 +220,7 @@ def test_L11_a_short_run_does_not_claim_p99(server, start_load):
 def test_L13_error_classes_are_reported_separately(server, start_load):
     run = start_load("sweep", server.grpc_url, "bounded", "--concurrency", "12", "--deadline", "300ms",
                      "--distinct-requests", "2", "--warmup", "0s", "--duration", "3s", "--drain", "5s", *ONE_WINDOW)
-    assert run.finish(timeout_s=120) != 0, run.stdout + run.stderr()
+    assert run.finish(timeout=120) != 0, run.stdout + run.stderr()
     report = run.report()
     assert_accounted(report)
     for step in report["steps"]:
@@ -319,11 +319,11 @@ def test_L15_a_hung_server_yields_deadline_not_a_stuck_load_generator(repository
     target = start_server(repository)
     run = start_load("sweep", target.grpc_url, "image8", "--concurrency", "2", "--warmup", "0s",
                      "--duration", "3s", "--drain", "5s", "--deadline", "500ms", *ONE_WINDOW)
-    run.wait_for_log("step 1/1", timeout_s=60)
+    run.wait_for_log("step 1/1", timeout=60)
     time.sleep(0.5)
     target.process.send_signal(signal.SIGSTOP)  # the server hangs: connections stay open, nothing answers
     try:
-        code = run.finish(timeout_s=120)
+        code = run.finish(timeout=120)
     finally:
         target.process.send_signal(signal.SIGCONT)
     assert code != 0, run.stdout + run.stderr()
@@ -340,7 +340,7 @@ def test_L15_a_hung_server_at_start_fails_setup_within_its_deadline(repository, 
     try:
         run = start_load("sweep", target.grpc_url, "image8", "--concurrency", "1", *SHORT, *ONE_WINDOW)
         started = time.monotonic()
-        code = run.finish(timeout_s=120)
+        code = run.finish(timeout=120)
         took = time.monotonic() - started
     finally:
         target.process.send_signal(signal.SIGCONT)

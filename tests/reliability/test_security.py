@@ -77,7 +77,6 @@ def test_S03_repository_load_is_refused_without_explicit_model_control(stub, rep
 
 def _onnx_with_external_initializer(folder: Path, location: str) -> None:
     """An affine-like model whose one weight lives in external data at ``location`` (relative to the model)."""
-    import onnx
     from onnx import TensorProto, helper
 
     weight = TensorProto(name="two", data_type=TensorProto.FLOAT)

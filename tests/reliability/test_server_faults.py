@@ -19,6 +19,7 @@ import pytest
 from reliability_helpers import (
     CALL_TIMEOUT_S,
     ROOT,
+    answered_and_failed,
     assert_accounted,
     assert_healthy,
     infer_request,
@@ -76,7 +77,7 @@ def test_F01_queue_full_rejections_are_counted_rejected_by_the_load_generator(tm
     srv = start_server(tmp_path)
     run = start_load("sweep", srv.grpc_url, "bounded", "--concurrency", "32", "--warmup", "0s", "--duration", "2s",
                      "--drain", "5s", "--distinct-requests", "2", "--max-trials", "1")
-    assert run.finish(timeout_s=120) != 0, run.stdout + run.stderr()  # errors above the allowed 0 %: invalid
+    assert run.finish(timeout=120) != 0, run.stdout + run.stderr()  # errors above the allowed 0 %: invalid
     report = run.report()
     assert_accounted(report)
     (step,) = report["steps"]
@@ -102,15 +103,9 @@ def test_F02_queue_timeout_reject(tmp_path, write_test_model, start_server):
     with grpc.insecure_channel(srv.grpc_url) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         futures = [stub.ModelInfer.future(infer_request("reject", np.ones((1, 4), np.float32))) for _ in range(4)]
-        ok, timed_out = 0, 0
-        for future in futures:
-            try:
-                future.result(timeout=CALL_TIMEOUT_S)
-                ok += 1
-            except grpc.RpcError as error:
-                assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
-                assert "Request timeout expired" in error.details()
-                timed_out += 1
+        ok, errors = answered_and_failed(futures, grpc.StatusCode.UNAVAILABLE)
+    assert all("Request timeout expired" in error.details() for error in errors), [e.details() for e in errors]
+    timed_out = len(errors)
     assert ok >= 1 and timed_out >= 2, (ok, timed_out)  # the first runs; those queued 300 ms behind it expire
     after = scrape(srv.metrics_url)
     labels = dict(model="reject", version="1", reason="REJECTED")
@@ -298,15 +293,8 @@ def test_F08_more_rpcs_than_the_limit_get_resource_exhausted(tmp_path, write_tes
         futures = [stub.ModelInfer.future(infer_request("slow", np.ones((1, 4), np.float32))) for _ in range(16)]
         wait_until(lambda: all(f.done() for f in futures[4:]) or _pending(srv, "slow") > 3, what="rejections")
         peak_pending = _pending(srv, "slow")
-        ok, exhausted = 0, 0
-        for future in futures:
-            try:
-                future.result(timeout=CALL_TIMEOUT_S)
-                ok += 1
-            except grpc.RpcError as error:
-                assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
-                exhausted += 1
-    assert 1 <= ok <= 4 and exhausted == 16 - ok, (ok, exhausted)
+        ok, errors = answered_and_failed(futures, grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert 1 <= ok <= 4 and len(errors) == 16 - ok, (ok, len(errors))
     assert peak_pending <= 3  # at most the cap, one of them running: the queue does not grow past it
     assert_healthy(srv.grpc_url)
 
@@ -480,7 +468,7 @@ def test_F19_load_generator_keepalive_does_not_earn_too_many_pings(server_for_lo
     assert options.get("grpc.http2.max_pings_without_data", 2) != 0  # 0 means unlimited pings
     run = start_load("sweep", server_for_loads.grpc_url, "image8", "--concurrency", "2", "--warmup", "0s",
                      "--duration", "3s", "--drain", "5s", "--max-trials", "1")
-    assert run.finish(timeout_s=120) == 0, run.stdout + run.stderr()
+    assert run.finish(timeout=120) == 0, run.stdout + run.stderr()
     report = run.report()
     assert_accounted(report)
     assert report["totals"]["ok"] == report["totals"]["issued"] > 0

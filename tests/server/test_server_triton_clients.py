@@ -156,6 +156,24 @@ def infer_input(module, array: np.ndarray):
     return tensor
 
 
+def infer_images(kind: str, url: str, client, batch: np.ndarray, class_count: int = 0, **options):
+    """``infer`` on :data:`MODEL` with ``batch`` as its input, asking for ``output`` (as its top ``class_count``
+    classes when given), through the ``kind`` client."""
+    module = grpcclient if kind == "sync" else aioclient
+    return call(
+        kind,
+        url,
+        client,
+        lambda c: c.infer(
+            MODEL,
+            [infer_input(module, batch)],
+            outputs=[module.InferRequestedOutput("output", class_count=class_count)],
+            client_timeout=CALL_TIMEOUT_S,
+            **options,
+        ),
+    )
+
+
 def reference_output(reference, array: np.ndarray) -> np.ndarray:
     return reference.run(["output"], {"input": array})[0]
 
@@ -257,20 +275,9 @@ def test_inference_statistics_count_the_requests_sent(kind, server, sync_client,
 @pytest.mark.parametrize("compression", [None, "gzip"])
 @pytest.mark.parametrize("kind", CLIENTS)
 def test_infer_matches_onnxruntime(kind, compression, server, sync_client, reference):
-    module = grpcclient if kind == "sync" else aioclient
     batch = images(3, seed=1)
-    result = call(
-        kind,
-        server.grpc_url,
-        sync_client,
-        lambda c: c.infer(
-            MODEL,
-            [infer_input(module, batch)],
-            outputs=[module.InferRequestedOutput("output")],
-            request_id="req-1",
-            compression_algorithm=compression,
-            client_timeout=CALL_TIMEOUT_S,
-        ),
+    result = infer_images(
+        kind, server.grpc_url, sync_client, batch, request_id="req-1", compression_algorithm=compression
     )
     assert result.get_response().id == "req-1"
     assert result.get_response().model_name == MODEL
@@ -279,19 +286,8 @@ def test_infer_matches_onnxruntime(kind, compression, server, sync_client, refer
 
 @pytest.mark.parametrize("kind", CLIENTS)
 def test_classification_gives_the_top_three_with_labels(kind, server, sync_client, reference, labels):
-    module = grpcclient if kind == "sync" else aioclient
     batch = images(2, seed=2)
-    result = call(
-        kind,
-        server.grpc_url,
-        sync_client,
-        lambda c: c.infer(
-            MODEL,
-            [infer_input(module, batch)],
-            outputs=[module.InferRequestedOutput("output", class_count=3)],
-            client_timeout=CALL_TIMEOUT_S,
-        ),
-    )
+    result = infer_images(kind, server.grpc_url, sync_client, batch, class_count=3)
     top = result.as_numpy("output")
     assert top.shape == (2, 3)
     expected = reference_output(reference, batch)
@@ -400,7 +396,6 @@ def test_model_control_is_refused_in_the_default_mode_with_tritons_text(kind, me
 def test_load_and_unload_in_explicit_mode(kind, explicit_server, explicit_client, reference):
     url = explicit_server.grpc_url
     batch = images(2, seed=4)
-    module = grpcclient if kind == "sync" else aioclient
 
     def index_entries(c):
         return c.get_model_repository_index(as_json=True, client_timeout=CALL_TIMEOUT_S)
@@ -414,7 +409,7 @@ def test_load_and_unload_in_explicit_mode(kind, explicit_server, explicit_client
     call(kind, url, explicit_client, lambda c: c.load_model(MODEL, headers=ADMIN_HEADERS, client_timeout=120))
     assert explicit_client.is_model_ready(MODEL)
     assert states() == [(MODEL, "READY")]
-    result = call(kind, url, explicit_client, lambda c: c.infer(MODEL, [infer_input(module, batch)]))
+    result = infer_images(kind, url, explicit_client, batch)
     assert_matches_reference(result.as_numpy("output"), reference, batch)
 
     call(kind, url, explicit_client, lambda c: c.unload_model(MODEL, headers=ADMIN_HEADERS, client_timeout=120))

@@ -2,13 +2,14 @@
 process itself never imports it)."""
 import json
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -26,7 +27,7 @@ class LoadRun:
         return self.process.returncode
 
     def stderr(self) -> str:
-        return self.log.read_text()
+        return self.log.read_text(errors="replace")
 
     def report(self) -> dict:
         return json.loads((self.out / "report.json").read_text())
@@ -41,16 +42,60 @@ class LoadRun:
                 pytest.fail(f"ipsbench-load did not log {text!r} within {timeout} s:\n{self.stderr()}")
             time.sleep(0.05)
 
+    def close(self) -> None:
+        """Kill the process if it is still running, and reap it."""
+        if self.process.poll() is None:
+            self.process.kill()
+        try:
+            self.process.communicate(timeout=10)
+        except (subprocess.TimeoutExpired, ValueError):  # ValueError: its pipes were already read and closed
+            pass
+
+
+def start_load_run(
+    out: Path, log: Path, scenario: str, target: str, model: str, *args: str, env: dict[str, str] | None = None
+) -> LoadRun:
+    """Start ``python -m loadgen SCENARIO --target TARGET --model MODEL --out OUT ARGS...``, its stderr into ``log``."""
+    command = [sys.executable, "-m", "loadgen", scenario, "--target", target, "--model", model, "--out", str(out),
+               *args]
+    with log.open("w") as stderr:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+    return LoadRun(process, out, log)
+
+
+def sweep_report(steps: list, **arguments) -> dict:
+    """``build_report`` of recorded ``steps`` as a sweep of resnet18 (64x64, fp32, synthetic images) with fixed run
+    details; ``arguments`` replace any of ``build_report``'s (``max_error_rate``, ``objectives``, ``engine``...)."""
+    from loadgen.report.schema import build_report
+
+    run = {
+        "settings": {"target": {"deadline_s": 30.0}, "sweep": {"warmup_s": 1.0, "drain_s": 10.0}},
+        "target": {"address": "127.0.0.1:8001", "server": {}},
+        "model": {"name": "resnet18", "input": {"name": "input", "datatype": "FP32", "shape": [-1, 3, 64, 64]}},
+        "payload": {"mode": "fp32", "images_per_request": 1, "distinct_requests": 4, "request_bytes": 49_152,
+                    "source": "synthetic"},
+        "scenario": "sweep",
+        "started_at": "2025-01-01T00:00:00+00:00",
+        "duration_s": 7.0,
+        "interrupted_by": None,
+        "max_error_rate": 0.0,
+    }
+    return build_report(steps=steps, **{**run, **arguments})
+
+
+COUNT_FIELDS = ("ok", "rejected", "failed", "deadline", "cancelled", "abandoned")
+
 
 def assert_accounted(report: dict) -> None:
-    """Every step accounts for every issued request."""
+    """ISSUED = OK + REJECTED + FAILED + DEADLINE + CANCELLED + ABANDONED on every step (each of which issued
+    something) and in the totals."""
     assert report["steps"], report
     for step in report["steps"]:
-        accounted = (step["ok"] + step["rejected"] + step["failed"] + step["deadline"] + step["cancelled"]
-                     + step["abandoned"])
-        assert step["issued"] > 0
-        assert step["issued"] == accounted, step
-        assert step["identity_holds"]
+        assert step["issued"] > 0, step
+        assert step["issued"] == sum(step[name] for name in COUNT_FIELDS), step
+        assert step["identity_holds"], step
+    totals = report["totals"]
+    assert totals["issued"] == sum(totals[name] for name in COUNT_FIELDS), totals
 
 
 def write_failing_image_model(repository: Path, name: str = "broken") -> Path:
