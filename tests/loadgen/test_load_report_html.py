@@ -166,7 +166,8 @@ class TableReader(HTMLParser):
 def browser():
     if not Path(CHROMIUM).is_file():
         pytest.skip(CHROMIUM_MISSING)
-    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
+    # Chromium's helper processes may still be writing the profile as it exits; leftovers are not a failure.
+    with tempfile.TemporaryDirectory(prefix="chromium-profile-", ignore_cleanup_errors=True) as profile:
         chromium = Browser(Path(profile))
         yield chromium
         chromium.close()
