@@ -69,12 +69,15 @@ def open_channel(
 
 
 def model_infer_bytes(channel: grpc.Channel) -> grpc.UnaryUnaryMultiCallable:
-    """ModelInfer taking an already serialized ModelInferRequest (bytes) and returning a parsed response."""
-    return channel.unary_unary(
-        MODEL_INFER_METHOD,
-        request_serializer=None,
-        response_deserializer=service_pb2.ModelInferResponse.FromString,
-    )
+    """ModelInfer taking an already serialized ModelInferRequest (bytes) and returning the serialized response
+    (bytes): the send path needs only the status and the size, so a response is parsed only when it is checked
+    (:func:`parse_infer_response`)."""
+    return channel.unary_unary(MODEL_INFER_METHOD, request_serializer=None, response_deserializer=None)
+
+
+def parse_infer_response(response: bytes) -> service_pb2.ModelInferResponse:
+    """A serialized ModelInferResponse, parsed; ``google.protobuf.message.DecodeError`` when it is not one."""
+    return service_pb2.ModelInferResponse.FromString(response)
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,12 @@ from typing import Protocol
 import gevent
 import gevent.pool
 import grpc
+from google.protobuf.message import DecodeError
 from locust import User, task
 from locust.runners import WorkerRunner
 
 from loadgen.arrivals import arrival_process, trace
-from loadgen.client import channel_credentials, init_grpc_gevent, model_infer_bytes, open_channel
+from loadgen.client import channel_credentials, init_grpc_gevent, model_infer_bytes, open_channel, parse_infer_response
 from loadgen.payloads import top_classes
 from loadgen.recorder import StepRecord
 from loadgen.settings import TargetSettings, WorkloadSettings
@@ -132,13 +133,13 @@ class _KServeSender(User):
             step.record_ok(sent_ns, done_ns, workload.images_per_request, intended_ns)
             if checked is not None:
                 self._check(step, response, workload.labels[checked])
-            self._report(start_ns, done_ns, response.ByteSize(), None)
+            self._report(start_ns, done_ns, len(response), None)
 
     @staticmethod
-    def _check(step: StepRecord, response, labels) -> None:
+    def _check(step: StepRecord, response: bytes, labels) -> None:
         try:
-            top = top_classes(response)
-        except (ValueError, IndexError, UnicodeDecodeError):
+            top = top_classes(parse_infer_response(response))
+        except (DecodeError, ValueError, IndexError, UnicodeDecodeError):
             top = [[] for _ in labels]  # not a classification answer: counted wrong, never a crash
         step.record_top_classes(labels, top)
 
