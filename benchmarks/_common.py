@@ -18,6 +18,8 @@ import numpy as np
 import psutil
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+PERF_ANALYZER_SCRIPT = REPO_ROOT / "scripts" / "perf-analyzer.sh"
+"""Triton's perf_analyzer, set up on first call by the project's own script (exit 2 when it cannot be)."""
 SERVER_CORE = 0
 CLIENT_CORE = 1
 MAX_BATCH_SIZE = 8

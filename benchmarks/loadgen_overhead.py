@@ -11,7 +11,8 @@ Flatten -> Gemm over a 1x3x224x224 FP32 input, so every request carries 602 KB):
     (ModelStatistics, sampled during the run and differenced over ipsbench-load's measured windows).
 
 perf_analyzer is found through --perf-analyzer PATH, else the IPSBENCH_PERF_ANALYZER environment variable, else
-`perf_analyzer` on PATH; without it those columns are skipped with a message.
+`perf_analyzer` on PATH, else the project's scripts/perf-analyzer.sh (which sets it up on first call); where none
+works those columns are skipped with a message.
 
 Usage: .venv/bin/python benchmarks/loadgen_overhead.py [--quick] [--perf-analyzer PATH] [--keep DIR]
 """
@@ -32,7 +33,17 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-from _common import CLIENT_CORE, REPO_ROOT, SERVER_CORE, TINY, Server, pinned, tree_cpu_s, write_tiny_model
+from _common import (
+    CLIENT_CORE,
+    PERF_ANALYZER_SCRIPT,
+    REPO_ROOT,
+    SERVER_CORE,
+    TINY,
+    Server,
+    pinned,
+    tree_cpu_s,
+    write_tiny_model,
+)
 
 PERF_ANALYZER_ENV = "IPSBENCH_PERF_ANALYZER"
 FLOOR_COMMAND = "floor-client"
@@ -274,7 +285,7 @@ def floor_cost(server: Server, stats: ModelStatistics, out: Path, plan: Plan) ->
 
 
 def find_perf_analyzer(option: str | None) -> list[str] | None:
-    path = option or os.environ.get(PERF_ANALYZER_ENV) or shutil.which("perf_analyzer")
+    path = option or os.environ.get(PERF_ANALYZER_ENV) or shutil.which("perf_analyzer") or str(PERF_ANALYZER_SCRIPT)
     if not path or not Path(path).is_file():
         return None
     return [path] if os.access(path, os.X_OK) else ["bash", path]

@@ -9,7 +9,7 @@ in-process engine:
     Gemm to 1000 over a 3x224x224 FP32 input), with the client's and the server's CPU share per step;
 (c) the p50 latency the server adds at batch 1: sweep concurrency-1 p50 minus the engine's batch-1 p50.
 
-Optionally cross-checks (b) with Triton's perf_analyzer when ../shared/tools/perf_analyzer.sh exists.
+Cross-checks (b) with Triton's perf_analyzer through scripts/perf-analyzer.sh, skipped when it cannot be set up.
 
 Usage: .venv/bin/python benchmarks/serving_overhead.py [--quick]
 """
@@ -31,6 +31,7 @@ import psutil
 from _common import (
     CLIENT_CORE,
     MAX_BATCH_SIZE,
+    PERF_ANALYZER_SCRIPT,
     REPO_ROOT,
     SERVER_CORE,
     THREAD_PARAMETERS,
@@ -41,9 +42,6 @@ from _common import (
     tree_cpu_s,
     write_tiny_model,
 )
-
-PERF_ANALYZER = REPO_ROOT.parent / "shared" / "tools" / "perf_analyzer.sh"
-
 
 # --- model repository -------------------------------------------------------------------------------------------
 
@@ -120,11 +118,11 @@ def sweep(server: Server, model: str, levels: list[int], out: Path, duration_s: 
 
 
 def perf_analyzer(port: int, concurrency: int) -> float | None:
-    if not PERF_ANALYZER.exists():
-        print(f"perf_analyzer cross-check skipped: {PERF_ANALYZER.relative_to(REPO_ROOT.parent)} not found")
+    if not PERF_ANALYZER_SCRIPT.exists():
+        print(f"perf_analyzer cross-check skipped: {PERF_ANALYZER_SCRIPT.relative_to(REPO_ROOT)} not found")
         return None
     print(f"perf_analyzer on {TINY} at concurrency {concurrency} (first call sets itself up) ...", flush=True)
-    cmd = ["bash", str(PERF_ANALYZER), "-m", TINY, "-u", f"127.0.0.1:{port}", "-i", "grpc",
+    cmd = ["bash", str(PERF_ANALYZER_SCRIPT), "-m", TINY, "-u", f"127.0.0.1:{port}", "-i", "grpc",
            "--concurrency-range", str(concurrency), "--measurement-interval", "3000"]
     try:
         result = subprocess.run(cmd, cwd=REPO_ROOT, preexec_fn=pinned(CLIENT_CORE), capture_output=True,
