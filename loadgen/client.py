@@ -13,19 +13,6 @@ MIN_MESSAGE_BYTES = 64 * 1024 * 1024
 METADATA_DEADLINE_S = 10.0
 
 
-_grpc_gevent_ready = False
-
-
-def init_grpc_gevent() -> None:
-    """Make grpcio cooperate with gevent (required before the first channel of a locust process)."""
-    global _grpc_gevent_ready
-    if not _grpc_gevent_ready:
-        from grpc.experimental import gevent as grpc_gevent
-
-        grpc_gevent.init_gevent()
-        _grpc_gevent_ready = True
-
-
 class TargetError(RuntimeError):
     """The target cannot be used (unreachable, unknown model, not ready)."""
 

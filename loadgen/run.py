@@ -11,7 +11,7 @@ outright still leaves its results so far; the next run into the same folder keep
 
 from __future__ import annotations
 
-# locust patches the process for gevent on import; it must come before grpc.
+# locust patches the process for gevent on import; it must come first.
 from locust.env import Environment  # isort: skip
 
 import datetime
@@ -26,9 +26,7 @@ from pathlib import Path
 
 import gevent
 import gevent.event
-import grpc
 
-from loadgen.client import init_grpc_gevent
 from loadgen.distributed import MasterSteps
 from loadgen.progress import Progress
 from loadgen.recorder import RunRecorder
@@ -37,10 +35,11 @@ from loadgen.report.schema import REPORT_JSON, VERDICT_EXIT_CODES, build_report,
 from loadgen.scenarios.base import DRAIN_GRACE_S, StepShape
 from loadgen.scenarios.build import shape_for, user_class_for
 from loadgen.scenarios.slo import SloSearchShape
+from loadgen.senders import off_the_hub
 from loadgen.scrape import SCRAPE_TIMEOUT_S, StepScrapes
 from loadgen.settings import RunSettings
 from loadgen.slo import parse_objective
-from loadgen.users import Workload, open_target_channel
+from loadgen.users import Workload
 from loadgen.worker import LocalWorkers
 from loadgen.workload import PreparedWorkload, SetupError, prepare_workload
 
@@ -96,7 +95,6 @@ class LoadRun:
         self._environment: Environment | None = None
         self._shape: StepShape | None = None
         self._master: MasterSteps | None = None
-        self._channel: grpc.Channel | None = None
         self._prepared: PreparedWorkload | None = None
         self._started_at = ""
         self._started_ns = 0
@@ -113,18 +111,13 @@ class LoadRun:
             self.execute()
         finally:
             self._restore_signals()
-            if self._channel is not None:
-                self._channel.close()
         return self.finish()
 
     def prepare(self) -> None:
         """Ask the target about the model and serialize the requests (each worker does so again for itself)."""
-        init_grpc_gevent()
         self._engine = read_engine_bench(self.settings.engine_bench)
-        self._prepared = prepare_workload(self.settings.target, self.settings.workload)
+        self._prepared = off_the_hub(prepare_workload, self.settings.target, self.settings.workload)
         keep_unfinished_report(self.settings.out_dir)
-        if not self.settings.distributed:
-            self._channel = open_target_channel(self.settings.target, self._prepared)
 
     def execute(self) -> None:
         """Run the scenario in locust until its last step ends, or a signal stops it."""
@@ -202,7 +195,7 @@ class LoadRun:
     # --- in this process ------------------------------------------------------------------------------------
 
     def _execute_here(self) -> None:
-        workload = Workload.over(self._channel, self._prepared, self.settings.target)
+        workload = Workload.over(self._prepared, self.settings.target)
         drain_s = self.settings.steps.drain_s
         self._environment = Environment(
             user_classes=[user_class_for(self.settings, workload)], shape_class=self._shape, stop_timeout=drain_s,

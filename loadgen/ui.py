@@ -8,7 +8,7 @@ start and stop is announced to them, and the tab shows their reports merged."""
 
 from __future__ import annotations
 
-# locust patches the process for gevent on import; it must come before grpc.
+# locust patches the process for gevent on import; it must come first.
 from locust.env import Environment  # isort: skip
 
 import argparse
@@ -22,7 +22,6 @@ import gevent
 import gevent.event
 from locust import events
 
-from loadgen.client import init_grpc_gevent
 from loadgen.distributed import MasterSteps, announce_interrupt, announce_step
 from loadgen.recorder import RunRecorder, StepRecord
 from loadgen.report.schema import step_entry
@@ -34,7 +33,7 @@ from loadgen.settings import (
     ValiditySettings,
     WorkloadSettings,
 )
-from loadgen.users import Workload, open_target_channel
+from loadgen.users import Workload
 from loadgen.workload import SetupError, prepare_workload
 
 logger = logging.getLogger(__name__)
@@ -119,7 +118,6 @@ def _worker_setup(args: argparse.Namespace, target: TargetSettings) -> dict:
 def run_ui(args: argparse.Namespace) -> int:
     # locust's web UI parses sys.argv as locust's own command line when it renders its page; ours is not one.
     sys.argv = sys.argv[:1]
-    init_grpc_gevent()
     target = TargetSettings(target=args.target, model=args.model, deadline_s=args.deadline)
     try:
         prepared = prepare_workload(target, WorkloadSettings(payload=args.payload,
@@ -140,7 +138,7 @@ def run_ui(args: argparse.Namespace) -> int:
         steps.master = MasterSteps(runner, _worker_setup(args, target), steps.recorder.started_ns)
         logger.info("workers join with: ipsbench-load worker --master %s:%d", host, runner.server.port)
     else:
-        user_class.workload = Workload.over(open_target_channel(target, prepared), prepared, target)
+        user_class.workload = Workload.over(prepared, target)
         environment.create_local_runner()
     web_ui = environment.create_web_ui(args.web_host, args.web_port)
 

@@ -2,39 +2,53 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
+import logging
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 import gevent
-import gevent.pool
 import grpc
 from google.protobuf.message import DecodeError
 from locust import User, task
 from locust.runners import WorkerRunner
+from locust.user.users import LOCUST_STATE_STOPPING
 
 from loadgen.arrivals import arrival_process, trace
-from loadgen.client import channel_credentials, init_grpc_gevent, model_infer_bytes, open_channel, parse_infer_response
+from loadgen.client import channel_credentials, model_infer_bytes, open_channel, parse_infer_response
 from loadgen.payloads import top_classes
 from loadgen.recorder import StepRecord
+from loadgen.senders import DRAIN_PERIOD_S, Completed, Issued, Outbox, Scheduled, sleep_until, thread_lock
 from loadgen.settings import TargetSettings, WorkloadSettings
 from loadgen.workload import PreparedWorkload, prepare_workload
+
+logger = logging.getLogger(__name__)
 
 IDLE_POLL_S = 0.02
 """How often an idle user (between steps) looks for a step to issue into."""
 SCHEDULE_SLICE_S = 0.05
-"""An open-loop sender waiting for its next arrival wakes at least this often to notice an interruption."""
+"""An open-loop scheduler waiting for its next arrival (or an idle sender) wakes at least this often to notice
+an interruption."""
+FIRST_OPEN_LOOP_THREADS = 4
+"""Sender threads an open-loop user starts with; more join while arrivals find them all busy."""
+OVERDUE_NS = 100_000
+"""An arrival claimed this long after it was due found every sender thread busy: another one joins."""
 REQUEST_TYPE = "grpc"
 REQUEST_NAME = "ModelInfer"
 
 
 @dataclass(frozen=True)
 class Workload:
-    """What every user sends: the serialized requests, the call that sends them, and its deadline."""
+    """What every user sends: the serialized requests, where they go, and their deadline."""
 
-    infer: grpc.UnaryUnaryMultiCallable
+    open_channel: Callable[[], grpc.Channel]
+    """A new channel to the target. Each sender thread sends over a channel of its own: grpcio guards a
+    channel's state with ``threading`` locks, which gevent's patching turns into locks that deadlock when OS
+    threads contend for them."""
     requests: tuple[bytes, ...]
     images_per_request: int
     deadline_s: float
@@ -45,27 +59,23 @@ class Workload:
     check_every: int = 0
 
     @classmethod
-    def over(cls, channel: grpc.Channel, prepared: PreparedWorkload, target: TargetSettings) -> Workload:
-        """The prepared requests, sent over ``channel`` with ``target``'s deadline and headers."""
+    def over(cls, prepared: PreparedWorkload, target: TargetSettings) -> Workload:
+        """The prepared requests, sent to ``target`` (TLS as it says, message limits fitting the requests) with
+        its deadline and headers. A TLS file that cannot be read raises :class:`~loadgen.client.TargetError`."""
         payloads = prepared.payloads
+        credentials = channel_credentials(target.tls_ca, target.tls_cert, target.tls_key)
+        connect = functools.partial(open_channel, target.target, payloads.request_bytes, credentials)
         check_every = prepared.check_every if payloads.checked_requests else 0
-        return cls(model_infer_bytes(channel), payloads.requests, payloads.images_per_request, target.deadline_s,
+        return cls(connect, payloads.requests, payloads.images_per_request, target.deadline_s,
                    tuple(target.headers) or None, payloads.checked_requests, payloads.labels, check_every)
 
     @classmethod
     def connect(cls, target: str, model: str, **workload: object) -> Workload:
         """For a locustfile: describe ``model`` on ``target`` (host:port), build its requests (``workload``:
-        :class:`~loadgen.settings.WorkloadSettings` fields), and open the channel they go over."""
-        init_grpc_gevent()
+        :class:`~loadgen.settings.WorkloadSettings` fields)."""
         target_settings = TargetSettings(target=target, model=model)
         prepared = prepare_workload(target_settings, WorkloadSettings(**workload))
-        return cls.over(open_target_channel(target_settings, prepared), prepared, target_settings)
-
-
-def open_target_channel(target: TargetSettings, prepared: PreparedWorkload) -> grpc.Channel:
-    """The channel the load goes over: TLS as ``target`` says, message limits fitting the requests."""
-    credentials = channel_credentials(target.tls_ca, target.tls_cert, target.tls_key)
-    return open_channel(target.target, prepared.payloads.request_bytes, credentials)
+        return cls.over(prepared, target_settings)
 
 
 class StepSource(Protocol):
@@ -75,8 +85,14 @@ class StepSource(Protocol):
 
 
 class _KServeSender(User):
-    """Sends one request and records its outcome in its step. ``workload`` (and optionally ``steps``) are set
-    on a subclass before the run; without ``steps`` the environment's shape says which step is current."""
+    """Sends requests from sender threads and records how each ended in its step. ``workload`` (and optionally
+    ``steps``) are set on a subclass before the run; without ``steps`` the environment's shape says which step is
+    current.
+
+    A user's task runs one step's worth of sending: it starts its sender threads for the step it was admitted
+    to, and records what they did (see :mod:`loadgen.senders`) until they end with the step's window. Killed
+    before then (the drain bound, a second Ctrl-C), it stops them issuing and counts what is in flight
+    ABANDONED."""
 
     abstract = True
     workload: Workload
@@ -95,6 +111,10 @@ class _KServeSender(User):
     def _admit(self) -> StepRecord | None:
         return (self.steps or self.environment.shape_class).admit(time.perf_counter_ns())
 
+    def _sending(self, step: StepRecord) -> bool:
+        """Sender threads go on issuing into ``step`` while this is true (read from those threads)."""
+        return time.perf_counter_ns() < step.window_end_ns and self._state != LOCUST_STATE_STOPPING
+
     def _next_request(self) -> tuple[bytes, int | None]:
         """The next request, and its index among the distinct ones when it is a checked one."""
         workload = self.workload
@@ -104,59 +124,110 @@ class _KServeSender(User):
             return workload.checked_requests[index], index
         return workload.requests[index], None
 
+    # --- in a sender thread ---------------------------------------------------------------------------------
+
     def _send(
-        self, step: StepRecord, next_request: tuple[bytes, int | None], intended_ns: int | None = None
-    ) -> None:
-        """Send ``request`` (already counted issued) and record how it ended; open loop passes ``intended_ns``."""
+        self, outbox: Outbox, step: StepRecord, infer: grpc.UnaryUnaryMultiCallable,
+        next_request: tuple[bytes, int | None], intended_ns: int | None,
+    ) -> bool:
+        """Issue ``request`` with ``infer`` (of this thread's channel) and put how it ended in the outbox; False
+        (nothing sent) once the outbox is closed."""
         workload = self.workload
         request, checked = next_request
         sent_ns = time.perf_counter_ns()
-        if intended_ns is not None:
-            step.record_send(intended_ns, sent_ns)
-        start_ns = sent_ns if intended_ns is None else intended_ns
+        if not outbox.issue(Issued(step, intended_ns, sent_ns)):
+            return False
+        length, error, top = 0, None, None
         try:
-            response = workload.infer(request, timeout=workload.deadline_s, metadata=workload.metadata)
-        except grpc.RpcError as error:
-            done_ns = time.perf_counter_ns()
-            code = error.code() or grpc.StatusCode.UNKNOWN
-            step.record_error(code, error.details() or "", sent_ns, done_ns, intended_ns)
-            self._report(start_ns, done_ns, 0, error)
-        except Exception as error:  # a client-side failure is still a counted outcome
-            done_ns = time.perf_counter_ns()
-            step.record_client_error(error, sent_ns, done_ns, intended_ns)
-            self._report(start_ns, done_ns, 0, error)
-        except BaseException:  # killed while in flight (drain bound reached, forced stop)
-            step.record_abandoned()
-            raise
+            response = infer(request, timeout=workload.deadline_s, metadata=workload.metadata)
+        except Exception as caught:  # a gRPC status, or a client-side failure: either is a counted outcome
+            error = caught
         else:
-            done_ns = time.perf_counter_ns()
-            step.record_ok(sent_ns, done_ns, workload.images_per_request, intended_ns)
+            length = len(response)
             if checked is not None:
-                self._check(step, response, workload.labels[checked])
-            self._report(start_ns, done_ns, len(response), None)
+                top = _top_classes(response)
+        outbox.put(Completed(step, sent_ns, time.perf_counter_ns(), intended_ns, length, error, checked, top))
+        return True
 
-    @staticmethod
-    def _check(step: StepRecord, response: bytes, labels) -> None:
+    # --- in the user's greenlet -----------------------------------------------------------------------------
+
+    def _run_senders(self, step: StepRecord, start: Callable[[Outbox], None]) -> None:
+        """Start sender threads for ``step`` and record what they do until they have all ended."""
+        outbox = Outbox()
+        in_flight: dict[int, list] = {}  # id(step) -> [step, requests issued into it not yet completed]
         try:
-            top = top_classes(parse_infer_response(response))
-        except (DecodeError, ValueError, IndexError, UnicodeDecodeError):
-            top = [[] for _ in labels]  # not a classification answer: counted wrong, never a crash
-        step.record_top_classes(labels, top)
+            start(outbox)
+            while True:
+                finished = outbox.finished  # read first: then all that the threads did is in what is taken
+                self._record(outbox.take(), in_flight)
+                if finished:
+                    break
+                gevent.sleep(DRAIN_PERIOD_S)
+        except BaseException:  # killed: stop issuing; what is still in flight is abandoned
+            outbox.close()
+            self._record(outbox.take(), in_flight)
+            for in_flight_step, count in in_flight.values():
+                if count:
+                    logger.info("user stopped with %d requests in flight in step %d: counted abandoned", count,
+                                in_flight_step.index + 1)
+                for _ in range(count):
+                    in_flight_step.record_abandoned()
+            raise
+        step.issuing(time.perf_counter_ns())  # notes the step's CPU time if its window just ended
+        if outbox.failure is not None:
+            raise outbox.failure
 
-    def _report(self, start_ns: int, done_ns: int, response_length: int, exception: Exception | None) -> None:
-        """Let locust's own statistics and UI see the request (ipsbench's numbers come from the recorder)."""
+    def _record(self, items: list, in_flight: dict[int, list]) -> None:
+        for item in items:
+            step = item.step
+            if type(item) is Completed:
+                in_flight[id(step)][1] -= 1
+                self._record_completed(item)
+            elif type(item) is Issued:
+                in_flight.setdefault(id(step), [step, 0])[1] += 1
+                step.record_issued()
+                if item.intended_ns is not None:
+                    step.record_send(item.intended_ns, item.sent_ns)
+            else:
+                step.record_scheduled(item.intended_ns)
+                if not item.sent:
+                    step.record_not_sent(item.intended_ns)
+
+    def _record_completed(self, done: Completed) -> None:
+        step, error, workload = done.step, done.error, self.workload
+        if error is None:
+            step.record_ok(done.sent_ns, done.done_ns, workload.images_per_request, done.intended_ns)
+            if done.checked is not None:
+                labels = workload.labels[done.checked]
+                step.record_top_classes(labels, done.top if done.top is not None else [[] for _ in labels])
+        elif isinstance(error, grpc.RpcError):
+            code = error.code() or grpc.StatusCode.UNKNOWN
+            step.record_error(code, error.details() or "", done.sent_ns, done.done_ns, done.intended_ns)
+        else:
+            step.record_client_error(error, done.sent_ns, done.done_ns, done.intended_ns)
+        # Let locust's own statistics and UI see the request (ipsbench's numbers come from the recorder).
+        start_ns = done.sent_ns if done.intended_ns is None else done.intended_ns
         self.environment.events.request.fire(
             request_type=REQUEST_TYPE,
             name=REQUEST_NAME,
-            response_time=(done_ns - start_ns) / 1e6,
-            response_length=response_length,
-            exception=exception,
+            response_time=(done.done_ns - start_ns) / 1e6,
+            response_length=done.response_length,
+            exception=error,
             context={},
         )
 
 
+def _top_classes(response: bytes) -> list:
+    """A checked response's top classes per image; a response that is not a classification answer has none
+    (counted wrong, never a crash)."""
+    try:
+        return top_classes(parse_infer_response(response))
+    except (DecodeError, ValueError, IndexError, UnicodeDecodeError):
+        return None
+
+
 class KServeUser(_KServeSender):
-    """Closed loop: issue a request, wait for its outcome, record it, issue the next."""
+    """Closed loop: one sender thread issues a request, waits for its outcome, issues the next."""
 
     abstract = True
 
@@ -165,17 +236,23 @@ class KServeUser(_KServeSender):
         step = self._admit()
         self._idle = step is None
         if step is not None:
-            step.record_issued()
-            self._send(step, self._next_request())
+            self._run_senders(step, lambda outbox: outbox.start(self._closed_loop, outbox, step))
+
+    def _closed_loop(self, outbox: Outbox, step: StepRecord) -> None:
+        with self.workload.open_channel() as channel:
+            infer = model_infer_bytes(channel)
+            while self._sending(step) and self._send(outbox, step, infer, self._next_request(), None):
+                pass
 
 
 class OpenLoopUser(_KServeSender):
     """Open loop: sends at the intended times of an arrival process, whether or not earlier requests are done.
 
-    Each request runs in a greenlet of its own, at most ``max_in_flight`` (shared among the step's senders) at
-    once; an arrival held back by that cap goes out as soon as a slot frees, late, and its latency still counts
-    from its intended time. Arrivals still held back when the window ends (or the step is interrupted) are
-    counted as not sent.
+    The user's sender threads take turns at the arrival process: a thread that is free claims the next arrival,
+    sleeps until it is due and sends it. When a thread claims an arrival already overdue (every thread was busy),
+    another thread joins, up to ``max_in_flight`` shared among the step's senders; at that cap an arrival goes
+    out as soon as a thread frees, late, and its latency still counts from its intended time. Arrivals still
+    held back when the window ends (or the step is interrupted) are counted as not sent.
     """
 
     abstract = True
@@ -195,52 +272,74 @@ class OpenLoopUser(_KServeSender):
         self._idle = step is None or step.rate_per_s is None or step.index == self._last_step
         if not self._idle:
             self._last_step = step.index
-            self._run_schedule(step)
+            cap = max(1, math.ceil(self.max_in_flight / max(step.concurrency, 1)))
+            arrivals = _Arrivals(self, step, self._schedule(step), cap)
+            self._run_senders(step, arrivals.start)
 
-    def _run_schedule(self, step: StepRecord) -> None:
+    def _schedule(self, step: StepRecord) -> Iterator[int]:
         senders = max(step.concurrency, 1)
-        stream = f"{self.seed}/{step.index}/{self._process_index()}/{self._number}"
         if self.arrival == "trace":
-            schedule = trace(self.interarrivals_s, self._process_index() % senders, senders)(step.start_ns)
-        else:
-            schedule = arrival_process(self.arrival, step.rate_per_s / senders, stream)(time.perf_counter_ns())
-        in_flight = gevent.pool.Pool(max(1, math.ceil(self.max_in_flight / senders)))
-        try:
-            for intended_ns in schedule:
-                if intended_ns >= step.window_end_ns or not self._sleep_until(step, intended_ns):
-                    break
-                step.record_scheduled(intended_ns)
-                if in_flight.full():
-                    in_flight.wait_available(timeout=max(step.window_end_ns - time.perf_counter_ns(), 0) / 1e9)
-                if in_flight.full() or step.interrupted:
-                    step.record_not_sent(intended_ns)
-                    self._count_not_sent(step, schedule)
-                    break
-                step.record_issued()
-                in_flight.spawn(self._send, step, self._next_request(), intended_ns)
-            in_flight.join()
-        except BaseException:  # stopped past the drain bound: what is still in flight is abandoned
-            in_flight.kill(block=True)
-            raise
-
-    @staticmethod
-    def _sleep_until(step: StepRecord, at_ns: int) -> bool:
-        """Sleep until ``at_ns``; False if the step stopped issuing first."""
-        while (wait_ns := at_ns - time.perf_counter_ns()) > 0:
-            if not step.issuing(time.perf_counter_ns()):
-                return False
-            gevent.sleep(min(wait_ns / 1e9, SCHEDULE_SLICE_S))
-        return True
-
-    @staticmethod
-    def _count_not_sent(step: StepRecord, schedule) -> None:
-        """The rest of the step's arrivals that the window still held, none of them sent."""
-        for intended_ns in schedule:
-            if intended_ns >= step.window_end_ns:
-                return
-            step.record_scheduled(intended_ns)
-            step.record_not_sent(intended_ns)
+            return trace(self.interarrivals_s, self._process_index() % senders, senders)(step.start_ns)
+        stream = f"{self.seed}/{step.index}/{self._process_index()}/{self._number}"
+        return arrival_process(self.arrival, step.rate_per_s / senders, stream)(time.perf_counter_ns())
 
     def _process_index(self) -> int:
         runner = self.environment.runner
         return max(runner.worker_index, 0) if isinstance(runner, WorkerRunner) else 0
+
+
+class _Arrivals:
+    """One open-loop user's arrival process for one step, claimed in turn by its sender threads."""
+
+    def __init__(self, user: OpenLoopUser, step: StepRecord, schedule: Iterator[int], cap: int) -> None:
+        self.user, self.step, self.cap = user, step, cap
+        self._schedule = schedule
+        self._lock = thread_lock()
+        self._threads = 0
+        self._over = False
+
+    def start(self, outbox: Outbox) -> None:
+        self._threads = min(self.cap, FIRST_OPEN_LOOP_THREADS)
+        for _ in range(self._threads):
+            outbox.start(self._follow, outbox)
+
+    def _follow(self, outbox: Outbox) -> None:
+        """A sender thread: claim an arrival, sleep until it is due, send it; until the arrivals are over."""
+        user, step = self.user, self.step
+        with user.workload.open_channel() as channel:
+            infer = model_infer_bytes(channel)
+            while (arrival := self._claim(outbox)) is not None:
+                intended_ns, next_request = arrival
+                if not sleep_until(intended_ns, lambda: user._sending(step) and not outbox.closed, SCHEDULE_SLICE_S):
+                    outbox.put(Scheduled(step, intended_ns, sent=False))
+                    continue  # the next claim finds the window over
+                outbox.put(Scheduled(step, intended_ns))
+                if not user._send(outbox, step, infer, next_request, intended_ns):
+                    return
+
+    def _claim(self, outbox: Outbox) -> tuple[int, tuple[bytes, int | None]] | None:
+        """The next arrival and its request; None when the arrivals are over (the window ended, the step was
+        interrupted or the user stopped), after counting those the window held as not sent."""
+        step, grow = self.step, False
+        with self._lock:
+            if self._over:
+                return None
+            intended_ns = next(self._schedule, None)
+            if intended_ns is None or intended_ns >= step.window_end_ns:
+                self._over = True
+                return None
+            now_ns = time.perf_counter_ns()
+            if not self.user._sending(step) or outbox.closed:
+                self._over = True  # the window ended with every thread busy: the rest is never sent
+                for not_sent_ns in itertools.chain((intended_ns,), self._schedule):
+                    if not_sent_ns >= step.window_end_ns:
+                        break
+                    outbox.put(Scheduled(step, not_sent_ns, sent=False))
+                return None
+            if now_ns - intended_ns > OVERDUE_NS and self._threads < self.cap:
+                self._threads += 1
+                grow = True
+            next_request = self.user._next_request()
+        if grow:
+            outbox.start(self._follow, outbox)
+        return intended_ns, next_request

@@ -7,7 +7,7 @@ when asked, and exits when the master says quit (or, bounded, after its final re
 
 from __future__ import annotations
 
-# locust patches the process for gevent on import; it must come before grpc.
+# locust patches the process for gevent on import; it must come first.
 from locust.env import Environment  # isort: skip
 
 import logging
@@ -19,11 +19,11 @@ import time
 import gevent
 import gevent.event
 
-from loadgen.client import init_grpc_gevent
 from loadgen.distributed import FINISH_MESSAGE, JOIN_MESSAGE, READY_MESSAGE, SETUP_MESSAGE, WorkerSteps
 from loadgen.scenarios.build import configure_user_class, loop_of, user_classes
+from loadgen.senders import off_the_hub
 from loadgen.settings import RunSettings
-from loadgen.users import Workload, open_target_channel
+from loadgen.users import Workload
 from loadgen.workload import SetupError, prepare_workload
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,6 @@ class Worker:
         self.runner = self.environment.create_worker_runner(master_host, master_port)  # connects
         self.steps = WorkerSteps(self.runner)
         self.finished = gevent.event.Event()
-        self._channel = None
         self.runner.register_message(SETUP_MESSAGE, self._on_setup, concurrent=True)
         self.runner.register_message(FINISH_MESSAGE, self._on_finish, concurrent=True)
 
@@ -63,8 +62,6 @@ class Worker:
         if not stopped.ready():
             logger.warning("no quit from the master %g s after the final report; exiting", QUIT_WAIT_S)
             self.runner.quit()
-        if self._channel is not None:
-            self._channel.close()
         return 0
 
     def _watch_parent(self) -> None:
@@ -76,13 +73,12 @@ class Worker:
     def _on_setup(self, environment, msg, **_) -> None:
         try:
             settings = RunSettings.from_dict(msg.data)
-            prepared = prepare_workload(settings.target, settings.workload)
+            prepared = off_the_hub(prepare_workload, settings.target, settings.workload)
         except (SetupError, ValueError, KeyError) as error:
             logger.error("setup failed: %s", error)
             self.runner.send_message(READY_MESSAGE, {"pid": os.getpid(), "error": str(error)})
             return
-        self._channel = open_target_channel(settings.target, prepared)
-        workload = Workload.over(self._channel, prepared, settings.target)
+        workload = Workload.over(prepared, settings.target)
         configure_user_class(self.classes[loop_of(settings)], settings, workload, self.steps)
         self.runner.send_message(READY_MESSAGE, {"pid": os.getpid(), "error": None})
 
@@ -96,7 +92,6 @@ class Worker:
 
 
 def run_worker(master_host: str, master_port: int, exit_with_parent: bool = False) -> int:
-    init_grpc_gevent()
     return Worker(master_host, master_port, exit_with_parent).run()
 
 

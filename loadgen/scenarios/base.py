@@ -24,6 +24,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from loadgen.distributed import WorkerSteps, announce_end_after_trials, announce_interrupt, announce_step
 from loadgen.recorder import RunRecorder, StepRecord
 from loadgen.scrape import SCRAPE_LEAD_S, StepScrapes
+from loadgen.senders import DRAIN_PERIOD_S
 from loadgen.stability import is_stable
 from loadgen.trials import STABLE_WINDOWS
 
@@ -31,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 DRAIN_GRACE_S = 2.0
 """How long past the drain bound a step waits for locust to report its users gone."""
+RECORD_LAG_S = 2 * DRAIN_PERIOD_S
+"""How long after a trial's end its figures are read: users record their sender threads' outcomes in batches."""
 SCRAPE_POLL_S = 0.05
 """How often a step's scraper looks whether its window has ended (an interrupt ends it early)."""
 
@@ -186,6 +189,7 @@ class StepShape(LoadTestShape):
                 return
             if trials < STABLE_WINDOWS and trials < step.trials_max:
                 continue
+            gevent.sleep(RECORD_LAG_S)  # the window's last outcomes reach the recorder up to a drain period late
             merged = self.merged(step)
             windows = [merged.trial_figures(number) for number in range(trials)]
             stable = is_stable(windows, tolerance)

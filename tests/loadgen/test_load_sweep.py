@@ -26,7 +26,7 @@ def test_sweep_reports_throughput_latency_and_every_request(server, start_load):
         assert started - 1 <= step["window_start_unix"] <= started + report["duration_s"]
         assert step["window_end_unix"] - step["window_start_unix"] == pytest.approx(1.5, abs=0.01)
         assert step["images_per_s"] > 0 and step["images_ok"] == step["window_requests"]["ok"]
-        assert step["errors_total"] == 0 and step["abandoned"] == 0
+        assert step["errors_total"] == 0 and step["abandoned"] == 0, run.stdout + run.stderr()
         latency = step["latency_us"]
         assert 0 < latency["min"] <= latency["p50"] <= latency["p90"] <= latency["p95"] <= latency["p99"]
         assert latency["p99"] <= latency["p99.9"] <= latency["max"]
