@@ -6,9 +6,11 @@ Flatten -> Gemm over a 1x3x224x224 FP32 input, so every request carries 602 KB):
 (a) the CPU time one ipsbench-load process spends per request at a fixed open-loop rate (`ipsbench-load rate`,
     constant arrivals, fp32 payload), beside a minimal raw grpcio loop sending pre-serialized bytes at the same
     rate (the floor) and, when present, Triton's perf_analyzer at the same `--request-rate-range`;
-(b) the agreement of p50/p99 between `ipsbench-load sweep` and perf_analyzer at concurrency 1 and 4 (back to
-    back, same server, same stability rule), and of both with the server's own queue + compute time per request
-    (ModelStatistics, sampled during the run and differenced over ipsbench-load's measured windows).
+(b) the agreement of p50/p99 with perf_analyzer, back to back against the same server: at equal load (both open
+    loop at the same constant request rates, ipsbench-load's service time -- from the actual send, as
+    perf_analyzer times -- beside perf_analyzer's latency) and at equal concurrency 1 and 4 (`ipsbench-load sweep`
+    against `--concurrency-range`, same stability rule); and of both with the server's own queue + compute time
+    per request (ModelStatistics, sampled during the run and differenced over ipsbench-load's measured windows).
 
 perf_analyzer is found through --perf-analyzer PATH, else the IPSBENCH_PERF_ANALYZER environment variable, else
 `perf_analyzer` on PATH, else the project's scripts/perf-analyzer.sh (which sets it up on first call); where none
@@ -49,6 +51,8 @@ PERF_ANALYZER_ENV = "IPSBENCH_PERF_ANALYZER"
 FLOOR_COMMAND = "floor-client"
 RATE_PER_S = 300.0
 """Well below what one server core sustains for this model (about 1,000 req/s), so neither side saturates."""
+HIGH_RATE_PER_S = 700.0
+"""A second equal-load point, with the server core about two thirds busy, where queueing shapes the tail."""
 CONCURRENCY_LEVELS = (1, 4)
 INPUT_SHAPE = (1, 3, 224, 224)
 SAMPLE_PERIOD_S = 0.2
@@ -151,9 +155,10 @@ def floor_client(argv: list[str]) -> int:
 
 
 class ModelStatistics:
-    """Cumulative success count and queue / compute / request nanoseconds of the model, from the server."""
+    """Cumulative success count, queue / compute / request nanoseconds and batch executions of the model, from the
+    server."""
 
-    FIELDS = ("count", "queue_ns", "compute_ns", "request_ns")
+    FIELDS = ("count", "queue_ns", "compute_ns", "request_ns", "executions")
 
     def __init__(self, port: int) -> None:
         import grpc
@@ -165,7 +170,7 @@ class ModelStatistics:
         self.missed = 0
         self.last_error = ""
 
-    def read(self) -> tuple[float, float, float, float]:
+    def read(self) -> tuple[float, ...]:
         """The counters now; NaN for all of them when the server does not answer in time (a busy shared core),
         so that sample is left out of the statistics' series and the CPU series keeps its pace."""
         import grpc
@@ -176,9 +181,10 @@ class ModelStatistics:
             self.missed += 1
             self.last_error = f"{error.code().name}: {error.details()}"
             return (float("nan"),) * len(self.FIELDS)
-        stats = response.model_stats[0].inference_stats
+        model = response.model_stats[0]
+        stats = model.inference_stats
         compute = stats.compute_input.ns + stats.compute_infer.ns + stats.compute_output.ns
-        return stats.success.count, stats.queue.ns, compute, stats.success.ns
+        return stats.success.count, stats.queue.ns, compute, stats.success.ns, model.execution_count
 
     def close(self) -> None:
         self._channel.close()
@@ -261,16 +267,28 @@ def load_cmd(scenario: str, port: int, folder: Path, window_s: float, warmup_s: 
             "--out", str(folder), "--log-level", "warning"]
 
 
-def ipsbench_rate_cost(server: Server, stats: ModelStatistics, out: Path, plan: Plan) -> CpuCost:
-    folder = out / "rate"
+def ipsbench_rate(
+    server: Server, stats: ModelStatistics, out: Path, plan: Plan, rate: float
+) -> tuple[CpuCost, Latency]:
+    """``ipsbench-load rate`` at ``rate`` (constant arrivals): its CPU per request, and its service time (from
+    the actual send, as perf_analyzer times) with the latency from the intended send time beside it."""
+    folder = out / f"rate-{rate:g}"
     cmd = [*load_cmd("rate", server.port, folder, plan.rate_window_s, plan.rate_warmup_s),
-           "--rate", f"{RATE_PER_S:g}", "--arrival", "constant"]
-    samples, _, _ = run_watched(cmd, server, stats, 120 + plan.rate_window_s, f"ipsbench-load rate {RATE_PER_S:g}/s")
+           "--rate", f"{rate:g}", "--arrival", "constant"]
+    samples, _, _ = run_watched(cmd, server, stats, 120 + plan.rate_window_s, f"ipsbench-load rate {rate:g}/s")
     step = json.loads((folder / "report.json").read_text(encoding="utf-8"))["steps"][0]
+    start, end = step["window_start_unix"], step["window_end_unix"]
     completed = sum(step["window_requests"].values())
-    return cost_over("ipsbench-load rate", samples, step["window_start_unix"], step["window_end_unix"], completed,
+    cost = cost_over("ipsbench-load rate", samples, start, end, completed,
                      f"{step['open_loop']['late_sends']} late sends, self-reported CPU "
                      f"{step['client']['cpu_percent']}% of a core")
+    service, intended = step["service_time_us"], step["latency_us"]
+    latency = Latency(
+        requests_per_s=step["requests_per_s"], p50_us=service["p50"], p99_us=service["p99"], mean_us=service["mean"],
+        server_queue_compute_us=server_queue_compute_us(samples, start, end), server_request_us=None,
+        from_intended=(intended["p50"], intended["p99"]),
+    )
+    return cost, latency
 
 
 def floor_cost(server: Server, stats: ModelStatistics, out: Path, plan: Plan) -> CpuCost:
@@ -291,22 +309,43 @@ def find_perf_analyzer(option: str | None) -> list[str] | None:
     return [path] if os.access(path, os.X_OK) else ["bash", path]
 
 
-def perf_analyzer_rate_cost(pa: list[str], server: Server, stats: ModelStatistics, plan: Plan) -> CpuCost | None:
+def perf_analyzer_rate(
+    pa: list[str], server: Server, stats: ModelStatistics, out: Path, plan: Plan, rate: float
+) -> tuple[CpuCost | None, Latency | None]:
+    """perf_analyzer at ``rate`` (constant arrivals): its CPU per request and its latency figures."""
     interval_ms = round(1000 * max(plan.rate_window_s / 4, MIN_WINDOW_S))
+    path = out / f"perf_analyzer-rate-{rate:g}.csv"
     cmd = [*pa, "-m", TINY, "-u", f"127.0.0.1:{server.port}", "-i", "grpc", "--request-rate-range",
-           f"{RATE_PER_S:g}", "--request-distribution", "constant", "-p", str(interval_ms),
-           "-s", str(RATE_STABILITY_PERCENT), "-r", str(plan.max_trials)]
-    samples, output, status = run_watched(cmd, server, stats, 240, f"perf_analyzer request rate {RATE_PER_S:g}/s",
+           f"{rate:g}", "--request-distribution", "constant", "-p", str(interval_ms), "--percentile=99",
+           "-s", str(RATE_STABILITY_PERCENT), "-r", str(plan.max_trials), "-f", str(path)]
+    samples, output, status = run_watched(cmd, server, stats, 240, f"perf_analyzer request rate {rate:g}/s",
                                           check=False)
     throughput = parse_throughput(output)
     first, last = samples.span
     start, end = first + PERF_ANALYZER_SETTLE_S, last - PERF_ANALYZER_TAIL_S
-    if status != 0 or throughput is None or end - start < 1.0:
-        print(f"perf_analyzer CPU per request skipped (exit {status}, throughput {throughput}): {output[-600:]}")
-        return None
-    return cost_over("perf_analyzer (C++)", samples, start, end, throughput * (end - start),
+    if status != 0 or throughput is None or end - start < 1.0 or not path.exists():
+        print(f"perf_analyzer at {rate:g}/s skipped (exit {status}, throughput {throughput}): {output[-600:]}")
+        return None, None
+    cost = cost_over("perf_analyzer (C++)", samples, start, end, throughput * (end - start),
                      f"CPU from {PERF_ANALYZER_SETTLE_S:g} s after start to {PERF_ANALYZER_TAIL_S:g} s before exit, "
                      "/ its reported throughput")
+    rows = read_perf_analyzer_csv(path, "Request Rate")
+    return cost, next(iter(rows.values()), None)
+
+
+def read_perf_analyzer_csv(path: Path, key: str) -> dict[float, Latency]:
+    """perf_analyzer's CSV rows by ``key`` (its load column): throughput, p50/p99, mean and queue + compute."""
+    results = {}
+    with path.open(newline="", encoding="utf-8") as file:
+        for row in csv.DictReader(file):
+            queue_compute = sum(float(row[k]) for k in ("Server Queue", "Server Compute Input",
+                                                        "Server Compute Infer", "Server Compute Output"))
+            results[float(row[key])] = Latency(
+                requests_per_s=float(row["Inferences/Second"]), p50_us=float(row["p50 latency"]),
+                p99_us=float(row["p99 latency"]), mean_us=sum(float(row[k]) for k in PA_MEAN_PARTS),
+                server_queue_compute_us=queue_compute, server_request_us=None,
+            )
+    return results
 
 
 def parse_throughput(output: str) -> float | None:
@@ -325,6 +364,23 @@ class Latency:
     server_queue_compute_us: float | None
     server_request_us: float | None
     stable: bool = True
+    from_intended: tuple[float, float] | None = None
+    """ipsbench-load's open loop: p50 and p99 from each request's intended send time (its headline latency)."""
+    server_batch: float | None = None
+    """The average batch the server's dynamic batcher formed meanwhile (requests per execution)."""
+
+
+def server_batch(samples: Samples, start: float, end: float) -> float | None:
+    executions = samples.delta("executions", start, end)
+    return samples.delta("count", start, end) / executions if executions else None
+
+
+def server_queue_compute_us(samples: Samples, start: float, end: float) -> float | None:
+    """The server's queue + compute time per request over an interval, from its statistics."""
+    served = samples.delta("count", start, end)
+    if not served:
+        return None
+    return (samples.delta("queue_ns", start, end) + samples.delta("compute_ns", start, end)) / served / 1000
 
 
 def ipsbench_sweep(server: Server, stats: ModelStatistics, out: Path, plan: Plan) -> dict[int, Latency]:
@@ -348,18 +404,20 @@ def ipsbench_sweep(server: Server, stats: ModelStatistics, out: Path, plan: Plan
         latency = step["latency_us"]
         results[step["concurrency"]] = Latency(
             requests_per_s=step["requests_per_s"], p50_us=latency["p50"], p99_us=latency["p99"],
-            mean_us=latency["mean"],
-            server_queue_compute_us=(samples.delta("queue_ns", start, end) + samples.delta("compute_ns", start, end))
-            / served / 1000 if served else None,
+            mean_us=latency["mean"], server_queue_compute_us=server_queue_compute_us(samples, start, end),
             server_request_us=samples.delta("request_ns", start, end) / served / 1000 if served else None,
+            server_batch=server_batch(samples, start, end),
             stable=(step["stability"] or {}).get("stable", True),
         )
     return results
 
 
-def perf_analyzer_sweep(pa: list[str], server: Server, out: Path, plan: Plan) -> dict[int, Latency]:
+def perf_analyzer_sweep(
+    pa: list[str], server: Server, stats: ModelStatistics, out: Path, plan: Plan
+) -> dict[int, Latency]:
     """perf_analyzer at each concurrency level, one invocation per level so that a level that never settles
-    (it then exits without figures) costs only that level; such a level is tried once more."""
+    (it then exits without figures) costs only that level; such a level is tried once more. The server's
+    average batch is read over the run (from its settling to its exit)."""
     results = {}
     for level in CONCURRENCY_LEVELS:
         path = out / f"perf_analyzer-c{level}.csv"
@@ -368,24 +426,19 @@ def perf_analyzer_sweep(pa: list[str], server: Server, out: Path, plan: Plan) ->
                "-p", str(round(1000 * plan.sweep_window_s)), "-s", f"{100 * plan.stability:g}",
                "-r", str(plan.max_trials), "-f", str(path)]
         for attempt in (1, 2):
-            print(f"perf_analyzer --concurrency-range {level} (try {attempt}) ...", flush=True)
-            result = subprocess.run(cmd, cwd=REPO_ROOT, preexec_fn=pinned(CLIENT_CORE), capture_output=True,
-                                    text=True, timeout=60 + plan.max_trials * (plan.sweep_window_s + 2))
-            if result.returncode == 0 and path.exists():
+            samples, output, status = run_watched(
+                cmd, server, stats, 60 + plan.max_trials * (plan.sweep_window_s + 2),
+                f"perf_analyzer --concurrency-range {level} (try {attempt})", check=False)
+            if status == 0 and path.exists():
                 break
-            print(f"perf_analyzer at concurrency {level} failed ({result.returncode}): "
-                  f"{(result.stdout + result.stderr).strip().splitlines()[-1][:300]}")
+            print(f"perf_analyzer at concurrency {level} failed ({status}): "
+                  f"{output.strip().splitlines()[-1][:300] if output.strip() else ''}")
         else:
             continue
-        with path.open(newline="", encoding="utf-8") as file:
-            for row in csv.DictReader(file):
-                queue_compute = sum(float(row[k]) for k in ("Server Queue", "Server Compute Input",
-                                                            "Server Compute Infer", "Server Compute Output"))
-                results[int(row["Concurrency"])] = Latency(
-                    requests_per_s=float(row["Inferences/Second"]), p50_us=float(row["p50 latency"]),
-                    p99_us=float(row["p99 latency"]), mean_us=sum(float(row[k]) for k in PA_MEAN_PARTS),
-                    server_queue_compute_us=queue_compute, server_request_us=None,
-                )
+        first, last = samples.span
+        for row in read_perf_analyzer_csv(path, "Concurrency").values():
+            row.server_batch = server_batch(samples, first + PERF_ANALYZER_SETTLE_S, last - PERF_ANALYZER_TAIL_S)
+            results[level] = row
     return results
 
 
@@ -411,38 +464,64 @@ def cost_lines(costs: list[CpuCost]) -> list[str]:
     return lines
 
 
-def agreement_lines(ips: dict[int, Latency], pa: dict[int, Latency]) -> list[str]:
-    lines = ["(b) latency agreement at equal concurrency (closed loop, back to back, same server, the same window "
+def ms(value: float | None) -> str:
+    return f"{value / 1000:.3f}" if value is not None else "-"
+
+
+def ratio_line(label: str, a: Latency | None, b: Latency | None) -> str:
+    if a is None or b is None:
+        return f"    {label:>10} perf_analyzer figures missing"
+    ratios = {"p50": a.p50_us / b.p50_us, "p99": a.p99_us / b.p99_us, "mean": a.mean_us / b.mean_us,
+              "req/s": a.requests_per_s / b.requests_per_s}
+    within = all(abs(ratios[k] - 1) <= AIM_AGREEMENT for k in ("p50", "p99"))
+    return (f"    {label:>10} " + "  ".join(f"{k} {r:.3f}" for k, r in ratios.items())
+            + f"   p50/p99 {'within' if within else 'OUTSIDE'} {AIM_AGREEMENT:.0%}")
+
+
+def equal_load_lines(ips: dict[float, Latency], pa: dict[float, Latency]) -> list[str]:
+    lines = ["(b1) latency agreement at equal load: both open loop, constant arrivals at the same request rate, "
+             "back to back; ipsbench-load's service time (from the actual send, as perf_analyzer times) beside "
+             "perf_analyzer's latency; ms",
+             f"    {'req/s':>6} {'tool':<15}{'req/s':>8}{'p50':>8}{'p99':>8}{'mean':>8}{'srv q+c':>9}"
+             f"   from intended send (ipsbench-load): p50, p99"]
+    for rate in sorted(ips):
+        for tool, figures in (("ipsbench-load", ips.get(rate)), ("perf_analyzer", pa.get(rate))):
+            if figures is None:
+                continue
+            intended = (f"   {ms(figures.from_intended[0])}, {ms(figures.from_intended[1])}"
+                        if figures.from_intended else "")
+            lines.append(f"    {rate:>6g} {tool:<15}{figures.requests_per_s:8.1f}{ms(figures.p50_us):>8}"
+                         f"{ms(figures.p99_us):>8}{ms(figures.mean_us):>8}{ms(figures.server_queue_compute_us):>9}"
+                         f"{intended}")
+    lines.append(f"    ratios ipsbench-load / perf_analyzer (aim within {AIM_AGREEMENT:.0%}):")
+    lines += [ratio_line(f"{rate:g}/s", ips.get(rate), pa.get(rate)) for rate in sorted(ips)]
+    return lines
+
+
+def equal_concurrency_lines(ips: dict[int, Latency], pa: dict[int, Latency]) -> list[str]:
+    lines = ["(b2) latency agreement at equal concurrency (closed loop, back to back, same server, the same window "
              "length and stability tolerance); ms",
-             f"    {'conc':>4} {'tool':<15}{'req/s':>8}{'p50':>8}{'p99':>8}{'mean':>8}{'srv q+c':>9}"
-             f"{'srv req':>9}{'mean-q+c':>10}"]
-
-    def ms(value: float | None) -> str:
-        return f"{value / 1000:.3f}" if value is not None else "-"
-
+             f"    {'conc':>6} {'tool':<15}{'req/s':>8}{'p50':>8}{'p99':>8}{'mean':>8}{'srv q+c':>9}"
+             f"{'srv req':>9}{'mean-q+c':>10}{'mean*req/s':>12}{'batch':>7}"]
     for level in CONCURRENCY_LEVELS:
         for tool, figures in (("ipsbench-load", ips.get(level)), ("perf_analyzer", pa.get(level))):
             if figures is None:
                 continue
             over = figures.mean_us - figures.server_queue_compute_us if figures.server_queue_compute_us else None
             flag = "" if figures.stable else "  UNSTABLE"
-            lines.append(f"    {level:>4} {tool:<15}{figures.requests_per_s:8.1f}{ms(figures.p50_us):>8}"
+            lines.append(f"    {level:>6} {tool:<15}{figures.requests_per_s:8.1f}{ms(figures.p50_us):>8}"
                          f"{ms(figures.p99_us):>8}{ms(figures.mean_us):>8}{ms(figures.server_queue_compute_us):>9}"
-                         f"{ms(figures.server_request_us):>9}{ms(over):>10}{flag}")
+                         f"{ms(figures.server_request_us):>9}{ms(over):>10}"
+                         f"{figures.mean_us / 1e6 * figures.requests_per_s:12.2f}"
+                         f"{figures.server_batch or float('nan'):7.2f}{flag}")
     lines.append("    srv q+c: the server's queue + compute per request (ModelStatistics; for ipsbench-load "
                  "differenced over its measured windows, for perf_analyzer its own CSV); srv req: the server's whole "
-                 "request time; mean-q+c: what the client, gRPC and the network add")
-    lines.append(f"    ratios ipsbench-load / perf_analyzer (aim within {AIM_AGREEMENT:.0%}):")
-    for level in CONCURRENCY_LEVELS:
-        a, b = ips.get(level), pa.get(level)
-        if a is None or b is None:
-            lines.append(f"    {level:>4} perf_analyzer figures missing")
-            continue
-        ratios = {"p50": a.p50_us / b.p50_us, "p99": a.p99_us / b.p99_us, "mean": a.mean_us / b.mean_us,
-                  "req/s": a.requests_per_s / b.requests_per_s}
-        within = all(abs(r - 1) <= AIM_AGREEMENT for k, r in ratios.items() if k in ("p50", "p99"))
-        lines.append(f"    {level:>4} " + "  ".join(f"{k} {r:.3f}" for k, r in ratios.items())
-                     + f"   p50/p99 {'within' if within else 'OUTSIDE'} {AIM_AGREEMENT:.0%}")
+                 "request time; mean-q+c: what the client, gRPC and the network add; mean*req/s: Little's law, "
+                 "the requests in flight each tool's own figures imply (should be the concurrency); batch: the "
+                 "server's average batch meanwhile")
+    lines.append(f"    ratios ipsbench-load / perf_analyzer (aim within {AIM_AGREEMENT:.0%}; where the server is "
+                 "saturated, the tools' throughputs can differ, and latency follows concurrency / throughput):")
+    lines += [ratio_line(f"c={level}", ips.get(level), pa.get(level)) for level in CONCURRENCY_LEVELS]
     return lines
 
 
@@ -476,12 +555,16 @@ def main(argv: list[str] | None = None) -> int:
         write_tiny_model(repo)
         server = Server(repo, out / "server.log")
         stats = ModelStatistics(server.port)
+        ips_rate, pa_rate = {}, {}
         try:
-            costs = [ipsbench_rate_cost(server, stats, out, plan), floor_cost(server, stats, out, plan)]
+            cost, ips_rate[RATE_PER_S] = ipsbench_rate(server, stats, out, plan, RATE_PER_S)
+            costs = [cost, floor_cost(server, stats, out, plan)]
             if pa:
-                pa_cost = perf_analyzer_rate_cost(pa, server, stats, plan)
+                pa_cost, pa_rate[RATE_PER_S] = perf_analyzer_rate(pa, server, stats, out, plan, RATE_PER_S)
                 costs += [pa_cost] if pa_cost else []
-            pa_latency = perf_analyzer_sweep(pa, server, out, plan) if pa else {}
+                _, pa_rate[HIGH_RATE_PER_S] = perf_analyzer_rate(pa, server, stats, out, plan, HIGH_RATE_PER_S)
+                _, ips_rate[HIGH_RATE_PER_S] = ipsbench_rate(server, stats, out, plan, HIGH_RATE_PER_S)
+            pa_latency = perf_analyzer_sweep(pa, server, stats, out, plan) if pa else {}
             ips_latency = ipsbench_sweep(server, stats, out, plan)
         finally:
             stats.close()
@@ -490,7 +573,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"ipsbench-load's own cost and agreement: server on core {SERVER_CORE}, load generator on core "
              f"{CLIENT_CORE}, model {TINY} (negligible compute), one load-generating process each"]
     lines += cost_lines(costs)
-    lines += agreement_lines(ips_latency, pa_latency)
+    if pa:
+        lines += equal_load_lines(ips_rate, pa_rate)
+    lines += equal_concurrency_lines(ips_latency, pa_latency)
     if stats.missed:
         lines.append(f"    ModelStatistics did not answer within {STATISTICS_DEADLINE_S:g} s {stats.missed} times "
                      f"({stats.last_error}); those samples were left out")

@@ -265,8 +265,8 @@ class Sampler:
 
     def _take(self) -> None:
         try:
-            self.samples.append({"t_s": round(time.monotonic() - self._started, 1), "rss_mb": round(rss_mb(self.pid), 1),
-                                 "fds": open_fds(self.pid)})
+            self.samples.append({"t_s": round(time.monotonic() - self._started, 1),
+                                 "rss_mb": round(rss_mb(self.pid), 1), "fds": open_fds(self.pid)})
         except (OSError, RuntimeError):
             self.samples.append({"t_s": round(time.monotonic() - self._started, 1), "rss_mb": None, "fds": None})
 
