@@ -103,6 +103,7 @@ def _add_common_arguments(parser: argparse.ArgumentParser, *, duration: bool = T
     parser.add_argument("--processes", type=int, default=1, help=help_for(RunSettings, "processes"))
     _add_distributed_arguments(parser)
     parser.add_argument("--engine-bench", default="", metavar="FILE", help=help_for(RunSettings, "engine_bench"))
+    parser.add_argument("--request-log", default="", metavar="PATH", help=help_for(RunSettings, "request_log"))
     parser.add_argument("--tls-ca", default="", metavar="FILE", help=help_for(TargetSettings, "tls_ca"))
     parser.add_argument("--tls-cert", default="", metavar="FILE", help=help_for(TargetSettings, "tls_cert"))
     parser.add_argument("--tls-key", default="", metavar="FILE", help=help_for(TargetSettings, "tls_key"))
@@ -270,6 +271,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         remote_workers=args.remote_workers,
         master_bind=master_bind,
         engine_bench=args.engine_bench,
+        request_log=args.request_log,
         out_dir=args.out or Path("reports") / time.strftime("%Y%m%d-%H%M%S"),
     )
 

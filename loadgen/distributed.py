@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 JOIN_MESSAGE = "ipsbench_join"
 """Worker → master, once its listeners are registered: send me the run's setup."""
 SETUP_MESSAGE = "ipsbench_setup"
-"""Master → worker: the run's settings."""
+"""Master → worker: the run's settings, and the worker's index as the master (and so the report) numbers it."""
+WORKER_INDEX_KEY = "worker_index"
 READY_MESSAGE = "ipsbench_ready"
 """Worker → master: requests prepared (or the error that prevented it)."""
 STEP_MESSAGE = "ipsbench_step"
@@ -271,8 +272,9 @@ class MasterSteps:
 
     def _on_join(self, environment, msg, **_) -> None:
         if msg.node_id not in self.workers:
-            self.workers[msg.node_id] = WorkerState(msg.node_id, self.runner.get_worker_index(msg.node_id))
-            self.runner.send_message(SETUP_MESSAGE, self.setup, client_id=msg.node_id)
+            worker = self.workers[msg.node_id] = WorkerState(msg.node_id, self.runner.get_worker_index(msg.node_id))
+            setup = {**self.setup, WORKER_INDEX_KEY: worker.index}
+            self.runner.send_message(SETUP_MESSAGE, setup, client_id=msg.node_id)
 
     def _on_ready(self, environment, msg, **_) -> None:
         worker = self.workers.get(msg.node_id)

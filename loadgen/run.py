@@ -32,6 +32,7 @@ from loadgen.progress import Progress
 from loadgen.recorder import RunRecorder
 from loadgen.report.files import write_reports
 from loadgen.report.schema import REPORT_JSON, VERDICT_EXIT_CODES, build_report, write_report, write_text
+from loadgen.request_log import RequestLogError, describe, open_request_log
 from loadgen.scenarios.base import DRAIN_GRACE_S, StepShape
 from loadgen.scenarios.build import shape_for, user_class_for
 from loadgen.scenarios.slo import SloSearchShape
@@ -111,13 +112,22 @@ class LoadRun:
             self.execute()
         finally:
             self._restore_signals()
+            self.recorder.close_request_log()  # every request has its row by now, abandoned ones included
         return self.finish()
 
     def prepare(self) -> None:
-        """Ask the target about the model and serialize the requests (each worker does so again for itself)."""
+        """Ask the target about the model and serialize the requests (each worker does so again for itself), and
+        open the per-request log where this process records requests (a master's workers open their own)."""
         self._engine = read_engine_bench(self.settings.engine_bench)
         self._prepared = off_the_hub(prepare_workload, self.settings.target, self.settings.workload)
         keep_unfinished_report(self.settings.out_dir)
+        if self.settings.request_log and not self.settings.distributed:
+            try:
+                self.recorder.request_log = open_request_log(
+                    self.settings.request_log, self.settings.workload.images_per_request
+                )
+            except RequestLogError as error:
+                raise SetupError(str(error)) from error
 
     def execute(self) -> None:
         """Run the scenario in locust until its last step ends, or a signal stops it."""
@@ -154,6 +164,7 @@ class LoadRun:
         validity, shape = self.settings.validity, self._shape
         search = shape.search.describe() if isinstance(shape, SloSearchShape) else None
         judged = bool(validity.latency_slo) or search is not None
+        workers = self._master.describe() if self._master is not None else None
         return build_report(
             steps=steps,
             settings=self.settings.to_report(),
@@ -165,7 +176,7 @@ class LoadRun:
             duration_s=duration_s,
             interrupted_by=self.interrupted_by,
             max_error_rate=validity.max_error_rate,
-            workers=self._master.describe() if self._master is not None else None,
+            workers=workers,
             unix_s=self.recorder.unix_s,
             server=self._server_side(),
             objectives=[parse_objective(text) for text in validity.latency_slo] if judged else None,
@@ -173,7 +184,14 @@ class LoadRun:
             tolerance=getattr(self.settings.steps, "stability", None),
             engine=self._engine,
             running=running,
+            request_log=self._request_log_entry(workers),
         )
+
+    def _request_log_entry(self, workers: list[dict] | None) -> dict | None:
+        path = self.settings.request_log
+        if not path:
+            return None
+        return describe(path, None if workers is None else [worker["index"] for worker in workers])
 
     def _flush_periodically(self) -> None:
         while True:

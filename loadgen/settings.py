@@ -335,6 +335,11 @@ class RunSettings:
     engine_bench: str = field(default="", metadata=_help(
         "JSON written by ipsbench-serve bench --json, copied into the report for the engine vs end-to-end table"
     ))
+    request_log: str = field(default="", metadata=_help(
+        "CSV file with one row per request that ended: step, outcome, status code, whether measured, times and "
+        "the latency exactly as recorded (with --processes or workers: one file per worker, e.g. "
+        "requests.worker0.csv, each on its worker's host); empty: none"
+    ))
 
     def __post_init__(self) -> None:
         expected = SCENARIO_SETTINGS.get(self.scenario)
@@ -410,6 +415,7 @@ class RunSettings:
             remote_workers=data.get("remote_workers", 0),
             master_bind=data.get("master_bind", ""),
             engine_bench=data.get("engine_bench", ""),
+            request_log=data.get("request_log", ""),
         )
 
 

@@ -154,7 +154,8 @@ class _KServeSender(User):
     def _run_senders(self, step: StepRecord, start: Callable[[Outbox], None]) -> None:
         """Start sender threads for ``step`` and record what they do until they have all ended."""
         outbox = Outbox()
-        in_flight: dict[int, list] = {}  # id(step) -> [step, requests issued into it not yet completed]
+        # (id(step), sent_ns, intended_ns) -> [step, requests issued so, not yet completed]
+        in_flight: dict[tuple[int, int, int | None], list] = {}
         try:
             start(outbox)
             while True:
@@ -166,12 +167,13 @@ class _KServeSender(User):
         except BaseException:  # killed: stop issuing; what is still in flight is abandoned
             outbox.close()
             self._record(outbox.take(), in_flight)
-            for in_flight_step, count in in_flight.values():
-                if count:
-                    logger.info("user stopped with %d requests in flight in step %d: counted abandoned", count,
-                                in_flight_step.index + 1)
+            abandoned: dict[int, int] = {}
+            for (_, sent_ns, intended_ns), (in_flight_step, count) in in_flight.items():
                 for _ in range(count):
-                    in_flight_step.record_abandoned()
+                    in_flight_step.record_abandoned(sent_ns, intended_ns)
+                abandoned[in_flight_step.index] = abandoned.get(in_flight_step.index, 0) + count
+            for index, count in abandoned.items():
+                logger.info("user stopped with %d requests in flight in step %d: counted abandoned", count, index + 1)
             raise
         step.issuing(time.perf_counter_ns())  # notes the step's CPU time if its window just ended
         if outbox.failure is not None:
@@ -181,10 +183,14 @@ class _KServeSender(User):
         for item in items:
             step = item.step
             if type(item) is Completed:
-                in_flight[id(step)][1] -= 1
+                key = (id(step), item.sent_ns, item.intended_ns)
+                entry = in_flight[key]
+                entry[1] -= 1
+                if not entry[1]:
+                    del in_flight[key]
                 self._record_completed(item)
             elif type(item) is Issued:
-                in_flight.setdefault(id(step), [step, 0])[1] += 1
+                in_flight.setdefault((id(step), item.sent_ns, item.intended_ns), [step, 0])[1] += 1
                 step.record_issued()
                 if item.intended_ns is not None:
                     step.record_send(item.intended_ns, item.sent_ns)

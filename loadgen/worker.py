@@ -1,8 +1,9 @@
 """A locust worker process of a distributed run, and the worker processes a master starts on its own box.
 
 ``ipsbench-load worker --master HOST:PORT`` connects to the master, asks it for the run's settings, prepares the
-requests, runs the users the master dispatches to it (recording into its own steps), sends its final report
-when asked, and exits when the master says quit (or, bounded, after its final report).
+requests, runs the users the master dispatches to it (recording into its own steps, and into its own per-request
+log when the run has one), sends its final report when asked, and exits when the master says quit (or, bounded,
+after its final report).
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ import time
 import gevent
 import gevent.event
 
-from loadgen.distributed import FINISH_MESSAGE, JOIN_MESSAGE, READY_MESSAGE, SETUP_MESSAGE, WorkerSteps
+from loadgen.distributed import (
+    FINISH_MESSAGE,
+    JOIN_MESSAGE,
+    READY_MESSAGE,
+    SETUP_MESSAGE,
+    WORKER_INDEX_KEY,
+    WorkerSteps,
+)
+from loadgen.request_log import RequestLogError, open_request_log, worker_path
 from loadgen.scenarios.build import configure_user_class, loop_of, user_classes
 from loadgen.senders import off_the_hub
 from loadgen.settings import RunSettings
@@ -62,6 +71,7 @@ class Worker:
         if not stopped.ready():
             logger.warning("no quit from the master %g s after the final report; exiting", QUIT_WAIT_S)
             self.runner.quit()
+        self.steps.recorder.close_request_log()
         return 0
 
     def _watch_parent(self) -> None:
@@ -74,7 +84,11 @@ class Worker:
         try:
             settings = RunSettings.from_dict(msg.data)
             prepared = off_the_hub(prepare_workload, settings.target, settings.workload)
-        except (SetupError, ValueError, KeyError) as error:
+            if settings.request_log:
+                index = msg.data.get(WORKER_INDEX_KEY, self.runner.worker_index)  # as the report numbers workers
+                path = worker_path(settings.request_log, index)
+                self.steps.recorder.request_log = open_request_log(path, settings.workload.images_per_request)
+        except (SetupError, RequestLogError, ValueError, KeyError) as error:
             logger.error("setup failed: %s", error)
             self.runner.send_message(READY_MESSAGE, {"pid": os.getpid(), "error": str(error)})
             return
@@ -87,6 +101,7 @@ class Worker:
             logger.warning("finishing with %d users still running; their requests in flight are abandoned",
                            len(self.runner.user_greenlets))
             self.runner.user_greenlets.kill(block=True, timeout=STOP_USERS_S)
+        self.steps.recorder.close_request_log()  # its abandoned requests have their rows by now
         self.steps.send_final_report()
         self.finished.set()
 

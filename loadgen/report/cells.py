@@ -117,6 +117,29 @@ def yes_no(value: bool) -> str:
     return "yes" if value else Flag("no")
 
 
+def headline_words(report: dict) -> str | None:
+    """``p90 latency 3.21 ms over 812 successful requests (MLPerf SingleStream's figure)``: the run's headline in
+    words, or None when its scenario has none."""
+    headline = report.get("headline")
+    if not headline:
+        return None
+    name = headline["percentile"]
+    if headline.get("value_us") is None:
+        return f"{name} latency: none (no successful request in the measured window)"
+    samples = "" if headline.get("enough_samples") else f", too few to claim {name}"
+    return (f"{name} latency {ms(headline['value_us'])} ms over {headline['samples']} successful requests"
+            f"{samples} (MLPerf SingleStream's figure)")
+
+
+def request_log_words(report: dict) -> str | None:
+    """Where the per-request logs went, for a reader; None when the run wrote none."""
+    request_log = report.get("request_log")
+    if not request_log:
+        return None
+    files = ", ".join(request_log["files"]) or request_log["path"]
+    return f"Per-request log (one CSV row per request, raw timings): {files} (written by {request_log['written_by']})."
+
+
 def payload_mode(payload: dict) -> str:
     """The payload's encoding (``mode`` in newer reports, ``encoding`` before)."""
     return str(payload.get("mode") or payload.get("encoding") or DASH)

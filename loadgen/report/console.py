@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from loadgen.report.cells import client_bound, load_cell, load_header, ms, open_loop, rate
+from loadgen.report.cells import client_bound, headline_words, load_cell, load_header, ms, open_loop, rate
 from loadgen.report.schema import step_load
 
 CLIENT_BOUND_MARK = "!"
@@ -74,6 +74,8 @@ def print_summary(report: dict, markdown_path, console: Console | None = None) -
     if needed > console.width:  # wrap in a narrow terminal rather than cut numbers short
         console = Console(width=needed, file=console.file)
     console.print(table)
+    if headline := headline_words(report):
+        console.print(f"headline: {headline}", markup=False)
     if any(step["latency_us"] and step["unsupported_percentiles"] for step in report["steps"]):
         console.print("* fewer samples than needed to claim this percentile")
     if open_loop(report):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import html
 import re
 
-from loadgen.report.cells import Flag, TableData, open_loop, payload_mode, verdict_is_good
+from loadgen.report.cells import Flag, TableData, headline_words, open_loop, payload_mode, verdict_is_good
 from loadgen.report.markdown import method_lines, setup_lines
 from loadgen.report.p40 import p40_table, what_numbers_mean
 from loadgen.report.plots import Plot, all_plots
@@ -104,6 +104,8 @@ def _summary(report: dict) -> str:
         f"started {html.escape(report['started_at'])}, {report['duration_s']:.1f} s; payload "
         f"{html.escape(payload_mode(report['payload']))}.</p>",
     ]
+    if headline := headline_words(report):
+        parts.append(f'<p id="headline"><strong>Headline: {html.escape(headline)}</strong></p>')
     if report.get("invalid_reasons"):
         parts.append('<ul class="bad" id="invalid-reasons">'
                      + "".join(f"<li>{html.escape(reason)}</li>" for reason in report["invalid_reasons"]) + "</ul>")

@@ -5,12 +5,14 @@ from __future__ import annotations
 from loadgen.report.cells import (  # noqa: F401 - ms, rate, load_header, load_cell: the console table's helpers
     Flag,
     TableData,
+    headline_words,
     load_cell,
     load_header,
     ms,
     open_loop,
     payload_mode,
     rate,
+    request_log_words,
 )
 from loadgen.report.p40 import p40_table, what_numbers_mean
 from loadgen.report.schema import check_report, step_load
@@ -80,6 +82,8 @@ def setup_lines(report: dict) -> list[str]:
             f"Open loop: {scenario_settings.get('arrival')} arrivals, at most {scenario_settings.get('max_in_flight')} "
             "requests in flight; latency from each request's intended send time."
         )
+    if request_log := request_log_words(report):
+        lines.append(request_log)
     return lines
 
 
@@ -91,6 +95,8 @@ def render_markdown(report: dict) -> str:
         "",
         verdict_line(report),
     ]
+    if headline := headline_words(report):
+        lines += ["", f"**Headline: {headline}.**"]
     lines += [f"- {reason}" for reason in report.get("invalid_reasons", [])]
     if report.get("slo"):
         lines += ["", *_slo_section(report["slo"])]

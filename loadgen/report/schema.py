@@ -16,7 +16,9 @@ from loadgen.stability import stability_entry
 
 SCHEMA_VERSION = 3
 """2: open-loop (rate) steps, workers of distributed runs, warnings. 3: stability windows, the client's own
-CPU, SLO objectives and the search, phases, the engine bench, payload modes, verdict, running/incomplete."""
+CPU, SLO objectives and the search, phases, the engine bench, payload modes, verdict, running/incomplete; later
+added to 3, both optional for readers (None when absent): ``headline`` (the run's one figure where its scenario
+has one, e.g. single-stream's p90) and ``request_log`` (where the per-request logs went)."""
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 VERDICT_EXIT_CODES = {"PASS": 0, "FAIL": 1, "UNSTABLE": 1, "INVALID": 2}
@@ -25,6 +27,8 @@ CLIENT_CPU_BOUND_PERCENT = 90.0
 """A step where a load-generating process used at least this much of a core is client-bound."""
 
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p95", 95.0), ("p99", 99.0), ("p99.9", 99.9))
+HEADLINE_PERCENTILES = {"single-stream": "p90"}
+"""Scenarios whose figure is one latency percentile of successful requests: MLPerf SingleStream reports the 90th."""
 COUNT_FIELDS = ("issued", "ok", "rejected", "failed", "deadline", "cancelled", "abandoned")
 LATENCY_METHOD = (
     "HDR histogram (1 us to 60 s, 3 significant digits, error <= 0.1%), microseconds, monotonic clock, "
@@ -218,12 +222,14 @@ def build_report(
     engine: dict | None = None,
     accuracy: dict | None = None,
     running: bool = False,
+    request_log: dict | None = None,
 ) -> dict:
     """The report document of one run; ``workers``: those of a distributed run, as the master describes them;
     ``server``: the scraped server metrics (``metrics_url``, ``steps`` by step index, ``warnings``), if any;
     ``objectives``: the run's latency SLO (an error-rate objective is added; None and no ``search``: no SLO);
     ``search``: the ``slo`` search as :meth:`loadgen.slo.Search.describe` gives it; ``running``: a partial report
-    written while the run goes on."""
+    written while the run goes on; ``request_log``: where the per-request logs went
+    (:func:`loadgen.request_log.describe`), if the run wrote any."""
     judged = objectives is not None or search is not None
     entries = [
         step_entry(step, max_error_rate, unix_s, objectives=list(objectives or ()) if judged else None,
@@ -276,6 +282,7 @@ def build_report(
         "verdict": verdict,
         "stable": not unstable,
         "unstable_steps": unstable,
+        "headline": headline_entry(scenario, entries),
         "slo": slo,
         "engine": engine,
         "accuracy": accuracy,
@@ -304,6 +311,27 @@ def build_report(
         "steps": entries,
         "totals": totals,
         "workers": workers or [],
+        "request_log": request_log,
+    }
+
+
+def headline_entry(scenario: str, entries: list[dict]) -> dict | None:
+    """The run's one figure where its scenario has one (single-stream: p90 latency of successful requests, as
+    MLPerf SingleStream reports it), from its last step; None for scenarios reported step by step."""
+    name = HEADLINE_PERCENTILES.get(scenario)
+    if name is None or not entries:
+        return None
+    step = entries[-1]
+    latency = step["latency_us"] or {}
+    return {
+        "metric": f"{name}_latency_us",
+        "percentile": name,
+        "value_us": latency.get(name),
+        "step": step["index"],
+        "samples": latency.get("count", 0),
+        "enough_samples": bool(latency) and name not in step["unsupported_percentiles"],
+        "description": f"{name} latency of successful requests in the measured window, one request in flight "
+                       "(MLPerf SingleStream's figure)",
     }
 
 

@@ -81,6 +81,7 @@ def test_every_command_documents_its_options():
     ["slo", "--search", "rate", "--low", "10", "--high", "50", "--latency-slo", "p99=100ms", "--header", "a=b"],
     ["spike", "--base", "1", "--spike", "8", "--remote-workers", "2", "--master-bind", "0.0.0.0:5557"],
     ["rate", "--rate", "20,40.5", "--arrival", "constant", "--max-in-flight", "64", "--processes", "2"],
+    ["single-stream", "--request-log", "logs/requests.csv", "--processes", "2"],
 ])
 def test_settings_travel_to_workers_as_plain_data(scenario):
     from loadgen.cli import build_parser, settings_from_args
@@ -92,3 +93,17 @@ def test_settings_travel_to_workers_as_plain_data(scenario):
     data = json.loads(json.dumps(settings.to_dict()))
     assert RunSettings.from_dict(data) == settings
     assert settings.scenario == scenario[0] and set(data) >= {"target", "workload", "validity", scenario[0]}
+
+
+def test_every_load_scenario_takes_a_request_log():
+    from loadgen.cli import build_parser, settings_from_args
+
+    scenarios = {"sweep": [], "offline": [], "single-stream": [], "ramp": ["--to", "2"], "spike": ["--spike", "2"],
+                 "rate": ["--rate", "10"], "slo": ["--low", "1", "--high", "2"]}
+    for scenario, extra in scenarios.items():
+        args = build_parser().parse_args([scenario, "--target", "127.0.0.1:8001", "--model", "m",
+                                          "--request-log", "requests.csv", *extra])
+        assert settings_from_args(args).request_log == "requests.csv", scenario
+        assert settings_from_args(build_parser().parse_args(
+            [scenario, "--target", "127.0.0.1:8001", "--model", "m", *extra])).request_log == ""
+    assert "--request-log" in load("trace", "--help").stdout

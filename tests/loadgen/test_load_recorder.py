@@ -207,3 +207,59 @@ def test_merging_an_empty_histogram_keeps_the_minimum():
     merged = StepRecord.decode(busy.encode())
     merged.merge_encoded(idle.encode())
     assert merged.histograms[Outcome.OK].get_min_value() == pytest.approx(7_000, rel=1e-3)
+
+
+def test_the_request_log_has_a_row_per_ended_request_with_the_latency_as_recorded(tmp_path):
+    """Each outcome gets its row, with its code, whether it was measured, the trial it counted in (a closed-loop
+    step judged for stability), times in us from the first step's start and the histogram's latency."""
+    from loadgen.request_log import COLUMNS, open_request_log, worker_path
+
+    log = open_request_log(tmp_path / "out" / "requests.csv", images_per_request=2)
+    ticks = iter([0, 100 * MS, 10_000 * MS])
+    recorder = RunRecorder(clock_ns=lambda: next(ticks))
+    recorder.request_log = log
+    closed = recorder.open_step(concurrency=2, warmup_s=1.0, window_s=1.0, trials_max=3)  # at 100 ms: [1.1, 4.1) s
+    for sent_ms, done_ms in ((200, 300), (1_200, 1_204.4), (2_500, 2_600)):  # warm-up, trial 1, trial 2
+        closed.record_issued()
+        closed.record_ok(sent_ms * MS, int(done_ms * MS), images=2)
+    closed.record_issued()
+    closed.record_error(grpc.StatusCode.UNAVAILABLE, "Exceeds maximum queue size", 1_500 * MS, 1_501 * MS)
+    closed.record_issued()
+    closed.record_client_error(RuntimeError("boom"), 1_600 * MS, 1_600 * MS)
+    closed.record_issued()
+    closed.record_abandoned(sent_ns=3_000 * MS)
+    recorder.close_step()
+    rate = recorder.open_step(concurrency=1, warmup_s=0.0, window_s=1.0, rate_per_s=5.0)  # at 10 s: [10, 11) s
+    rate.record_issued()
+    rate.record_ok(10_300 * MS, 10_310 * MS, images=2, intended_ns=10_100 * MS)
+    rate.record_issued()
+    rate.record_abandoned()
+    recorder.close_request_log()
+    recorder.close_request_log()  # closing twice is harmless
+
+    import csv
+
+    with (tmp_path / "out" / "requests.csv").open(newline="") as file:
+        rows = list(csv.reader(file))
+    assert rows[0] == list(COLUMNS)
+    assert rows[1:] == [
+        ["1", "ok", "", "0", "", "", "100000", "200000", "", "2"],
+        ["1", "ok", "", "1", "1", "", "1100000", "1104400", "4400", "2"],
+        ["1", "ok", "", "1", "2", "", "2400000", "2500000", "100000", "2"],
+        ["1", "rejected", "UNAVAILABLE", "1", "1", "", "1400000", "1401000", "1000", "2"],
+        ["1", "failed", "CLIENT", "1", "1", "", "1500000", "1500000", "1", "2"],  # the histogram's lowest value
+        ["1", "abandoned", "", "0", "", "", "2900000", "", "", "2"],
+        ["2", "ok", "", "1", "", "10000000", "10200000", "10210000", "210000", "2"],
+        ["2", "abandoned", "", "0", "", "", "", "", "", "2"],
+    ]
+    assert closed.histograms[Outcome.OK].get_total_count() == 2 and closed.identity_holds()
+    assert worker_path("logs/requests.csv", 3).as_posix() == "logs/requests.worker3.csv"
+    assert worker_path("requests", 0).as_posix() == "requests.worker0"
+
+
+def test_a_request_log_that_cannot_be_opened_says_where_and_why(tmp_path):
+    from loadgen.request_log import RequestLogError, open_request_log
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(RequestLogError, match=r"--request-log .*file/requests.csv: "):
+        open_request_log(tmp_path / "file" / "requests.csv", images_per_request=1)

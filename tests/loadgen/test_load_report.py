@@ -201,3 +201,50 @@ def test_a_lost_worker_makes_the_run_invalid_and_is_named():
     (reason,) = report["invalid_reasons"]
     assert reason.startswith("worker 1 (pid 12) lost 5.7 s into the run") and "up to 108 requests" in reason
     assert "## Workers" in render_markdown(report)
+
+
+def single_stream_report(ok: int) -> dict:
+    run = {key: value for key, value in report_of([]).items() if key in (
+        "settings", "target", "model", "payload", "started_at", "duration_s", "interrupted_by")}
+    report = build_report(steps=[recorded_step(0, 1, ok=ok)], **run, scenario="single-stream", max_error_rate=0.0)
+    return json.loads(json.dumps(report))
+
+
+def test_single_stream_has_p90_as_its_headline_everywhere_it_is_summed_up():
+    from loadgen.report.html import render_html
+
+    single = single_stream_report(ok=1000)  # 100 / (1 - 0.9) samples claim p90
+    latency = single["steps"][0]["latency_us"]
+    assert single["headline"] == {
+        "metric": "p90_latency_us", "percentile": "p90", "value_us": latency["p90"], "step": 0, "samples": 1000,
+        "enough_samples": True, "description": single["headline"]["description"],
+    }
+    words = f"p90 latency {latency['p90'] / 1000:.2f} ms over 1000 successful requests (MLPerf SingleStream's figure)"
+    assert f"**Headline: {words}.**" in render_markdown(single)
+    assert f"<strong>Headline: {words}</strong>" in render_html(single).replace("&#x27;", "'")
+    out = io.StringIO()
+    print_summary(single, "report.md", Console(file=out, width=200))
+    assert f"headline: {words}" in out.getvalue()
+
+    few = single_stream_report(ok=5)
+    assert few["headline"]["samples"] == 5 and not few["headline"]["enough_samples"]
+    assert "over 5 successful requests, too few to claim p90" in render_markdown(few)
+    sweep = json.loads(json.dumps(report_of([recorded_step(0, 1)])))
+    assert sweep["headline"] is None and "Headline" not in render_markdown(sweep)
+
+
+def test_the_report_says_where_the_request_logs_went():
+    from loadgen.request_log import COLUMNS, describe
+
+    one = describe("logs/requests.csv", None)
+    assert one["files"] == ["logs/requests.csv"] and one["columns"] == list(COLUMNS)
+    workers = describe("logs/requests.csv", [0, 1])
+    assert workers["files"] == ["logs/requests.worker0.csv", "logs/requests.worker1.csv"]
+    report = json.loads(json.dumps(build_report(steps=[recorded_step()], **{
+        key: value for key, value in report_of([recorded_step()]).items() if key in (
+            "settings", "target", "model", "payload", "scenario", "started_at", "duration_s", "interrupted_by")},
+        max_error_rate=0.0, request_log=workers)))
+    assert report["request_log"] == workers
+    assert ("Per-request log (one CSV row per request, raw timings): logs/requests.worker0.csv, "
+            "logs/requests.worker1.csv (written by each worker, on its host).") in render_markdown(report)
+    assert report_of([recorded_step()])["request_log"] is None

@@ -7,6 +7,8 @@ import time
 import pytest
 from load_helpers import assert_accounted
 
+from loadgen.report.cells import ms
+
 QUICK = ("--warmup", "300ms", "--drain", "5s")
 
 
@@ -114,6 +116,15 @@ def test_offline_sends_large_requests_and_single_stream_one_at_a_time(server, st
     report = single.report()
     assert report["scenario"] == "single-stream" and [s["concurrency"] for s in report["steps"]] == [1]
     assert report["steps"][0]["latency_us"]["p90"] > 0
+    # MLPerf SingleStream's figure, p90, is the run's headline wherever the run is summed up.
+    headline, latency = report["headline"], report["steps"][0]["latency_us"]
+    assert headline["metric"] == "p90_latency_us" and headline["percentile"] == "p90"
+    assert headline["value_us"] == latency["p90"] and headline["samples"] == latency["count"] and headline["step"] == 0
+    p90 = f"p90 latency {ms(latency['p90'])} ms over {latency['count']} successful requests"
+    assert f"headline: {p90}" in " ".join(single.stdout.split())
+    assert f"**Headline: {p90}" in (single.out / "report.md").read_text()
+    assert f'<p id="headline"><strong>Headline: {p90}' in (single.out / "report.html").read_text()
+    assert offline.report()["headline"] is None and "headline" not in offline.stdout
 
 
 @pytest.mark.parametrize(("scenario", "args", "levels", "phases"), [
