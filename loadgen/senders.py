@@ -130,8 +130,19 @@ class Outbox:
 
 def off_the_hub(function: Callable, *args):
     """``function(*args)`` in one of gevent's pool threads, the calling greenlet waiting: for blocking grpcio
-    calls outside the send path (describing the model), so that heartbeats and signal handlers go on meanwhile."""
-    return gevent.get_hub().threadpool.apply(function, args)
+    calls outside the send path (describing the model), so that heartbeats and signal handlers go on meanwhile.
+    What it raises is raised here (and not also printed by gevent's hub with a traceback)."""
+
+    def call():
+        try:
+            return function(*args), None
+        except Exception as error:
+            return None, error
+
+    result, error = gevent.get_hub().threadpool.apply(call)
+    if error is not None:
+        raise error
+    return result
 
 
 def sleep_until(at_ns: int, keep_waiting: Callable[[], bool], slice_s: float) -> bool:

@@ -78,6 +78,10 @@ class Workload:
         return cls.over(prepared, target_settings)
 
 
+InFlight = dict[tuple[int, int, "int | None"], list]
+"""A user's requests issued and not yet completed: (id(step), sent_ns, intended_ns) -> [step, how many]."""
+
+
 class StepSource(Protocol):
     """Says which step a request issued now belongs to (a load shape, or a worker following its master)."""
 
@@ -154,8 +158,7 @@ class _KServeSender(User):
     def _run_senders(self, step: StepRecord, start: Callable[[Outbox], None]) -> None:
         """Start sender threads for ``step`` and record what they do until they have all ended."""
         outbox = Outbox()
-        # (id(step), sent_ns, intended_ns) -> [step, requests issued so, not yet completed]
-        in_flight: dict[tuple[int, int, int | None], list] = {}
+        in_flight: InFlight = {}
         try:
             start(outbox)
             while True:
@@ -179,7 +182,7 @@ class _KServeSender(User):
         if outbox.failure is not None:
             raise outbox.failure
 
-    def _record(self, items: list, in_flight: dict[int, list]) -> None:
+    def _record(self, items: list, in_flight: InFlight) -> None:
         for item in items:
             step = item.step
             if type(item) is Completed:

@@ -69,8 +69,13 @@ def setup_lines(report: dict) -> list[str]:
             payload_text += f" of {payload['request_bytes']:,} bytes"
     if payload.get("description") or payload.get("source"):
         payload_text += f" ({payload.get('description') or payload['source']})"
-    lines = [f"Model `{model['name']}` input `{model_input.get('name')}` {model_input.get('datatype')} "
-             f"{model_input.get('shape')}; {payload_text}."]
+    lines = []
+    target = report.get("target") or {}
+    server = target.get("server") or {}
+    if server.get("name"):
+        lines.append(f"Target `{target.get('address')}`: {server['name']} {server.get('version', '')}".rstrip() + ".")
+    lines.append(f"Model `{model['name']}` input `{model_input.get('name')}` {model_input.get('datatype')} "
+                 f"{model_input.get('shape')}; {payload_text}.")
     warmup_s, drain_s = scenario_settings.get("warmup_s"), scenario_settings.get("drain_s")
     timing = (f"Each step: {warmup_s:g} s warm-up (counted, not measured), then the measured window"
               if warmup_s is not None else "Each step: the measured window")
