@@ -16,6 +16,9 @@ perf_analyzer is found through --perf-analyzer PATH, else the IPSBENCH_PERF_ANAL
 `perf_analyzer` on PATH, else the project's scripts/perf-analyzer.sh (which sets it up on first call); where none
 works those columns are skipped with a message.
 
+Every measurement is repeated in rounds (3; 1 with --quick), the tools alternating, and medians are reported with
+each tool's own range over the rounds.
+
 Usage: .venv/bin/python benchmarks/loadgen_overhead.py [--quick] [--perf-analyzer PATH] [--keep DIR]
 """
 
@@ -80,10 +83,13 @@ class Plan:
     sweep_window_s: float
     max_trials: int
     stability: float
+    rounds: int
+    """Every measurement is taken this many times, the tools alternating, and the median reported: on a shared
+    box one run of a tool differs from the next by more than the 5 % the agreement aims at."""
 
 
-FULL = Plan(rate_warmup_s=3.0, rate_window_s=20.0, sweep_window_s=5.0, max_trials=8, stability=0.20)
-QUICK = Plan(rate_warmup_s=1.0, rate_window_s=4.0, sweep_window_s=2.0, max_trials=5, stability=0.30)
+FULL = Plan(rate_warmup_s=2.0, rate_window_s=10.0, sweep_window_s=4.0, max_trials=5, stability=0.20, rounds=3)
+QUICK = Plan(rate_warmup_s=1.0, rate_window_s=4.0, sweep_window_s=2.0, max_trials=4, stability=0.30, rounds=1)
 MIN_WINDOW_S = 2.0
 """Shorter perf_analyzer windows rarely settle on a shared box."""
 
@@ -92,14 +98,19 @@ MIN_WINDOW_S = 2.0
 
 
 def floor_client(argv: list[str]) -> int:
-    """Blocking unary ModelInfer calls with one pre-serialized request, paced at a constant rate; writes the
-    measured window (unix seconds) and the requests completed in it as JSON."""
+    """Blocking unary ModelInfer calls with one pre-serialized request, paced at a constant rate (``--rate``) or
+    from N threads in closed loops (``--concurrency``, over one shared channel); writes the measured window (unix
+    seconds), the requests completed in it and their latencies' p50/p99/mean as JSON."""
+    import threading
+
     import grpc
     from tritonclient.grpc import service_pb2
 
     parser = argparse.ArgumentParser(prog=f"loadgen_overhead.py {FLOOR_COMMAND}")
     parser.add_argument("--target", required=True)
-    parser.add_argument("--rate", type=float, required=True)
+    load = parser.add_mutually_exclusive_group(required=True)
+    load.add_argument("--rate", type=float)
+    load.add_argument("--concurrency", type=int)
     parser.add_argument("--warmup-s", type=float, required=True)
     parser.add_argument("--window-s", type=float, required=True)
     parser.add_argument("--json", type=Path, required=True)
@@ -120,33 +131,52 @@ def floor_client(argv: list[str]) -> int:
         request_serializer=None,
         response_deserializer=service_pb2.ModelInferResponse.FromString,
     )
-    period_ns = round(1e9 / args.rate)
     start_ns = time.perf_counter_ns()
     unix_offset_s = time.time() - start_ns / 1e9
     window_start_ns = start_ns + round(args.warmup_s * 1e9)
     window_end_ns = window_start_ns + round(args.window_s * 1e9)
-    completed = late = 0
-    latencies_us = []
-    intended_ns = start_ns
-    while intended_ns < window_end_ns:
-        now_ns = time.perf_counter_ns()
-        if now_ns < intended_ns:
-            time.sleep((intended_ns - now_ns) / 1e9)
-        elif now_ns - intended_ns > 1_000_000 and intended_ns >= window_start_ns:
-            late += 1  # the previous call overran its slot: this one leaves more than 1 ms late
-        infer(request, timeout=30.0)
-        done_ns = time.perf_counter_ns()
-        if window_start_ns <= done_ns < window_end_ns:
-            completed += 1
-            latencies_us.append((done_ns - intended_ns) / 1000)
-        intended_ns += period_ns
+    late = 0
+    latencies_us: list[float] = []
+
+    def paced() -> None:
+        nonlocal late
+        period_ns = round(1e9 / args.rate)
+        intended_ns = start_ns
+        while intended_ns < window_end_ns:
+            now_ns = time.perf_counter_ns()
+            if now_ns < intended_ns:
+                time.sleep((intended_ns - now_ns) / 1e9)
+            elif now_ns - intended_ns > 1_000_000 and intended_ns >= window_start_ns:
+                late += 1  # the previous call overran its slot: this one leaves more than 1 ms late
+            infer(request, timeout=30.0)
+            done_ns = time.perf_counter_ns()
+            if window_start_ns <= done_ns < window_end_ns:
+                latencies_us.append((done_ns - intended_ns) / 1000)
+            intended_ns += period_ns
+
+    def closed_loop() -> None:
+        while (sent_ns := time.perf_counter_ns()) < window_end_ns:
+            infer(request, timeout=30.0)
+            done_ns = time.perf_counter_ns()
+            if window_start_ns <= done_ns < window_end_ns:
+                latencies_us.append((done_ns - sent_ns) / 1000)  # list.append is atomic under the GIL
+
+    if args.rate:
+        paced()
+    else:
+        threads = [threading.Thread(target=closed_loop) for _ in range(args.concurrency)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     channel.close()
     args.json.write_text(json.dumps({
         "window_start_unix": unix_offset_s + window_start_ns / 1e9,
         "window_end_unix": unix_offset_s + window_end_ns / 1e9,
-        "completed": completed,
+        "completed": len(latencies_us),
         "late_sends": late,
-        "p50_us": float(np.percentile(latencies_us, 50)) if latencies_us else None,
+        **({f"p{q}_us": float(np.percentile(latencies_us, q)) for q in (50, 99)} if latencies_us else {}),
+        "mean_us": float(np.mean(latencies_us)) if latencies_us else None,
     }), encoding="utf-8")
     return 0
 
@@ -302,6 +332,23 @@ def floor_cost(server: Server, stats: ModelStatistics, out: Path, plan: Plan) ->
                      floor["completed"], f"{floor['late_sends']} late sends")
 
 
+def floor_closed_loop(server: Server, stats: ModelStatistics, out: Path, plan: Plan, level: int) -> Latency:
+    """The raw grpcio client at ``level`` threads in closed loops: what a minimal client sees at that
+    concurrency, measured over as long as a sweep level reports (its last 3 windows)."""
+    path = out / f"floor-c{level}.json"
+    window_s = 3 * plan.sweep_window_s
+    cmd = [sys.executable, str(Path(__file__).resolve()), FLOOR_COMMAND, "--target", f"127.0.0.1:{server.port}",
+           "--concurrency", str(level), "--warmup-s", "1", "--window-s", f"{window_s:g}", "--json", str(path)]
+    samples, _, _ = run_watched(cmd, server, stats, 60 + window_s, f"raw grpcio threads, concurrency {level}")
+    floor = json.loads(path.read_text(encoding="utf-8"))
+    start, end = floor["window_start_unix"], floor["window_end_unix"]
+    return Latency(
+        requests_per_s=floor["completed"] / (end - start), p50_us=floor["p50_us"], p99_us=floor["p99_us"],
+        mean_us=floor["mean_us"], server_queue_compute_us=server_queue_compute_us(samples, start, end),
+        server_request_us=None, server_batch=server_batch(samples, start, end),
+    )
+
+
 def find_perf_analyzer(option: str | None) -> list[str] | None:
     path = option or os.environ.get(PERF_ANALYZER_ENV) or shutil.which("perf_analyzer") or str(PERF_ANALYZER_SCRIPT)
     if not path or not Path(path).is_file():
@@ -368,6 +415,37 @@ class Latency:
     """ipsbench-load's open loop: p50 and p99 from each request's intended send time (its headline latency)."""
     server_batch: float | None = None
     """The average batch the server's dynamic batcher formed meanwhile (requests per execution)."""
+    spread: tuple[tuple[float, float], tuple[float, float]] | None = None
+    """Over several rounds: (lowest, highest) p50 and p99 among them."""
+
+
+def median_latency(rounds: list[Latency]) -> Latency:
+    """Each figure's median over the rounds, with the rounds' p50 and p99 ranges."""
+
+    def median(name: str) -> float | None:
+        values = [getattr(r, name) for r in rounds if getattr(r, name) is not None]
+        return float(np.median(values)) if values else None
+
+    intended = [r.from_intended for r in rounds if r.from_intended]
+    return Latency(
+        requests_per_s=median("requests_per_s"), p50_us=median("p50_us"), p99_us=median("p99_us"),
+        mean_us=median("mean_us"), server_queue_compute_us=median("server_queue_compute_us"),
+        server_request_us=median("server_request_us"), stable=all(r.stable for r in rounds),
+        from_intended=tuple(float(v) for v in np.median(intended, axis=0)) if intended else None,
+        server_batch=median("server_batch"),
+        spread=((min(r.p50_us for r in rounds), max(r.p50_us for r in rounds)),
+                (min(r.p99_us for r in rounds), max(r.p99_us for r in rounds))),
+    )
+
+
+def median_cost(rounds: list[CpuCost]) -> CpuCost:
+    """The round with the median CPU per request, its note saying the range over the rounds."""
+    ordered = sorted(rounds, key=lambda c: c.client_ms)
+    middle = ordered[len(ordered) // 2]
+    if len(rounds) == 1:
+        return middle
+    spread = f"median of {len(rounds)} rounds ({ordered[0].client_ms:.3f}-{ordered[-1].client_ms:.3f}); "
+    return CpuCost(middle.name, middle.client_ms, middle.server_ms, middle.requests_per_s, spread + middle.note)
 
 
 def server_batch(samples: Samples, start: float, end: float) -> float | None:
@@ -468,6 +546,14 @@ def ms(value: float | None) -> str:
     return f"{value / 1000:.3f}" if value is not None else "-"
 
 
+def spread(figures: Latency) -> str:
+    """The rounds' p50 and p99 ranges, ms (blank for one round)."""
+    if figures.spread is None or figures.spread[0][0] == figures.spread[0][1]:
+        return f"{'':>29}"
+    (p50_low, p50_high), (p99_low, p99_high) = figures.spread
+    return f"{ms(p50_low) + '-' + ms(p50_high):>14}{ms(p99_low) + '-' + ms(p99_high):>15}"
+
+
 def ratio_line(label: str, a: Latency | None, b: Latency | None) -> str:
     if a is None or b is None:
         return f"    {label:>10} perf_analyzer figures missing"
@@ -483,7 +569,7 @@ def equal_load_lines(ips: dict[float, Latency], pa: dict[float, Latency]) -> lis
              "back to back; ipsbench-load's service time (from the actual send, as perf_analyzer times) beside "
              "perf_analyzer's latency; ms",
              f"    {'req/s':>6} {'tool':<15}{'req/s':>8}{'p50':>8}{'p99':>8}{'mean':>8}{'srv q+c':>9}"
-             f"   from intended send (ipsbench-load): p50, p99"]
+             f"{'p50 range':>14}{'p99 range':>15}   from intended send (ipsbench-load): p50, p99"]
     for rate in sorted(ips):
         for tool, figures in (("ipsbench-load", ips.get(rate)), ("perf_analyzer", pa.get(rate))):
             if figures is None:
@@ -492,19 +578,23 @@ def equal_load_lines(ips: dict[float, Latency], pa: dict[float, Latency]) -> lis
                         if figures.from_intended else "")
             lines.append(f"    {rate:>6g} {tool:<15}{figures.requests_per_s:8.1f}{ms(figures.p50_us):>8}"
                          f"{ms(figures.p99_us):>8}{ms(figures.mean_us):>8}{ms(figures.server_queue_compute_us):>9}"
-                         f"{intended}")
+                         f"{spread(figures)}{intended}")
     lines.append(f"    ratios ipsbench-load / perf_analyzer (aim within {AIM_AGREEMENT:.0%}):")
     lines += [ratio_line(f"{rate:g}/s", ips.get(rate), pa.get(rate)) for rate in sorted(ips)]
     return lines
 
 
-def equal_concurrency_lines(ips: dict[int, Latency], pa: dict[int, Latency]) -> list[str]:
+def equal_concurrency_lines(
+    ips: dict[int, Latency], pa: dict[int, Latency], floor: dict[int, Latency]
+) -> list[str]:
     lines = ["(b2) latency agreement at equal concurrency (closed loop, back to back, same server, the same window "
              "length and stability tolerance); ms",
              f"    {'conc':>6} {'tool':<15}{'req/s':>8}{'p50':>8}{'p99':>8}{'mean':>8}{'srv q+c':>9}"
-             f"{'srv req':>9}{'mean-q+c':>10}{'mean*req/s':>12}{'batch':>7}"]
+             f"{'srv req':>9}{'mean-q+c':>10}{'mean*req/s':>12}{'batch':>7}"
+             f"{'p50 range':>14}{'p99 range':>15}"]
     for level in CONCURRENCY_LEVELS:
-        for tool, figures in (("ipsbench-load", ips.get(level)), ("perf_analyzer", pa.get(level))):
+        for tool, figures in (("ipsbench-load", ips.get(level)), ("perf_analyzer", pa.get(level)),
+                              ("raw grpcio", floor.get(level))):
             if figures is None:
                 continue
             over = figures.mean_us - figures.server_queue_compute_us if figures.server_queue_compute_us else None
@@ -513,19 +603,57 @@ def equal_concurrency_lines(ips: dict[int, Latency], pa: dict[int, Latency]) -> 
                          f"{ms(figures.p99_us):>8}{ms(figures.mean_us):>8}{ms(figures.server_queue_compute_us):>9}"
                          f"{ms(figures.server_request_us):>9}{ms(over):>10}"
                          f"{figures.mean_us / 1e6 * figures.requests_per_s:12.2f}"
-                         f"{figures.server_batch or float('nan'):7.2f}{flag}")
+                         f"{figures.server_batch or float('nan'):7.2f}{spread(figures)}{flag}")
     lines.append("    srv q+c: the server's queue + compute per request (ModelStatistics; for ipsbench-load "
                  "differenced over its measured windows, for perf_analyzer its own CSV); srv req: the server's whole "
                  "request time; mean-q+c: what the client, gRPC and the network add; mean*req/s: Little's law, "
                  "the requests in flight each tool's own figures imply (should be the concurrency); batch: the "
-                 "server's average batch meanwhile")
+                 "server's average batch meanwhile; raw grpcio: N threads of blocking calls over one channel, "
+                 "the minimal client, as a third opinion")
     lines.append(f"    ratios ipsbench-load / perf_analyzer (aim within {AIM_AGREEMENT:.0%}; where the server is "
                  "saturated, the tools' throughputs can differ, and latency follows concurrency / throughput):")
     lines += [ratio_line(f"c={level}", ips.get(level), pa.get(level)) for level in CONCURRENCY_LEVELS]
     return lines
 
 
+def medians(rounds: dict) -> dict:
+    return {key: median_latency(values) for key, values in rounds.items() if values}
+
+
 # --- main -----------------------------------------------------------------------------------------------------
+
+
+def measure_round(
+    pa: list[str] | None, server: Server, stats: ModelStatistics, out: Path, plan: Plan,
+    costs: dict[str, list[CpuCost]], ips_rate: dict, pa_rate: dict, ips_conc: dict, pa_conc: dict,
+    floor_conc: dict,
+) -> None:
+    """One round of every measurement, each tool's figures appended to its lists."""
+    out.mkdir(parents=True, exist_ok=True)
+
+    def note_cost(cost: CpuCost | None) -> None:
+        if cost is not None:
+            costs.setdefault(cost.name, []).append(cost)
+
+    cost, latency = ipsbench_rate(server, stats, out, plan, RATE_PER_S)
+    note_cost(cost)
+    ips_rate.setdefault(RATE_PER_S, []).append(latency)
+    note_cost(floor_cost(server, stats, out, plan))
+    if pa:
+        for rate in (RATE_PER_S, HIGH_RATE_PER_S):
+            cost, latency = perf_analyzer_rate(pa, server, stats, out, plan, rate)
+            if rate == RATE_PER_S:
+                note_cost(cost)
+            if latency is not None:
+                pa_rate.setdefault(rate, []).append(latency)
+        _, latency = ipsbench_rate(server, stats, out, plan, HIGH_RATE_PER_S)
+        ips_rate.setdefault(HIGH_RATE_PER_S, []).append(latency)
+        for level, latency in perf_analyzer_sweep(pa, server, stats, out, plan).items():
+            pa_conc.setdefault(level, []).append(latency)
+    for level, latency in ipsbench_sweep(server, stats, out, plan).items():
+        ips_conc.setdefault(level, []).append(latency)
+    for level in CONCURRENCY_LEVELS:
+        floor_conc.setdefault(level, []).append(floor_closed_loop(server, stats, out, plan, level))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -533,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == [FLOOR_COMMAND]:
         return floor_client(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a few seconds per part (about 1.5 min)")
+    parser.add_argument("--quick", action="store_true", help="one round, a few seconds per part (about 1.5 min)")
     parser.add_argument("--perf-analyzer", metavar="PATH",
                         help=f"perf_analyzer binary or wrapper script (default: ${PERF_ANALYZER_ENV}, then PATH)")
     parser.add_argument("--keep", type=Path, help="copy reports and logs into this folder instead of discarding")
@@ -555,27 +683,30 @@ def main(argv: list[str] | None = None) -> int:
         write_tiny_model(repo)
         server = Server(repo, out / "server.log")
         stats = ModelStatistics(server.port)
-        ips_rate, pa_rate = {}, {}
+        costs: dict[str, list[CpuCost]] = {}
+        ips_rate: dict[float, list[Latency]] = {}
+        pa_rate: dict[float, list[Latency]] = {}
+        ips_conc: dict[int, list[Latency]] = {}
+        pa_conc: dict[int, list[Latency]] = {}
+        floor_conc: dict[int, list[Latency]] = {}
         try:
-            cost, ips_rate[RATE_PER_S] = ipsbench_rate(server, stats, out, plan, RATE_PER_S)
-            costs = [cost, floor_cost(server, stats, out, plan)]
-            if pa:
-                pa_cost, pa_rate[RATE_PER_S] = perf_analyzer_rate(pa, server, stats, out, plan, RATE_PER_S)
-                costs += [pa_cost] if pa_cost else []
-                _, pa_rate[HIGH_RATE_PER_S] = perf_analyzer_rate(pa, server, stats, out, plan, HIGH_RATE_PER_S)
-                _, ips_rate[HIGH_RATE_PER_S] = ipsbench_rate(server, stats, out, plan, HIGH_RATE_PER_S)
-            pa_latency = perf_analyzer_sweep(pa, server, stats, out, plan) if pa else {}
-            ips_latency = ipsbench_sweep(server, stats, out, plan)
+            for number in range(1, plan.rounds + 1):
+                if plan.rounds > 1:
+                    print(f"round {number} of {plan.rounds}", flush=True)
+                measure_round(pa, server, stats, out / f"round{number}", plan, costs, ips_rate, pa_rate, ips_conc,
+                              pa_conc, floor_conc)
         finally:
             stats.close()
             server.stop()
 
     lines = [f"ipsbench-load's own cost and agreement: server on core {SERVER_CORE}, load generator on core "
              f"{CLIENT_CORE}, model {TINY} (negligible compute), one load-generating process each"]
-    lines += cost_lines(costs)
+    if plan.rounds > 1:
+        lines.append(f"every figure: the median of {plan.rounds} rounds, the tools alternating within each round")
+    lines += cost_lines([median_cost(rounds) for rounds in costs.values()])
     if pa:
-        lines += equal_load_lines(ips_rate, pa_rate)
-    lines += equal_concurrency_lines(ips_latency, pa_latency)
+        lines += equal_load_lines(medians(ips_rate), medians(pa_rate))
+    lines += equal_concurrency_lines(medians(ips_conc), medians(pa_conc), medians(floor_conc))
     if stats.missed:
         lines.append(f"    ModelStatistics did not answer within {STATISTICS_DEADLINE_S:g} s {stats.missed} times "
                      f"({stats.last_error}); those samples were left out")
