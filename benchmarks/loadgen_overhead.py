@@ -19,13 +19,14 @@ works those columns are skipped with a message.
 Every measurement is repeated in rounds (3; 1 with --quick), the tools alternating, and medians are reported with
 each tool's own range over the rounds.
 
-Usage: .venv/bin/python benchmarks/loadgen_overhead.py [--quick] [--perf-analyzer PATH] [--keep DIR]
+Usage: .venv/bin/python benchmarks/loadgen_overhead.py [--quick] [--rounds N] [--perf-analyzer PATH] [--keep DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -665,10 +666,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--perf-analyzer", metavar="PATH",
                         help=f"perf_analyzer binary or wrapper script (default: ${PERF_ANALYZER_ENV}, then PATH)")
     parser.add_argument("--keep", type=Path, help="copy reports and logs into this folder instead of discarding")
+    parser.add_argument("--rounds", type=int, help="rounds of every measurement (default 3; 1 with --quick)")
     args = parser.parse_args(argv)
     if len(os.sched_getaffinity(0)) < 2:
         raise SystemExit("needs two cores (server on core 0, load generator on core 1)")
     plan = QUICK if args.quick else FULL
+    if args.rounds:
+        plan = dataclasses.replace(plan, rounds=args.rounds)
     pa = find_perf_analyzer(args.perf_analyzer)
     if pa is None:
         print(f"perf_analyzer parts skipped: not found (give --perf-analyzer PATH or set {PERF_ANALYZER_ENV})")
@@ -714,7 +718,8 @@ def main(argv: list[str] | None = None) -> int:
     lines.append(f"load average (1 min) at start {load_at_start:.1f}, at end {os.getloadavg()[0]:.1f} on "
                  f"{os.cpu_count()} cores")
     lines.append(f"run took {time.monotonic() - started:.0f} s; reproduce with: .venv/bin/python "
-                 f"benchmarks/loadgen_overhead.py{' --quick' if args.quick else ''} --perf-analyzer PATH")
+                 f"benchmarks/loadgen_overhead.py{' --quick' if args.quick else ''}"
+                 f"{f' --rounds {args.rounds}' if args.rounds else ''} --perf-analyzer PATH")
     print("\n" + "=" * 110 + "\n" + "\n".join(lines) + "\n" + "=" * 110)
     return 0
 
