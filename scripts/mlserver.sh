@@ -15,14 +15,7 @@ PACKAGES=('mlserver==1.7.1')
 fail() { echo "mlserver.sh: $*" >&2; exit 2; }
 mkdir -p "$ML_HOME" || fail "cannot create $ML_HOME"
 
-# The virtual environment is marked complete only after pip succeeded, so an interrupted setup is redone.
-if [[ ! -f $VENV/.complete ]]; then
-  rm -rf "$VENV"
-  python3 -m venv "$VENV" >"$ML_HOME/setup.log" 2>&1 || fail "python3 -m venv failed, see $ML_HOME/setup.log"
-  "$VENV/bin/pip" install -q --disable-pip-version-check "${PACKAGES[@]}" >>"$ML_HOME/setup.log" 2>&1 \
-    || fail "pip install ${PACKAGES[*]} failed, see $ML_HOME/setup.log"
-  [[ -x $VENV/bin/mlserver ]] || fail "the mlserver package installed no mlserver command"
-  touch "$VENV/.complete"
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/tool-venv.sh"
+ensure_tool_venv "$ML_HOME" mlserver "${PACKAGES[@]}"
 
 exec "$VENV/bin/mlserver" "$@"

@@ -24,15 +24,8 @@ if [[ $loader_cache != *libb64.so.0d* ]]; then
     >"$PA_HOME/apt.log" 2>&1 || fail "apt-get could not install libb64-0d, see $PA_HOME/apt.log"
 fi
 
-# The virtual environment is marked complete only after pip succeeded, so an interrupted setup is redone.
-if [[ ! -f $VENV/.complete ]]; then
-  rm -rf "$VENV"
-  python3 -m venv "$VENV" >"$PA_HOME/setup.log" 2>&1 || fail "python3 -m venv failed, see $PA_HOME/setup.log"
-  "$VENV/bin/pip" install -q --disable-pip-version-check "${PACKAGES[@]}" >>"$PA_HOME/setup.log" 2>&1 \
-    || fail "pip install ${PACKAGES[*]} failed, see $PA_HOME/setup.log"
-  [[ -x $VENV/bin/perf_analyzer ]] || fail "the tritonclient wheel installed no perf_analyzer binary"
-  touch "$VENV/.complete"
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/tool-venv.sh"
+ensure_tool_venv "$PA_HOME" perf_analyzer "${PACKAGES[@]}"
 
 # libcudart.so.12 lives inside the nvidia-cuda-runtime-cu12 package, which is not on the loader's path.
 cudart_lib=$("$VENV/bin/python" -c \
