@@ -315,11 +315,15 @@ class _Arrivals:
     def _follow(self, outbox: Outbox) -> None:
         """A sender thread: claim an arrival, sleep until it is due, send it; until the arrivals are over."""
         user, step = self.user, self.step
+
+        def keep_waiting() -> bool:
+            return user._sending(step) and not outbox.closed
+
         with user.workload.open_channel() as channel:
             infer = model_infer_bytes(channel)
             while (arrival := self._claim(outbox)) is not None:
                 intended_ns, next_request = arrival
-                if not sleep_until(intended_ns, lambda: user._sending(step) and not outbox.closed, SCHEDULE_SLICE_S):
+                if not sleep_until(intended_ns, keep_waiting, SCHEDULE_SLICE_S):
                     outbox.put(Scheduled(step, intended_ns, sent=False))
                     continue  # the next claim finds the window over
                 outbox.put(Scheduled(step, intended_ns))

@@ -110,18 +110,23 @@ def _raw(output: OutputTensor) -> bytes:
     return output.array.tobytes()
 
 
-def infer_response_to_grpc(response: InferResponse) -> service_pb2.ModelInferResponse:
-    outputs = response.outputs
+def _response_header(response: InferResponse) -> service_pb2.ModelInferResponse:
+    """The response message without its raw output contents."""
     return service_pb2.ModelInferResponse(
         model_name=response.model_name,
         model_version=response.model_version,
         id=response.id,
         outputs=[
             service_pb2.ModelInferResponse.InferOutputTensor(name=o.name, datatype=o.datatype, shape=o.array.shape)
-            for o in outputs
+            for o in response.outputs
         ],
-        raw_output_contents=[_raw(o) for o in outputs],
     )
+
+
+def infer_response_to_grpc(response: InferResponse) -> service_pb2.ModelInferResponse:
+    message = _response_header(response)
+    message.raw_output_contents.extend(_raw(o) for o in response.outputs)
+    return message
 
 
 def _array(tensor: service_pb2.ModelInferResponse.InferOutputTensor, data: bytes) -> np.ndarray:
@@ -133,17 +138,7 @@ def _array(tensor: service_pb2.ModelInferResponse.InferOutputTensor, data: bytes
 
 def infer_response_to_wire(response: InferResponse) -> bytes:
     """The serialized ModelInferResponse, raw output contents written once (see :mod:`server.wire`)."""
-    outputs = response.outputs
-    message = service_pb2.ModelInferResponse(
-        model_name=response.model_name,
-        model_version=response.model_version,
-        id=response.id,
-        outputs=[
-            service_pb2.ModelInferResponse.InferOutputTensor(name=o.name, datatype=o.datatype, shape=o.array.shape)
-            for o in outputs
-        ],
-    )
-    return encode_infer_response(message, [(o.datatype, o.array) for o in outputs])
+    return encode_infer_response(_response_header(response), [(o.datatype, o.array) for o in response.outputs])
 
 
 def infer_response_from_grpc(message: service_pb2.ModelInferResponse) -> InferResponse:
