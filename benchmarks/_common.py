@@ -98,7 +98,7 @@ class Server:
     def __init__(self, repo: Path, log_path: Path) -> None:
         self.log = log_path.open("w", encoding="utf-8")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "--model-repository", str(repo), "--grpc-port", "0",
+            [sys.executable, "-m", "ipsbench.server", "--model-repository", str(repo), "--grpc-port", "0",
              "--metrics-port", "0"],
             cwd=REPO_ROOT, preexec_fn=pinned(SERVER_CORE), stdout=subprocess.PIPE, stderr=self.log, text=True,
         )

@@ -293,7 +293,7 @@ def cost_over(name: str, samples: Samples, start: float, end: float, requests: f
 
 
 def load_cmd(scenario: str, port: int, folder: Path, window_s: float, warmup_s: float) -> list[str]:
-    return [sys.executable, "-m", "loadgen", scenario, "--target", f"127.0.0.1:{port}", "--model", TINY,
+    return [sys.executable, "-m", "ipsbench.loadgen", scenario, "--target", f"127.0.0.1:{port}", "--model", TINY,
             "--payload", "fp32", "--duration", f"{window_s:g}s", "--warmup", f"{warmup_s:g}s",
             "--out", str(folder), "--log-level", "warning"]
 

@@ -33,8 +33,8 @@ from PIL import Image, ImageDraw, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from server.preprocess.decode import DecodeLimits, decode_rgb  # noqa: E402
-from server.preprocess.transform import Normalizer, center_crop_resized  # noqa: E402
+from ipsbench.server.preprocess.decode import DecodeLimits, decode_rgb  # noqa: E402
+from ipsbench.server.preprocess.transform import Normalizer, center_crop_resized  # noqa: E402
 
 RESIZE, CROP = 256, 224
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -49,7 +49,7 @@ from _common import (
 def export_model(name: str, repo: Path) -> None:
     print(f"exporting {name} ...", flush=True)
     run_pinned(
-        [sys.executable, "-m", "export", name, "--out", str(repo), "--max-batch-size", str(MAX_BATCH_SIZE)],
+        [sys.executable, "-m", "ipsbench.export", name, "--out", str(repo), "--max-batch-size", str(MAX_BATCH_SIZE)],
         CLIENT_CORE,
         600,
     )
@@ -65,7 +65,7 @@ def engine_bench(model: str, repo: Path, out: Path, duration_s: float) -> dict:
     batch_sizes = ",".join(str(b) for b in (1, 2, 4, MAX_BATCH_SIZE))
     print(f"engine bench {model} (batch sizes {batch_sizes}) ...", flush=True)
     run_pinned(
-        [sys.executable, "-m", "server", "bench", model, "--model-repository", str(repo),
+        [sys.executable, "-m", "ipsbench.server", "bench", model, "--model-repository", str(repo),
          "--batch-sizes", batch_sizes, "--duration", f"{duration_s:g}s", "--warmup", "1s", "--json", str(path)],
         SERVER_CORE,
         300,
@@ -84,7 +84,7 @@ is known."""
 def sweep(server: Server, model: str, levels: list[int], out: Path, duration_s: float) -> list[dict]:
     """Closed-loop sweep on core 1; returns the report's steps with client/server CPU % of each window."""
     folder = out / f"sweep-{model}"
-    cmd = [sys.executable, "-m", "loadgen", "sweep", "--target", f"127.0.0.1:{server.port}", "--model", model,
+    cmd = [sys.executable, "-m", "ipsbench.loadgen", "sweep", "--target", f"127.0.0.1:{server.port}", "--model", model,
            "--concurrency", ",".join(map(str, levels)), "--duration", f"{duration_s:g}s", "--warmup", "1s",
            "--max-trials", str(SWEEP_TRIALS), "--out", str(folder), "--log-level", "warning"]
     print(f"sweep {model} at concurrency {','.join(map(str, levels))} ...", flush=True)

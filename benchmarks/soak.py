@@ -40,7 +40,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from loadgen.durations import parse_duration_s  # noqa: E402 - after the path is set
+from ipsbench.loadgen.durations import parse_duration_s  # noqa: E402 - after the path is set
 
 GRPC_LINE = re.compile(r"gRPC listening on (?P<host>[^\s]+):(?P<port>\d+)$")
 READY_LINE = "ipsbench-serve: ready"
@@ -74,10 +74,10 @@ for future in futures:
 
 
 class Server:
-    """``python -m server`` on free ports, pinned to ``cores``; its log in ``log_path``."""
+    """``python -m ipsbench.server`` on free ports, pinned to ``cores``; its log in ``log_path``."""
 
     def __init__(self, repository: Path, log_path: Path, cores: set[int] | None) -> None:
-        cmd = [sys.executable, "-m", "server", "--model-repository", str(repository), "--grpc-port", "0",
+        cmd = [sys.executable, "-m", "ipsbench.server", "--model-repository", str(repository), "--grpc-port", "0",
                "--metrics-port", "0", "--grpc-max-message-mb", str(SERVER_MAX_MESSAGE_MB)]
         self.log_path = log_path
         with open(log_path, "wb") as log:
@@ -142,9 +142,9 @@ def open_fds(pid: int) -> int:
 
 
 def run_load(args: list[str], out: Path, cores: set[int] | None, timeout_s: float) -> tuple[int, dict, str]:
-    """``python -m loadgen ARGS --out OUT``; (exit code, report.json, stderr tail)."""
+    """``python -m ipsbench.loadgen ARGS --out OUT``; (exit code, report.json, stderr tail)."""
     result = subprocess.run(
-        [sys.executable, "-m", "loadgen", *args, "--out", str(out)], cwd=REPO_ROOT, capture_output=True, text=True,
+        [sys.executable, "-m", "ipsbench.loadgen", *args, "--out", str(out)], cwd=REPO_ROOT, capture_output=True, text=True,
         timeout=timeout_s, preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None,
     )
     report_path = out / "report.json"
@@ -281,7 +281,7 @@ class Sampler:
 
 
 def export_default_repository(folder: Path) -> tuple[Path, str]:
-    cmd = [sys.executable, "-m", "export.cli", "resnet18", "--image-size", "64", "--max-batch-size", "8",
+    cmd = [sys.executable, "-m", "ipsbench.export", "resnet18", "--image-size", "64", "--max-batch-size", "8",
            "--name", "resnet18", "--out", str(folder)]
     subprocess.run(cmd, cwd=REPO_ROOT, check=True, capture_output=True, timeout=900)
     return folder, "resnet18"

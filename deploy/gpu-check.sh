@@ -62,19 +62,19 @@ repo=$OUT/models
 name=${MODEL}_${PRECISION}
 case $backend in
   tensorrt)
-    "$PYTHON" -m export "$MODEL" --format tensorrt --precision "$PRECISION" \
+    "$PYTHON" -m ipsbench.export "$MODEL" --format tensorrt --precision "$PRECISION" \
       ${CALIBRATION_IMAGES:+--calibration-images "$CALIBRATION_IMAGES"} \
       --max-batch-size "$MAX_BATCH_SIZE" --name "$name" --out "$repo" ;;
   onnxruntime-cuda)
-    "$PYTHON" -m export "$MODEL" --format onnx --device gpu --precision "$PRECISION" \
+    "$PYTHON" -m ipsbench.export "$MODEL" --format onnx --device gpu --precision "$PRECISION" \
       --max-batch-size "$MAX_BATCH_SIZE" --name "$name" --out "$repo" ;;
   pytorch-cuda)
-    "$PYTHON" -m export "$MODEL" --format torchscript --device gpu --precision "$PRECISION" \
+    "$PYTHON" -m ipsbench.export "$MODEL" --format torchscript --device gpu --precision "$PRECISION" \
       --cuda-graphs --max-batch-size "$MAX_BATCH_SIZE" --name "$name" --out "$repo" ;;
 esac
 
 # Engine: the forward pass alone, in-process (the vendor-sheet number).
-"$PYTHON" -m server bench "$name" --model-repository "$repo" --batch-sizes "$BATCH_SIZES" \
+"$PYTHON" -m ipsbench.server bench "$name" --model-repository "$repo" --batch-sizes "$BATCH_SIZES" \
   --duration "$BENCH_DURATION" --warmup 1s --json "$OUT/bench.json"
 
 # GPU utilization and power while the end-to-end load runs, sampled by NVML through nvidia-smi.
@@ -83,7 +83,7 @@ nvidia-smi --query-gpu=timestamp,utilization.gpu,power.draw,memory.used --format
 sampler_pid=$!
 
 server_log=$OUT/server.log
-"$PYTHON" -m server --model-repository "$repo" --grpc-port 0 --metrics-port 0 >"$server_log" 2>&1 &
+"$PYTHON" -m ipsbench.server --model-repository "$repo" --grpc-port 0 --metrics-port 0 >"$server_log" 2>&1 &
 server_pid=$!
 cleanup() {
   kill -TERM "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true
@@ -103,7 +103,7 @@ target=$(sed -n 's/^ipsbench-serve: gRPC listening on \(.*\)$/\1/p' "$server_log
 metrics=$(sed -n 's/^ipsbench-serve: metrics on \(.*\)$/\1/p' "$server_log" | head -n 1)
 
 load_status=0
-"$PYTHON" -m loadgen sweep --target "$target" --model "$name" --concurrency "$CONCURRENCY" \
+"$PYTHON" -m ipsbench.loadgen sweep --target "$target" --model "$name" --concurrency "$CONCURRENCY" \
   --images-per-request "$IMAGES_PER_REQUEST" --duration "$DURATION" --warmup "$WARMUP" --out "$OUT/load" \
   --max-trials "$MAX_TRIALS" --metrics-url "$metrics" --engine-bench "$OUT/bench.json" \
   ${LOAD_PROCESSES:+--processes "$LOAD_PROCESSES"} || load_status=$?

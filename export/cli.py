@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from export import models
+from ipsbench.export import models
 
 FORMATS = ("onnx", "torchscript", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -125,7 +125,7 @@ def _check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 def _require_tensorrt() -> str | None:
     """Why TensorRT builds cannot run here, or None when they can."""
-    from server.backends.tensorrt_engine import TensorRTUnavailable, import_runtime
+    from ipsbench.server.backends.tensorrt_engine import TensorRTUnavailable, import_runtime
 
     try:
         import_runtime("ipsbench-export --format tensorrt")
@@ -142,8 +142,8 @@ def _list_models() -> int:
 
 
 def _run_preset(args: argparse.Namespace, progress) -> int:
-    from export import preset
-    from export.pipeline import export_one
+    from ipsbench.export import preset
+    from ipsbench.export.pipeline import export_one
 
     cuda, ort_cuda, tensorrt = preset.capabilities()
     chosen = preset.variants(args.preset, cuda, tensorrt, ort_cuda)
@@ -172,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         return _list_models()
 
-    from export.pipeline import export_one
-    from export.progress import Progress
+    from ipsbench.export.pipeline import export_one
+    from ipsbench.export.progress import Progress
 
     progress = Progress()
     if args.preset:
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.front:
         import importlib.util
 
-        if importlib.util.find_spec("export.preprocess_front") is None:
+        if importlib.util.find_spec("ipsbench.export.preprocess_front") is None:
             print("error: --front needs export/preprocess_front.py, which this installation lacks", file=sys.stderr)
             return 1
     models.describe(args.model, args.image_size)  # an unknown name fails here, before any work

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.models import ModelSpec
+from ipsbench.export.models import ModelSpec
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 MAX_IMAGE_PIXELS = 40_000_000

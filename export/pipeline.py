@@ -1,7 +1,7 @@
 """One model → one verified entry of the model repository, in the format and precision asked for.
 
 Each format writes its artifact into the version folder, verifies it against the eager PyTorch model (see
-:mod:`export.verify`) and returns the config to write. Nothing is written into the repository's config when a check
+:mod:`ipsbench.export.verify`) and returns the config to write. Nothing is written into the repository's config when a check
 fails, and the artifact is removed, so a repository never holds an entry that was not verified.
 """
 from __future__ import annotations
@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from export import images, models
-from export.progress import Progress
-from export.repository import onnx_config, tensorrt_config, torchscript_config, version_dir, write_entry
-from export.verify import VERIFY_IMAGES, Agreement
-from server.backends.checksum import manifest_path
+from ipsbench.export import images, models
+from ipsbench.export.progress import Progress
+from ipsbench.export.repository import onnx_config, tensorrt_config, torchscript_config, version_dir, write_entry
+from ipsbench.export.verify import VERIFY_IMAGES, Agreement
+from ipsbench.server.backends.checksum import manifest_path
 
 
 @dataclass
@@ -43,8 +43,8 @@ def verification_images(args: argparse.Namespace, spec: models.ModelSpec) -> np.
 
 
 def _onnx(args, spec, model, name, progress: Progress):
-    from export.onnx import export_onnx
-    from export.verify import verify_onnx
+    from ipsbench.export.onnx import export_onnx
+    from ipsbench.export.verify import verify_onnx
 
     path = version_dir(args.out, name, args.version) / "model.onnx"
     with progress.step(f"exporting {args.model} ({spec.crop_size}x{spec.crop_size}, {args.precision}) to ONNX"):
@@ -65,9 +65,9 @@ def _onnx(args, spec, model, name, progress: Progress):
 def _torchscript(args, spec, model, name, progress: Progress):
     import torch
 
-    from export.torchscript import FILENAME, export_torchscript
-    from export.verify import verify_torchscript
-    from server.backends.torch_options import TorchOptions
+    from ipsbench.export.torchscript import FILENAME, export_torchscript
+    from ipsbench.export.verify import verify_torchscript
+    from ipsbench.server.backends.torch_options import TorchOptions
 
     path = version_dir(args.out, name, args.version) / FILENAME
     with progress.step(f"tracing {args.model} ({spec.crop_size}x{spec.crop_size}) to TorchScript"):
@@ -96,8 +96,8 @@ def _torchscript(args, spec, model, name, progress: Progress):
 
 
 def _tensorrt(args, spec, model, name, progress: Progress):
-    from export import tensorrt
-    from export.onnx import INPUT_NAME, export_onnx
+    from ipsbench.export import tensorrt
+    from ipsbench.export.onnx import INPUT_NAME, export_onnx
 
     path = version_dir(args.out, name, args.version) / tensorrt.FILENAME
     calibration = None
@@ -156,7 +156,7 @@ def export_one(args: argparse.Namespace, name: str, progress: Progress) -> Expor
 
 def write_fronts(args: argparse.Namespace, spec: models.ModelSpec, name: str, progress: Progress) -> list[Path]:
     """The preprocessing fronts (``--front jpeg,uint8``) that let ``name`` take encoded images or raw pixels."""
-    from export.preprocess_front import write_preprocess_front
+    from ipsbench.export.preprocess_front import write_preprocess_front
 
     written = []
     for kind in args.front:

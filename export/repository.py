@@ -6,8 +6,8 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from export import onnx, torchscript
-from export.models import ModelSpec
+from ipsbench.export import onnx, torchscript
+from ipsbench.export.models import ModelSpec
 
 LABELS_FILE = "labels.txt"
 DEFAULT_QUEUE_DELAY_US = 1000

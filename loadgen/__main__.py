@@ -1,5 +1,5 @@
 import sys
 
-from loadgen.cli import main
+from ipsbench.loadgen.cli import main
 
 sys.exit(main())

@@ -1,4 +1,4 @@
-"""``ipsbench-load``: a thin shell that turns arguments into settings and runs :class:`loadgen.run.LoadRun`."""
+"""``ipsbench-load``: a thin shell that turns arguments into settings and runs :class:`ipsbench.loadgen.run.LoadRun`."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from loadgen.arrivals import ARRIVALS, read_trace
-from loadgen.durations import parse_duration_s
-from loadgen.settings import (
+from ipsbench.loadgen.arrivals import ARRIVALS, read_trace
+from ipsbench.loadgen.durations import parse_duration_s
+from ipsbench.loadgen.settings import (
     MAX_TRACE_ARRIVALS,
     PAYLOADS,
     SEARCH_KINDS,
@@ -28,7 +28,7 @@ from loadgen.settings import (
     spike_levels,
 )
 
-logger = logging.getLogger("loadgen")
+logger = logging.getLogger("ipsbench.loadgen")
 
 
 def _duration(text: str) -> float:
@@ -66,7 +66,7 @@ def _header(text: str) -> tuple[str, str]:
 
 
 def _objective(text: str) -> str:
-    from loadgen.slo import parse_objective
+    from ipsbench.loadgen.slo import parse_objective
 
     try:
         parse_objective(text)
@@ -297,12 +297,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "worker":
         configure_logging(args.log_level, worker=True)
-        from loadgen.worker import run_worker  # imports locust, which patches the process for gevent
+        from ipsbench.loadgen.worker import run_worker  # imports locust, which patches the process for gevent
 
         return run_worker(*args.master, exit_with_parent=args.exit_with_parent)
     if args.command == "ui":
         configure_logging(args.log_level)
-        from loadgen.ui import run_ui  # imports locust, which patches the process for gevent
+        from ipsbench.loadgen.ui import run_ui  # imports locust, which patches the process for gevent
 
         return run_ui(args)
     try:
@@ -311,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     configure_logging(args.log_level)
 
-    from loadgen.report.console import print_summary
-    from loadgen.run import LoadRun, SetupError  # imports locust, which patches the process for gevent
+    from ipsbench.loadgen.report.console import print_summary
+    from ipsbench.loadgen.run import LoadRun, SetupError  # imports locust, which patches the process for gevent
 
     try:
         result = LoadRun(settings, log_level=args.log_level).run()
@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
 def _compare(argv: list[str]) -> int:
     """``ipsbench-load compare A.json B.json [--out FILE]``: the report renderer's comparison."""
     try:
-        from loadgen.report.compare import main as compare_main
+        from ipsbench.loadgen.report.compare import main as compare_main
     except ImportError as error:
         print(f"ipsbench-load compare is not available: {error}", file=sys.stderr)
         return SETUP_FAILED_EXIT_CODE

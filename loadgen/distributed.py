@@ -21,8 +21,8 @@ import gevent
 import gevent.event
 from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner
 
-from loadgen.outcomes import Outcome
-from loadgen.recorder import RunRecorder, StepRecord
+from ipsbench.loadgen.outcomes import Outcome
+from ipsbench.loadgen.recorder import RunRecorder, StepRecord
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def _signature(step: StepRecord) -> tuple:
 
 
 class WorkerSteps:
-    """Worker side: steps opened on the master's word; the users' :class:`~loadgen.users.StepSource`."""
+    """Worker side: steps opened on the master's word; the users' :class:`~ipsbench.loadgen.users.StepSource`."""
 
     def __init__(self, runner: WorkerRunner, recorder: RunRecorder | None = None) -> None:
         self.runner = runner

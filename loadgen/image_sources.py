@@ -17,7 +17,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
-from loadgen.images import synthetic_image
+from ipsbench.loadgen.images import synthetic_image
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image
 from tritonclient.grpc import service_pb2
 
-from loadgen.image_sources import SourceImage, describe_sizes
-from loadgen.images import synthetic_image
+from ipsbench.loadgen.image_sources import SourceImage, describe_sizes
+from ipsbench.loadgen.images import synthetic_image
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from loadgen.outcomes import ERRORS, Outcome
-from loadgen.recorder import StepRecord
+from ipsbench.loadgen.outcomes import ERRORS, Outcome
+from ipsbench.loadgen.recorder import StepRecord
 
 REFRESH_S = 0.5
 

@@ -13,7 +13,7 @@ A closed-loop step judged for stability splits its measured window into trials o
 figures are those of the last 3 trials together (:meth:`StepRecord.settled`). Each step also notes the
 process's own CPU time while it issued, to tell when the load generator itself was the bottleneck.
 
-With a per-request log (:mod:`loadgen.request_log`) each request that ends is also written there, with the latency
+With a per-request log (:mod:`ipsbench.loadgen.request_log`) each request that ends is also written there, with the latency
 exactly as it went into the histogram; without one, recording costs one ``if`` more.
 """
 
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import grpc
 from hdrh.histogram import HdrHistogram
 
-from loadgen.histograms import (
+from ipsbench.loadgen.histograms import (
     HIGHEST_LATENCY_US,
     LOWEST_LATENCY_US,
     add_encoded,
@@ -35,11 +35,11 @@ from loadgen.histograms import (
     encode_histogram,
     new_histogram,
 )
-from loadgen.outcomes import COMPLETED, Outcome, error_message_kind, outcome_for
-from loadgen.trials import STABLE_WINDOWS, Trial
+from ipsbench.loadgen.outcomes import COMPLETED, Outcome, error_message_kind, outcome_for
+from ipsbench.loadgen.trials import STABLE_WINDOWS, Trial
 
 if TYPE_CHECKING:
-    from loadgen.request_log import RequestLog
+    from ipsbench.loadgen.request_log import RequestLog
 
 MAX_ERROR_KINDS = 64
 """Distinct (outcome, code, message) rows kept per step; further kinds are counted under one overflow row."""

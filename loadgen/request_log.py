@@ -22,10 +22,10 @@ import csv
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from loadgen.outcomes import Outcome
+from ipsbench.loadgen.outcomes import Outcome
 
 if TYPE_CHECKING:
-    from loadgen.recorder import StepRecord
+    from ipsbench.loadgen.recorder import StepRecord
 
 COLUMNS = ("step", "outcome", "code", "measured", "trial", "intended_us", "sent_us", "done_us", "latency_us", "images")
 BUFFER_BYTES = 1 << 20

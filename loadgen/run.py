@@ -27,22 +27,22 @@ from pathlib import Path
 import gevent
 import gevent.event
 
-from loadgen.distributed import MasterSteps
-from loadgen.progress import Progress
-from loadgen.recorder import RunRecorder
-from loadgen.report.files import write_reports
-from loadgen.report.schema import REPORT_JSON, VERDICT_EXIT_CODES, build_report, write_report, write_text
-from loadgen.request_log import RequestLogError, describe, open_request_log
-from loadgen.scenarios.base import DRAIN_GRACE_S, StepShape
-from loadgen.scenarios.build import shape_for, user_class_for
-from loadgen.scenarios.slo import SloSearchShape
-from loadgen.senders import off_the_hub
-from loadgen.scrape import SCRAPE_TIMEOUT_S, StepScrapes
-from loadgen.settings import RunSettings
-from loadgen.slo import parse_objective
-from loadgen.users import Workload
-from loadgen.worker import LocalWorkers
-from loadgen.workload import PreparedWorkload, SetupError, prepare_workload
+from ipsbench.loadgen.distributed import MasterSteps
+from ipsbench.loadgen.progress import Progress
+from ipsbench.loadgen.recorder import RunRecorder
+from ipsbench.loadgen.report.files import write_reports
+from ipsbench.loadgen.report.schema import REPORT_JSON, VERDICT_EXIT_CODES, build_report, write_report, write_text
+from ipsbench.loadgen.request_log import RequestLogError, describe, open_request_log
+from ipsbench.loadgen.scenarios.base import DRAIN_GRACE_S, StepShape
+from ipsbench.loadgen.scenarios.build import shape_for, user_class_for
+from ipsbench.loadgen.scenarios.slo import SloSearchShape
+from ipsbench.loadgen.senders import off_the_hub
+from ipsbench.loadgen.scrape import SCRAPE_TIMEOUT_S, StepScrapes
+from ipsbench.loadgen.settings import RunSettings
+from ipsbench.loadgen.slo import parse_objective
+from ipsbench.loadgen.users import Workload
+from ipsbench.loadgen.worker import LocalWorkers
+from ipsbench.loadgen.workload import PreparedWorkload, SetupError, prepare_workload
 
 __all__ = ["LoadRun", "RunResult", "SetupError"]
 

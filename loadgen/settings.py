@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loadgen.arrivals import ARRIVALS, MAX_RATE_PER_S
+from ipsbench.loadgen.arrivals import ARRIVALS, MAX_RATE_PER_S
 
 # Hard upper bounds, so a typo cannot start an unbounded run.
 MAX_CONCURRENCY = 1024
@@ -298,7 +298,7 @@ class ValiditySettings:
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_error_rate <= 1.0:
             raise ValueError(f"max error rate must be in [0, 1], got {self.max_error_rate:g}")
-        from loadgen.slo import parse_objective  # the parser's errors are the settings' errors
+        from ipsbench.loadgen.slo import parse_objective  # the parser's errors are the settings' errors
 
         for text in self.latency_slo:
             parse_objective(text)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from loadgen.trials import STABLE_WINDOWS
+from ipsbench.loadgen.trials import STABLE_WINDOWS
 
 Window = tuple[float, "int | None"]
 """(images/sec, p99 in microseconds or None when the window had no success)."""

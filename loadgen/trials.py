@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from hdrh.histogram import HdrHistogram
 
-from loadgen.histograms import add_encoded, encode_histogram, new_histogram
-from loadgen.outcomes import COMPLETED, Outcome
+from ipsbench.loadgen.histograms import add_encoded, encode_histogram, new_histogram
+from ipsbench.loadgen.outcomes import COMPLETED, Outcome
 
 STABLE_WINDOWS = 3
 """A stability-judged step's figures come from its last this many trials."""

@@ -22,19 +22,19 @@ import gevent
 import gevent.event
 from locust import events
 
-from loadgen.distributed import MasterSteps, announce_interrupt, announce_step
-from loadgen.recorder import RunRecorder, StepRecord
-from loadgen.report.schema import step_entry
-from loadgen.scenarios.build import user_classes
-from loadgen.settings import (
+from ipsbench.loadgen.distributed import MasterSteps, announce_interrupt, announce_step
+from ipsbench.loadgen.recorder import RunRecorder, StepRecord
+from ipsbench.loadgen.report.schema import step_entry
+from ipsbench.loadgen.scenarios.build import user_classes
+from ipsbench.loadgen.settings import (
     RunSettings,
     SweepSettings,
     TargetSettings,
     ValiditySettings,
     WorkloadSettings,
 )
-from loadgen.users import Workload
-from loadgen.workload import SetupError, prepare_workload
+from ipsbench.loadgen.users import Workload
+from ipsbench.loadgen.workload import SetupError, prepare_workload
 
 logger = logging.getLogger(__name__)
 

@@ -18,13 +18,13 @@ from locust import User, task
 from locust.runners import WorkerRunner
 from locust.user.users import LOCUST_STATE_STOPPING
 
-from loadgen.arrivals import arrival_process, trace
-from loadgen.client import channel_credentials, model_infer_bytes, open_channel, parse_infer_response
-from loadgen.payloads import top_classes
-from loadgen.recorder import StepRecord
-from loadgen.senders import DRAIN_PERIOD_S, Completed, Issued, Outbox, Scheduled, sleep_until, thread_lock
-from loadgen.settings import TargetSettings, WorkloadSettings
-from loadgen.workload import PreparedWorkload, prepare_workload
+from ipsbench.loadgen.arrivals import arrival_process, trace
+from ipsbench.loadgen.client import channel_credentials, model_infer_bytes, open_channel, parse_infer_response
+from ipsbench.loadgen.payloads import top_classes
+from ipsbench.loadgen.recorder import StepRecord
+from ipsbench.loadgen.senders import DRAIN_PERIOD_S, Completed, Issued, Outbox, Scheduled, sleep_until, thread_lock
+from ipsbench.loadgen.settings import TargetSettings, WorkloadSettings
+from ipsbench.loadgen.workload import PreparedWorkload, prepare_workload
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class Workload:
     @classmethod
     def over(cls, prepared: PreparedWorkload, target: TargetSettings) -> Workload:
         """The prepared requests, sent to ``target`` (TLS as it says, message limits fitting the requests) with
-        its deadline and headers. A TLS file that cannot be read raises :class:`~loadgen.client.TargetError`."""
+        its deadline and headers. A TLS file that cannot be read raises :class:`~ipsbench.loadgen.client.TargetError`."""
         payloads = prepared.payloads
         credentials = channel_credentials(target.tls_ca, target.tls_cert, target.tls_key)
         connect = functools.partial(open_channel, target.target, payloads.request_bytes, credentials)
@@ -72,7 +72,7 @@ class Workload:
     @classmethod
     def connect(cls, target: str, model: str, **workload: object) -> Workload:
         """For a locustfile: describe ``model`` on ``target`` (host:port), build its requests (``workload``:
-        :class:`~loadgen.settings.WorkloadSettings` fields)."""
+        :class:`~ipsbench.loadgen.settings.WorkloadSettings` fields)."""
         target_settings = TargetSettings(target=target, model=model)
         prepared = prepare_workload(target_settings, WorkloadSettings(**workload))
         return cls.over(prepared, target_settings)
@@ -94,7 +94,7 @@ class _KServeSender(User):
     current.
 
     A user's task runs one step's worth of sending: it starts its sender threads for the step it was admitted
-    to, and records what they did (see :mod:`loadgen.senders`) until they end with the step's window. Killed
+    to, and records what they did (see :mod:`ipsbench.loadgen.senders`) until they end with the step's window. Killed
     before then (the drain bound, a second Ctrl-C), it stops them issuing and counts what is in flight
     ABANDONED."""
 

@@ -20,7 +20,7 @@ import time
 import gevent
 import gevent.event
 
-from loadgen.distributed import (
+from ipsbench.loadgen.distributed import (
     FINISH_MESSAGE,
     JOIN_MESSAGE,
     READY_MESSAGE,
@@ -28,12 +28,12 @@ from loadgen.distributed import (
     WORKER_INDEX_KEY,
     WorkerSteps,
 )
-from loadgen.request_log import RequestLogError, open_request_log, worker_path
-from loadgen.scenarios.build import configure_user_class, loop_of, user_classes
-from loadgen.senders import off_the_hub
-from loadgen.settings import RunSettings
-from loadgen.users import Workload
-from loadgen.workload import SetupError, prepare_workload
+from ipsbench.loadgen.request_log import RequestLogError, open_request_log, worker_path
+from ipsbench.loadgen.scenarios.build import configure_user_class, loop_of, user_classes
+from ipsbench.loadgen.senders import off_the_hub
+from ipsbench.loadgen.settings import RunSettings
+from ipsbench.loadgen.users import Workload
+from ipsbench.loadgen.workload import SetupError, prepare_workload
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class LocalWorkers:
     """Worker processes on this box, each in a session of its own (Ctrl-C reaches only the master)."""
 
     def __init__(self, count: int, master_port: int, log_level: str, master_host: str = "127.0.0.1") -> None:
-        command = [sys.executable, "-m", "loadgen", "worker", "--master", f"{master_host}:{master_port}",
+        command = [sys.executable, "-m", "ipsbench.loadgen", "worker", "--master", f"{master_host}:{master_port}",
                    "--exit-with-parent", "--log-level", log_level]
         self.processes = [subprocess.Popen(command, start_new_session=True) for _ in range(count)]
         if count:

@@ -6,10 +6,10 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
-from loadgen.client import TargetError, channel_credentials, describe_model, open_channel
-from loadgen.image_sources import ImageSourceError, folder_source, synthetic_source
-from loadgen.images import JPEG_QUALITY
-from loadgen.payloads import (
+from ipsbench.loadgen.client import TargetError, channel_credentials, describe_model, open_channel
+from ipsbench.loadgen.image_sources import ImageSourceError, folder_source, synthetic_source
+from ipsbench.loadgen.images import JPEG_QUALITY
+from ipsbench.loadgen.payloads import (
     MAX_IMAGE_POOL,
     RESIZE_RATIO,
     InputSpec,
@@ -20,7 +20,7 @@ from loadgen.payloads import (
     input_spec_from_metadata,
     with_top_classes,
 )
-from loadgen.settings import TargetSettings, WorkloadSettings
+from ipsbench.loadgen.settings import TargetSettings, WorkloadSettings
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
-"""``python -m server``: same as ``ipsbench-serve``."""
+"""``python -m ipsbench.server``: same as ``ipsbench-serve``."""
 
 import sys
 
-from server.cli import main
+from ipsbench.server.cli import main
 
 sys.exit(main())

@@ -17,16 +17,16 @@ from importlib import metadata
 import grpc
 from prometheus_client import CollectorRegistry
 
-from server.control import ModelControl
-from server.core import InferenceCore, ModelRegistry
-from server.errors import without_paths
-from server.grpc_service import InferenceServicer
-from server.health import Health
-from server.metrics import MetricsServer, ServerCollector
-from server.security import AdminAuth, SecurityConfigError, check_startup_policy, load_admin_token, server_credentials
-from server.settings import Settings
-from server.stats import ServerStats
-from server.telemetry import GpuCollector, open_gpu_collector
+from ipsbench.server.control import ModelControl
+from ipsbench.server.core import InferenceCore, ModelRegistry
+from ipsbench.server.errors import without_paths
+from ipsbench.server.grpc_service import InferenceServicer
+from ipsbench.server.health import Health
+from ipsbench.server.metrics import MetricsServer, ServerCollector
+from ipsbench.server.security import AdminAuth, SecurityConfigError, check_startup_policy, load_admin_token, server_credentials
+from ipsbench.server.settings import Settings
+from ipsbench.server.stats import ServerStats
+from ipsbench.server.telemetry import GpuCollector, open_gpu_collector
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from server.backends.base import ModelInstance
-from server.backends.registry import get_backend
-from server.loader import load_instance, warmup_batches
-from server.model import ModelSpec
-from server.repository import ModelLoadError, load_model_source
+from ipsbench.server.backends.base import ModelInstance
+from ipsbench.server.backends.registry import get_backend
+from ipsbench.server.loader import load_instance, warmup_batches
+from ipsbench.server.model import ModelSpec
+from ipsbench.server.repository import ModelLoadError, load_model_source
 
 log = logging.getLogger(__name__)
 

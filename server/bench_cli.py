@@ -1,4 +1,4 @@
-"""``ipsbench-serve bench MODEL``: options → :class:`~server.bench.BenchSettings`; a table, and JSON if asked."""
+"""``ipsbench-serve bench MODEL``: options → :class:`~ipsbench.server.bench.BenchSettings`; a table, and JSON if asked."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from server.bench import BatchResult, BenchResult, BenchSettings, run_bench
-from server.cli import configure_logging
+from ipsbench.server.bench import BatchResult, BenchResult, BenchSettings, run_bench
+from ipsbench.server.cli import configure_logging
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from server.errors import invalid_argument
+from ipsbench.server.errors import invalid_argument
 
 CLASSIFICATION_PARAMETER = "classification"
 

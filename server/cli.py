@@ -10,8 +10,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from server.logformat import make_formatter
-from server.settings import Settings, settings_fields
+from ipsbench.server.logformat import make_formatter
+from ipsbench.server.settings import Settings, settings_fields
 
 _TYPES = {"int": int, "float": float, "str": str, "Path": Path, "Path | None": Path, "tuple[str, ...]": str}
 
@@ -73,12 +73,12 @@ def configure_logging(verbose: bool, log_format: str = "text") -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["bench"]:
-        from server.bench_cli import main as bench_main
+        from ipsbench.server.bench_cli import main as bench_main
 
         return bench_main(args[1:])
     settings = parse_settings(args)
     configure_logging(settings.log_verbose, settings.log_format)
-    from server.app import App  # after logging is configured: importing backends may log
+    from ipsbench.server.app import App  # after logging is configured: importing backends may log
 
     app = App(settings)
     code = app.run()

@@ -2,7 +2,7 @@
 
 Repository load/unload RPCs arrive here. A name is checked before anything touches the filesystem (Triton's texts:
 ``Model name cannot be empty.``, ``... must not contain path traversal characters``); a name outside the allowlist
-is simply not in the repository. Loading reads the model folder through :mod:`server.repository` (realpath
+is simply not in the repository. Loading reads the model folder through :mod:`ipsbench.server.repository` (realpath
 containment), loads and warms every version off the event loop, and only then swaps it in: a reload whose new files
 are broken leaves the old versions serving and returns the error. Unloading stops routing requests to the model at
 once and releases its engines after its queued and running requests have finished. Operations run one at a time.
@@ -14,10 +14,10 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from server.core import LoadedModel, ModelRegistry
-from server.errors import ServerError, invalid_argument, unavailable, without_paths
-from server.loader import load_source
-from server.repository import (
+from ipsbench.server.core import LoadedModel, ModelRegistry
+from ipsbench.server.errors import ServerError, invalid_argument, unavailable, without_paths
+from ipsbench.server.loader import load_source
+from ipsbench.server.repository import (
     MODEL_NAME_RE,
     ModelLoadError,
     ModelSource,
@@ -25,7 +25,7 @@ from server.repository import (
     load_model_source,
     scan_repository,
 )
-from server.settings import Settings
+from ipsbench.server.settings import Settings
 
 log = logging.getLogger(__name__)
 

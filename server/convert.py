@@ -7,14 +7,14 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from tritonclient.grpc import service_pb2
 
-from server import datatypes
-from server.classification import CLASSIFICATION_PARAMETER
-from server.core import NO_OPTIONS, IndexEntry, InferOptions, InferResponse, OutputTensor
-from server.errors import invalid_argument
-from server.model import ModelSpec
-from server.stats import Duration, ModelStats
-from server.validate import InferRequest, InputTensor
-from server.wire import encode_infer_response
+from ipsbench.server import datatypes
+from ipsbench.server.classification import CLASSIFICATION_PARAMETER
+from ipsbench.server.core import NO_OPTIONS, IndexEntry, InferOptions, InferResponse, OutputTensor
+from ipsbench.server.errors import invalid_argument
+from ipsbench.server.model import ModelSpec
+from ipsbench.server.stats import Duration, ModelStats
+from ipsbench.server.validate import InferRequest, InputTensor
+from ipsbench.server.wire import encode_infer_response
 
 # -- ModelInfer ----------------------------------------------------------------------------------------------------
 
@@ -22,7 +22,7 @@ from server.wire import encode_infer_response
 def infer_request_from_grpc(
     message: service_pb2.ModelInferRequest, raw: Sequence[bytes | memoryview] | None = None
 ) -> InferRequest:
-    """``raw``: the raw input contents when they were taken off the wire separately (:mod:`server.wire`)."""
+    """``raw``: the raw input contents when they were taken off the wire separately (:mod:`ipsbench.server.wire`)."""
     if raw is None:
         raw = message.raw_input_contents
     inputs = message.inputs
@@ -137,7 +137,7 @@ def _array(tensor: service_pb2.ModelInferResponse.InferOutputTensor, data: bytes
 
 
 def infer_response_to_wire(response: InferResponse) -> bytes:
-    """The serialized ModelInferResponse, raw output contents written once (see :mod:`server.wire`)."""
+    """The serialized ModelInferResponse, raw output contents written once (see :mod:`ipsbench.server.wire`)."""
     return encode_infer_response(_response_header(response), [(o.datatype, o.array) for o in response.outputs])
 
 

@@ -1,7 +1,7 @@
 """The transport-free server: model registry, readiness, and inference dispatch.
 
 The gRPC layer converts messages to and from the types used here; nothing in this module knows about gRPC
-besides the status code each :class:`~server.errors.ServerError` carries.
+besides the status code each :class:`~ipsbench.server.errors.ServerError` carries.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import grpc
 import numpy as np
 from tritonclient.grpc import model_config_pb2
 
-from server.batching.batcher import SHUTTING_DOWN_MESSAGE, Batcher, QueuedRequest
-from server.classification import check_class_count, top_k
-from server.errors import FailureReason, ServerError, invalid_argument, not_found, unavailable
-from server.loader import LoadedVersion
-from server.model import ModelSpec
-from server.preprocess.stage import preprocess_inputs
-from server.stats import ModelStats, ServerStats
-from server.validate import InferRequest, validate_request
+from ipsbench.server.batching.batcher import SHUTTING_DOWN_MESSAGE, Batcher, QueuedRequest
+from ipsbench.server.classification import check_class_count, top_k
+from ipsbench.server.errors import FailureReason, ServerError, invalid_argument, not_found, unavailable
+from ipsbench.server.loader import LoadedVersion
+from ipsbench.server.model import ModelSpec
+from ipsbench.server.preprocess.stage import preprocess_inputs
+from ipsbench.server.stats import ModelStats, ServerStats
+from ipsbench.server.validate import InferRequest, validate_request
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ log line; anything else becomes INTERNAL with a request id, and its traceback go
 (repository load/unload, log and trace settings) check the admin credential before anything else.
 ModelStreamInfer answers every request of the stream with one response (or one error message, the unary RPC's text),
 running the requests concurrently so that they batch like unary ones. Both inference RPCs take their request
-tensors off the wire without copies (:mod:`server.wire`); ModelInfer writes its response tensors once.
+tensors off the wire without copies (:mod:`ipsbench.server.wire`); ModelInfer writes its response tensors once.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from collections.abc import AsyncIterator
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from server import convert
-from server.control import ModelControl
-from server.core import EXTENSIONS, SERVER_NAME, InferenceCore
-from server.errors import ServerError, new_request_id, unimplemented
-from server.security import AdminAuth
-from server.wire import InferRequestWire, decode_infer_request
+from ipsbench.server import convert
+from ipsbench.server.control import ModelControl
+from ipsbench.server.core import EXTENSIONS, SERVER_NAME, InferenceCore
+from ipsbench.server.errors import ServerError, new_request_id, unimplemented
+from ipsbench.server.security import AdminAuth
+from ipsbench.server.wire import InferRequestWire, decode_infer_request
 
 log = logging.getLogger(__name__)
 

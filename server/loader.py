@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from server.backends.base import Backend, ModelInstance
-from server.backends.registry import get_backend
-from server.model import ConfigError, InstanceSpec, ModelSpec, PreprocessSpec
-from server.preprocess.stage import Preprocessor
-from server.preprocess.stats import BOOK
-from server.repository import ModelSource
+from ipsbench.server.backends.base import Backend, ModelInstance
+from ipsbench.server.backends.registry import get_backend
+from ipsbench.server.model import ConfigError, InstanceSpec, ModelSpec, PreprocessSpec
+from ipsbench.server.preprocess.stage import Preprocessor
+from ipsbench.server.preprocess.stats import BOOK
+from ipsbench.server.repository import ModelSource
 
 WARMUP_IMAGE_SIZE = (500, 375)
 """(width, height) of the generated warm-up image: a typical ImageNet photo."""

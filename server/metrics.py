@@ -1,8 +1,8 @@
-"""Prometheus metrics with Triton's names, read from :mod:`server.stats` at scrape time.
+"""Prometheus metrics with Triton's names, read from :mod:`ipsbench.server.stats` at scrape time.
 
 One collector declares every family once on an injected ``CollectorRegistry``. Labels come only from loaded model
 names and versions. The text is rendered in Prometheus' 0.0.4 text format exactly as Triton writes it (counter
-names without a ``_total`` suffix), on a port of its own. The GPU series come from :mod:`server.telemetry`.
+names without a ``_total`` suffix), on a port of its own. The GPU series come from :mod:`ipsbench.server.telemetry`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from server.preprocess.stats import BOOK, PreprocessBook, PreprocessStats
-from server.stats import FAILURE_REASONS, ModelStats, ServerStats
+from ipsbench.server.preprocess.stats import BOOK, PreprocessBook, PreprocessStats
+from ipsbench.server.stats import FAILURE_REASONS, ModelStats, ServerStats
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from tritonclient.grpc import model_config_pb2
 
-from server import datatypes
-from server.backends.registry import BackendEntry
+from ipsbench.server import datatypes
+from ipsbench.server.backends.registry import BackendEntry
 
 _KIND = model_config_pb2.ModelInstanceGroup.Kind
 _REJECT = model_config_pb2.ModelQueuePolicy.TimeoutAction.Value("REJECT")

@@ -16,8 +16,8 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from server.backends.registry import BackendUnavailable, resolve_backend_name
-from server.model import ConfigError, ModelSpec
+from ipsbench.server.backends.registry import BackendUnavailable, resolve_backend_name
+from ipsbench.server.model import ConfigError, ModelSpec
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 
 import grpc
 
-from server.errors import ServerError
-from server.settings import ADMIN_TOKEN_ENV, Settings
+from ipsbench.server.errors import ServerError
+from ipsbench.server.settings import ADMIN_TOKEN_ENV, Settings
 
 AUTHORIZATION_HEADER = "authorization"
 BEARER = "bearer "

@@ -9,10 +9,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from server.errors import FailureReason
+from ipsbench.server.errors import FailureReason
 
 if TYPE_CHECKING:
-    from server.batching.batcher import Timing
+    from ipsbench.server.batching.batcher import Timing
 
 FAILURE_REASONS = (FailureReason.REJECTED, FailureReason.CANCELED, FailureReason.BACKEND, FailureReason.OTHER)
 

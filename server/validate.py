@@ -1,6 +1,6 @@
 """Check an inference request against its model before it is queued, with Triton's error texts.
 
-Everything that can be computed once per model lives in :class:`server.model.ModelSpec`; this module only compares.
+Everything that can be computed once per model lives in :class:`ipsbench.server.model.ModelSpec`; this module only compares.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server import datatypes
-from server.errors import invalid_argument
-from server.model import ModelSpec, TensorSpec, dims_text
+from ipsbench.server import datatypes
+from ipsbench.server.errors import invalid_argument
+from ipsbench.server.model import ModelSpec, TensorSpec, dims_text
 
 
 @dataclass(slots=True)

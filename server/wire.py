@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2
 
-from server import datatypes
+from ipsbench.server import datatypes
 
 _RAW_INPUT_FIELD = service_pb2.ModelInferRequest.DESCRIPTOR.fields_by_name["raw_input_contents"].number
 _RAW_OUTPUT_FIELD = service_pb2.ModelInferResponse.DESCRIPTOR.fields_by_name["raw_output_contents"].number

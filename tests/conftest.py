@@ -5,7 +5,7 @@
 * ``torchscript_gpu_export`` (session): the same as TorchScript for KIND_GPU in FP16 (``resnet18_gpu``), verified on
   the GPU where CUDA is available and on the CPU in FP32 elsewhere; an :class:`ExportRun` with the CLI's stdout.
 * ``start_server(repository, *extra_args)`` (function scope; ``start_module_server`` for module scope): launches
-  ``python -m server`` on ports 0, parses the bound ports from its stdout, waits until ServerReady answers true, and
+  ``python -m ipsbench.server`` on ports 0, parses the bound ports from its stdout, waits until ServerReady answers true, and
   stops it (SIGTERM, then kill after a bound) when the test or module ends. Returns a :class:`ServerProcess`.
 * ``server`` (module): a running server on ``model_repository``.
 * ``write_test_model(repository, name, ...)``: small ONNX models built with ``onnx.helper`` (an affine model and a
@@ -55,9 +55,9 @@ def run_export(out: Path, name: str, *args: str) -> ExportRun:
     with the CLI's output when it does not write ``name/config.pbtxt``."""
     import importlib.util
 
-    if importlib.util.find_spec("export.cli") is None:
+    if importlib.util.find_spec("ipsbench.export.cli") is None:
         pytest.fail("the export CLI (export/cli.py) is missing: the repository fixtures need it", pytrace=False)
-    cmd = [sys.executable, "-m", "export.cli", "resnet18", "--image-size", "64", "--max-batch-size", "8"]
+    cmd = [sys.executable, "-m", "ipsbench.export", "resnet18", "--image-size", "64", "--max-batch-size", "8"]
     cmd += ["--name", name, "--out", str(out), *args]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S)
     if result.returncode != 0:
@@ -92,7 +92,7 @@ def torchscript_gpu_export(tmp_path_factory) -> ExportRun:
 
 @dataclass
 class ServerProcess:
-    """A running ``python -m server``; ``stop()`` sends SIGTERM and returns the exit code."""
+    """A running ``python -m ipsbench.server``; ``stop()`` sends SIGTERM and returns the exit code."""
 
     process: subprocess.Popen
     grpc_port: int

@@ -14,7 +14,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass
 class LoadRun:
-    """A running or finished ``python -m loadgen`` process and where its report goes."""
+    """A running or finished ``python -m ipsbench.loadgen`` process and where its report goes."""
 
     process: subprocess.Popen
     out: Path
@@ -55,8 +55,8 @@ class LoadRun:
 def start_load_run(
     out: Path, log: Path, scenario: str, target: str, model: str, *args: str, env: dict[str, str] | None = None
 ) -> LoadRun:
-    """Start ``python -m loadgen SCENARIO --target TARGET --model MODEL --out OUT ARGS...``, its stderr into ``log``."""
-    command = [sys.executable, "-m", "loadgen", scenario, "--target", target, "--model", model, "--out", str(out),
+    """Start ``python -m ipsbench.loadgen SCENARIO --target TARGET --model MODEL --out OUT ARGS...``, its stderr into ``log``."""
+    command = [sys.executable, "-m", "ipsbench.loadgen", scenario, "--target", target, "--model", model, "--out", str(out),
                *args]
     with log.open("w") as stderr:
         process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
@@ -66,7 +66,7 @@ def start_load_run(
 def sweep_report(steps: list, **arguments) -> dict:
     """``build_report`` of recorded ``steps`` as a sweep of resnet18 (64x64, fp32, synthetic images) with fixed run
     details; ``arguments`` replace any of ``build_report``'s (``max_error_rate``, ``objectives``, ``engine``...)."""
-    from loadgen.report.schema import build_report
+    from ipsbench.loadgen.report.schema import build_report
 
     run = {
         "settings": {"target": {"deadline_s": 30.0}, "sweep": {"warmup_s": 1.0, "drain_s": 10.0}},

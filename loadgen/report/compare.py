@@ -14,8 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from loadgen.report.cells import DASH, ms, percent, rate, run_verdict, signed
-from loadgen.report.schema import SCHEMA_VERSION, step_load, write_text
+from ipsbench.loadgen.report.cells import DASH, ms, percent, rate, run_verdict, signed
+from ipsbench.loadgen.report.schema import SCHEMA_VERSION, step_load, write_text
 
 OLDEST_READABLE_SCHEMA = 2
 """Older reports lack the fields compared here."""

@@ -7,8 +7,8 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from loadgen.report.cells import client_bound, headline_words, load_cell, load_header, ms, open_loop, rate
-from loadgen.report.schema import step_load
+from ipsbench.loadgen.report.cells import client_bound, headline_words, load_cell, load_header, ms, open_loop, rate
+from ipsbench.loadgen.report.schema import step_load
 
 CLIENT_BOUND_MARK = "!"
 MAX_TABLE_WIDTH = 400

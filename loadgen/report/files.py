@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loadgen.report.html import render_html
-from loadgen.report.markdown import render_markdown
-from loadgen.report.schema import REPORT_MD, read_report, write_report, write_text
-from loadgen.report.steps_csv import render_steps_csv
+from ipsbench.loadgen.report.html import render_html
+from ipsbench.loadgen.report.markdown import render_markdown
+from ipsbench.loadgen.report.schema import REPORT_MD, read_report, write_report, write_text
+from ipsbench.loadgen.report.steps_csv import render_steps_csv
 
 STEPS_CSV = "steps.csv"
 REPORT_HTML = "report.html"

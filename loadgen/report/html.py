@@ -7,12 +7,12 @@ from __future__ import annotations
 import html
 import re
 
-from loadgen.report.cells import Flag, TableData, headline_words, open_loop, payload_mode, verdict_is_good
-from loadgen.report.markdown import method_lines, setup_lines
-from loadgen.report.p40 import p40_table, what_numbers_mean
-from loadgen.report.plots import Plot, all_plots
-from loadgen.report.schema import check_report
-from loadgen.report.tables import (
+from ipsbench.loadgen.report.cells import Flag, TableData, headline_words, open_loop, payload_mode, verdict_is_good
+from ipsbench.loadgen.report.markdown import method_lines, setup_lines
+from ipsbench.loadgen.report.p40 import p40_table, what_numbers_mean
+from ipsbench.loadgen.report.plots import Plot, all_plots
+from ipsbench.loadgen.report.schema import check_report
+from ipsbench.loadgen.report.tables import (
     accounting_table,
     breakdown_table,
     errors_table,

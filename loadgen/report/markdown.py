@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loadgen.report.cells import (  # noqa: F401 - ms, rate, load_header, load_cell: the console table's helpers
+from ipsbench.loadgen.report.cells import (  # noqa: F401 - ms, rate, load_header, load_cell: the console table's helpers
     Flag,
     TableData,
     headline_words,
@@ -14,9 +14,9 @@ from loadgen.report.cells import (  # noqa: F401 - ms, rate, load_header, load_c
     rate,
     request_log_words,
 )
-from loadgen.report.p40 import p40_table, what_numbers_mean
-from loadgen.report.schema import check_report, step_load
-from loadgen.report.tables import (
+from ipsbench.loadgen.report.p40 import p40_table, what_numbers_mean
+from ipsbench.loadgen.report.schema import check_report, step_load
+from ipsbench.loadgen.report.tables import (
     accounting_table,
     breakdown_table,
     errors_table,

@@ -3,8 +3,8 @@ end-to-end ones with their ratio, and the words that say what those numbers mean
 
 from __future__ import annotations
 
-from loadgen.report.cells import DASH, TableData, duration_words, ms, number, rate
-from loadgen.report.schema import step_load
+from ipsbench.loadgen.report.cells import DASH, TableData, duration_words, ms, number, rate
+from ipsbench.loadgen.report.schema import step_load
 
 IMAGENET_VALIDATION_IMAGES = 50_000
 HEADER = ["model", "precision", "batch", "measured", "images/sec", "p50 ms", "p99 ms", "images/sec/W",

@@ -11,9 +11,9 @@ import io
 import re
 from dataclasses import dataclass
 
-from loadgen.report.cells import load_cell, load_header
-from loadgen.report.schema import PERCENTILES
-from loadgen.report.tables import gpu_watts, time_breakdown
+from ipsbench.loadgen.report.cells import load_cell, load_header
+from ipsbench.loadgen.report.schema import PERCENTILES
+from ipsbench.loadgen.report.tables import gpu_watts, time_breakdown
 
 FIGURE_WIDTH_IN = 7.5
 _SVG_START = re.compile(r"<svg\b")

@@ -7,12 +7,12 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from loadgen.histograms import add_histogram, new_histogram
-from loadgen.outcomes import COMPLETED, ERRORS, Outcome
-from loadgen.recorder import LATE_TOLERANCE_US, StepRecord
-from loadgen.trials import STABLE_WINDOWS
-from loadgen.slo import LatencyObjective, judge, min_samples, worst
-from loadgen.stability import stability_entry
+from ipsbench.loadgen.histograms import add_histogram, new_histogram
+from ipsbench.loadgen.outcomes import COMPLETED, ERRORS, Outcome
+from ipsbench.loadgen.recorder import LATE_TOLERANCE_US, StepRecord
+from ipsbench.loadgen.trials import STABLE_WINDOWS
+from ipsbench.loadgen.slo import LatencyObjective, judge, min_samples, worst
+from ipsbench.loadgen.stability import stability_entry
 
 SCHEMA_VERSION = 3
 """2: open-loop (rate) steps, workers of distributed runs, warnings. 3: stability windows, the client's own
@@ -227,9 +227,9 @@ def build_report(
     """The report document of one run; ``workers``: those of a distributed run, as the master describes them;
     ``server``: the scraped server metrics (``metrics_url``, ``steps`` by step index, ``warnings``), if any;
     ``objectives``: the run's latency SLO (an error-rate objective is added; None and no ``search``: no SLO);
-    ``search``: the ``slo`` search as :meth:`loadgen.slo.Search.describe` gives it; ``running``: a partial report
+    ``search``: the ``slo`` search as :meth:`ipsbench.loadgen.slo.Search.describe` gives it; ``running``: a partial report
     written while the run goes on; ``request_log``: where the per-request logs went
-    (:func:`loadgen.request_log.describe`), if the run wrote any."""
+    (:func:`ipsbench.loadgen.request_log.describe`), if the run wrote any."""
     judged = objectives is not None or search is not None
     entries = [
         step_entry(step, max_error_rate, unix_s, objectives=list(objectives or ()) if judged else None,

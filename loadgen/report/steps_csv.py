@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 
-from loadgen.report.schema import COUNT_FIELDS, PERCENTILES, check_report
+from ipsbench.loadgen.report.schema import COUNT_FIELDS, PERCENTILES, check_report
 
 LATENCY_FIELDS = ("min", *(name for name, _ in PERCENTILES), "max")
 COLUMNS = (

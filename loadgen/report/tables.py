@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loadgen.report.cells import (
+from ipsbench.loadgen.report.cells import (
     DASH,
     Flag,
     TableData,
@@ -18,7 +18,7 @@ from loadgen.report.cells import (
     stability_cell,
     yes_no,
 )
-from loadgen.report.schema import COUNT_FIELDS, PERCENTILES
+from ipsbench.loadgen.report.schema import COUNT_FIELDS, PERCENTILES
 
 
 def steps_table(report: dict) -> TableData:

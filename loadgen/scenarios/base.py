@@ -21,12 +21,12 @@ import gevent.event
 from locust import LoadTestShape, events
 from locust.runners import MasterRunner, WorkerRunner
 
-from loadgen.distributed import WorkerSteps, announce_end_after_trials, announce_interrupt, announce_step
-from loadgen.recorder import RunRecorder, StepRecord
-from loadgen.scrape import SCRAPE_LEAD_S, StepScrapes
-from loadgen.senders import DRAIN_PERIOD_S
-from loadgen.stability import is_stable
-from loadgen.trials import STABLE_WINDOWS
+from ipsbench.loadgen.distributed import WorkerSteps, announce_end_after_trials, announce_interrupt, announce_step
+from ipsbench.loadgen.recorder import RunRecorder, StepRecord
+from ipsbench.loadgen.scrape import SCRAPE_LEAD_S, StepScrapes
+from ipsbench.loadgen.senders import DRAIN_PERIOD_S
+from ipsbench.loadgen.stability import is_stable
+from ipsbench.loadgen.trials import STABLE_WINDOWS
 
 logger = logging.getLogger(__name__)
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from loadgen.recorder import RunRecorder
-from loadgen.scenarios.base import StepShape
-from loadgen.scenarios.rate import RateShape
-from loadgen.scenarios.slo import SloSearchShape
-from loadgen.scenarios.sweep import SweepShape
-from loadgen.settings import RunSettings
-from loadgen.slo import Search, parse_objective
-from loadgen.users import KServeUser, OpenLoopUser, StepSource, Workload
+from ipsbench.loadgen.recorder import RunRecorder
+from ipsbench.loadgen.scenarios.base import StepShape
+from ipsbench.loadgen.scenarios.rate import RateShape
+from ipsbench.loadgen.scenarios.slo import SloSearchShape
+from ipsbench.loadgen.scenarios.sweep import SweepShape
+from ipsbench.loadgen.settings import RunSettings
+from ipsbench.loadgen.slo import Search, parse_objective
+from ipsbench.loadgen.users import KServeUser, OpenLoopUser, StepSource, Workload
 
 
 def shape_for(settings: RunSettings, recorder: RunRecorder) -> StepShape:

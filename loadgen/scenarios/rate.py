@@ -1,11 +1,11 @@
 """``rate``: open-loop arrivals at fixed rates, one measured step per rate (MLPerf Server, perf_analyzer's
-request-rate range). The shape only times the steps; :class:`loadgen.users.OpenLoopUser` sends on schedule.
+request-rate range). The shape only times the steps; :class:`ipsbench.loadgen.users.OpenLoopUser` sends on schedule.
 
 From plain locust (``locust -f this_file.py --headless --host 127.0.0.1:8001``, ``--processes N`` too)::
 
     from locust import events
-    from loadgen.scenarios.rate import RateShape
-    from loadgen.users import OpenLoopUser, Workload
+    from ipsbench.loadgen.scenarios.rate import RateShape
+    from ipsbench.loadgen.users import OpenLoopUser, Workload
 
     class Rates(RateShape):
         rates_per_s = (20, 40)
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from loadgen.scenarios.base import StepPlan, StepShape
+from ipsbench.loadgen.scenarios.base import StepPlan, StepShape
 
 
 class RateShape(StepShape):
@@ -30,7 +30,7 @@ class RateShape(StepShape):
 
     Each step's rate is split evenly among ``senders`` open-loop users (default: one per locust process).
     Usable from a locustfile by subclassing and setting the class attributes, next to a subclass of
-    :class:`~loadgen.users.OpenLoopUser`.
+    :class:`~ipsbench.loadgen.users.OpenLoopUser`.
     """
 
     abstract = True  # for locust's picker: a locustfile runs its own subclass, not this class

@@ -1,15 +1,15 @@
 """``slo``: the highest rate (open loop) or concurrency (closed loop) whose measured step meets every objective,
-found by bracketing and bisection (:class:`loadgen.slo.Search`) within a bounded number of steps."""
+found by bracketing and bisection (:class:`ipsbench.loadgen.slo.Search`) within a bounded number of steps."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
 
-from loadgen.outcomes import ERRORS, Outcome
-from loadgen.recorder import StepRecord
-from loadgen.scenarios.base import StepPlan, StepShape
-from loadgen.slo import LatencyObjective, Search, judge
+from ipsbench.loadgen.outcomes import ERRORS, Outcome
+from ipsbench.loadgen.recorder import StepRecord
+from ipsbench.loadgen.scenarios.base import StepPlan, StepShape
+from ipsbench.loadgen.slo import LatencyObjective, Search, judge
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def step_meets(
 
 
 class SloSearchShape(StepShape):
-    """Chooses each step from the results of those before (see :class:`loadgen.slo.Search`)."""
+    """Chooses each step from the results of those before (see :class:`ipsbench.loadgen.slo.Search`)."""
 
     abstract = True
 

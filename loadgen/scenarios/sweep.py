@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from loadgen.scenarios.base import StepPlan, StepShape
+from ipsbench.loadgen.scenarios.base import StepPlan, StepShape
 
 
 class SweepShape(StepShape):

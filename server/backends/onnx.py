@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from server import datatypes
-from server.backends.base import Backend, EngineInfo, ModelInstance
-from server.model import InstanceSpec, ModelSpec, TensorSpec
+from ipsbench.server import datatypes
+from ipsbench.server.backends.base import Backend, EngineInfo, ModelInstance
+from ipsbench.server.model import InstanceSpec, ModelSpec, TensorSpec
 
 _ORT_TYPES = {
     "tensor(bool)": "BOOL",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from server.backends.base import Backend
+from ipsbench.server.backends.base import Backend
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ BACKENDS: dict[str, BackendEntry] = {
         name="onnxruntime",
         platform="onnxruntime_onnx",
         default_model_filename="model.onnx",
-        target="server.backends.onnx:OnnxRuntimeBackend",
+        target="ipsbench.server.backends.onnx:OnnxRuntimeBackend",
         requires="onnxruntime",
         extra="ipsbench[server]",
     ),
@@ -40,7 +40,7 @@ BACKENDS: dict[str, BackendEntry] = {
         name="pytorch",
         platform="pytorch_libtorch",
         default_model_filename="model.pt",
-        target="server.backends.torch:TorchBackend",
+        target="ipsbench.server.backends.torch:TorchBackend",
         requires="torch",
         extra="ipsbench[torch]",
     ),
@@ -48,7 +48,7 @@ BACKENDS: dict[str, BackendEntry] = {
         name="tensorrt",
         platform="tensorrt_plan",
         default_model_filename="model.plan",
-        target="server.backends.tensorrt:TensorRTBackend",
+        target="ipsbench.server.backends.tensorrt:TensorRTBackend",
         requires="tensorrt",
         extra="ipsbench[tensorrt]",
     ),

@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from server.backends.base import ModelInstance
-from server.batching.batch import merge, split
-from server.errors import ServerError, internal_error, new_request_id, unavailable
-from server.model import BatchingPolicy
-from server.stats import ModelStats
+from ipsbench.server.backends.base import ModelInstance
+from ipsbench.server.batching.batch import merge, split
+from ipsbench.server.errors import ServerError, internal_error, new_request_id, unavailable
+from ipsbench.server.model import BatchingPolicy
+from ipsbench.server.stats import ModelStats
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from server.preprocess.transform import resized_size
+from ipsbench.server.preprocess.transform import resized_size
 
 try:
     import simplejpeg

@@ -16,12 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from server.errors import ServerError, invalid_argument
-from server.model import ModelSpec, PreprocessSpec
-from server.preprocess.decode import DecodeLimits, ImageDecodeError, ImageTooLargeError, decode_rgb
-from server.preprocess.stats import BOOK, PreprocessBook
-from server.preprocess.transform import Normalizer, center_crop_resized
-from server.validate import ValidatedInputs
+from ipsbench.server.errors import ServerError, invalid_argument
+from ipsbench.server.model import ModelSpec, PreprocessSpec
+from ipsbench.server.preprocess.decode import DecodeLimits, ImageDecodeError, ImageTooLargeError, decode_rgb
+from ipsbench.server.preprocess.stats import BOOK, PreprocessBook
+from ipsbench.server.preprocess.transform import Normalizer, center_crop_resized
+from ipsbench.server.validate import ValidatedInputs
 
 MAX_DECODE_THREADS = 16
 

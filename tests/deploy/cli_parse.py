@@ -21,11 +21,11 @@ LOAD_COMMANDS_WITHOUT_SETTINGS = ("worker", "ui")
 
 def parser_for(program: str):
     if program == "ipsbench-serve":
-        from server.cli import build_parser
+        from ipsbench.server.cli import build_parser
     elif program == "ipsbench-load":
-        from loadgen.cli import build_parser
+        from ipsbench.loadgen.cli import build_parser
     elif program == "ipsbench-export":
-        from export.cli import build_parser
+        from ipsbench.export.cli import build_parser
     else:
         raise ValueError(f"unknown program {program}")
     return build_parser()
@@ -43,7 +43,7 @@ def check(argv: list[str]) -> dict:
         return {"ok": ok, "error": "" if ok else f"argparse exit {exit_.code}: {stderr.getvalue().strip()}"}
     if program == "ipsbench-load" and args[0] not in LOAD_COMMANDS_WITHOUT_SETTINGS:
         # The CLI's own range checks, which run after parsing.
-        from loadgen.cli import settings_from_args
+        from ipsbench.loadgen.cli import settings_from_args
 
         try:
             settings_from_args(namespace)

@@ -18,7 +18,7 @@ import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from export import models
+from ipsbench.export import models
 
 ROOT = Path(__file__).resolve().parents[2]
 ZOO = ("inception_v3", "googlenet", "squeezenet1_1")
@@ -43,7 +43,7 @@ def zoo(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     for model in ZOO:
         for fmt in FORMATS:
             name = served_name(model, fmt)
-            cmd = [sys.executable, "-m", "export", model, "--format", fmt, "--max-batch-size", str(MAX_BATCH),
+            cmd = [sys.executable, "-m", "ipsbench.export", model, "--format", fmt, "--max-batch-size", str(MAX_BATCH),
                    "--verify-image-count", str(VERIFY_IMAGES), "--name", name, "--out", str(repo)]
             result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
             assert result.returncode == 0, f"{name}:\n{result.stdout}\n{result.stderr}"

@@ -9,11 +9,11 @@ import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from export import models
+from ipsbench.export import models
 
 
 def run_export(*args):
-    return subprocess.run([sys.executable, "-m", "export", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "ipsbench.export", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_layout_and_config(model_repository):

@@ -14,13 +14,13 @@ import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from export import models, preset
+from ipsbench.export import models, preset
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_export(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "export", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "ipsbench.export", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
 
 
@@ -106,7 +106,7 @@ def test_preset_refuses_a_model_name(tmp_path):
 
 
 @pytest.mark.skipif(
-    importlib.util.find_spec("export.preprocess_front") is None,
+    importlib.util.find_spec("ipsbench.export.preprocess_front") is None,
     reason="export/preprocess_front.py (the preprocessing fronts) is not in this tree yet",
 )
 def test_front_option_writes_a_jpeg_and_a_uint8_front(tmp_path):

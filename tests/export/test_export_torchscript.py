@@ -57,7 +57,7 @@ def test_gpu_export_asks_for_gpu_fp16_channels_last_and_says_where_it_was_verifi
     ],
 )
 def test_options_that_do_not_fit_the_format_or_device_are_refused(args, message, tmp_path):
-    cmd = [sys.executable, "-m", "export", "resnet18", "--out", str(tmp_path), *args]
+    cmd = [sys.executable, "-m", "ipsbench.export", "resnet18", "--out", str(tmp_path), *args]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert message in result.stderr

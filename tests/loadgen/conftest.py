@@ -9,7 +9,7 @@ CLOSED_LOOP = ("sweep", "offline", "single-stream", "ramp", "spike")
 
 @pytest.fixture
 def start_load(tmp_path):
-    """Start ``python -m loadgen SCENARIO --target TARGET ... --out <tmp>`` (``sweep`` unless ``scenario`` says
+    """Start ``python -m ipsbench.loadgen SCENARIO --target TARGET ... --out <tmp>`` (``sweep`` unless ``scenario`` says
     otherwise); processes left running are killed. A closed-loop run measures one window per step unless the
     test passes ``--max-trials`` (stability judgements have tests of their own)."""
     runs: list[LoadRun] = []

@@ -4,7 +4,7 @@ import itertools
 import numpy as np
 import pytest
 
-from loadgen.arrivals import arrival_process, constant, poisson
+from ipsbench.loadgen.arrivals import arrival_process, constant, poisson
 
 START_NS = 5_000_000_000
 
@@ -48,7 +48,7 @@ def test_bad_arrival_processes_are_refused(name, rate, message):
 
 
 def test_traces_read_plain_or_csv_and_split_among_senders(tmp_path):
-    from loadgen.arrivals import read_trace, trace
+    from ipsbench.loadgen.arrivals import read_trace, trace
 
     plain = tmp_path / "trace.txt"
     plain.write_text("0.5\n0.25\n\n0.25\n")

@@ -8,7 +8,7 @@ from load_helpers import REPO_ROOT
 
 
 def load(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "loadgen", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "ipsbench.loadgen", *args], cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=60)
 
 
@@ -84,8 +84,8 @@ def test_every_command_documents_its_options():
     ["single-stream", "--request-log", "logs/requests.csv", "--processes", "2"],
 ])
 def test_settings_travel_to_workers_as_plain_data(scenario):
-    from loadgen.cli import build_parser, settings_from_args
-    from loadgen.settings import RunSettings
+    from ipsbench.loadgen.cli import build_parser, settings_from_args
+    from ipsbench.loadgen.settings import RunSettings
 
     args = build_parser().parse_args([scenario[0], "--target", "127.0.0.1:8001", "--model", "m", "--out", "r",
                                       *scenario[1:]])
@@ -96,7 +96,7 @@ def test_settings_travel_to_workers_as_plain_data(scenario):
 
 
 def test_every_load_scenario_takes_a_request_log():
-    from loadgen.cli import build_parser, settings_from_args
+    from ipsbench.loadgen.cli import build_parser, settings_from_args
 
     scenarios = {"sweep": [], "offline": [], "single-stream": [], "ramp": ["--to", "2"], "spike": ["--spike", "2"],
                  "rate": ["--rate", "10"], "slo": ["--low", "1", "--high", "2"]}

@@ -8,9 +8,9 @@ import grpc
 import pytest
 from load_helpers import REPO_ROOT, sweep_report
 
-from loadgen.recorder import StepRecord
-from loadgen.report.compare import main
-from loadgen.report.schema import write_report
+from ipsbench.loadgen.recorder import StepRecord
+from ipsbench.loadgen.report.compare import main
+from ipsbench.loadgen.report.schema import write_report
 
 MS = 1_000_000
 
@@ -79,7 +79,7 @@ def test_unreadable_reports_exit_2_through_the_cli(two_runs, tmp_path, content, 
     a, _ = two_runs
     bad = tmp_path / "bad.json"
     bad.write_text(content if isinstance(content, str) else json.dumps(content))
-    result = subprocess.run([sys.executable, "-m", "loadgen", "compare", str(a), str(bad)], cwd=REPO_ROOT,
+    result = subprocess.run([sys.executable, "-m", "ipsbench.loadgen", "compare", str(a), str(bad)], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stdout + result.stderr
     assert message in result.stderr and result.stdout == ""

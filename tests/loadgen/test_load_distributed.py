@@ -11,7 +11,7 @@ import time
 import pytest
 from load_helpers import REPO_ROOT, assert_accounted
 
-from loadgen.report.schema import COUNT_FIELDS
+from ipsbench.loadgen.report.schema import COUNT_FIELDS
 
 WORKER_PIDS = re.compile(r"started (\d+) worker processes: ([\d, ]+)")
 
@@ -95,7 +95,7 @@ def test_a_worker_started_elsewhere_joins_through_master_bind(server, start_load
                      f"127.0.0.1:{port}", "--warmup", "300ms", "--duration", "1s", "--drain", "5s")
     run.wait_for_log("waiting for 1 workers from other hosts", timeout=60)
     with (tmp_path / "worker.log").open("w") as log:
-        worker = subprocess.Popen([sys.executable, "-m", "loadgen", "worker", "--master", f"127.0.0.1:{port}"],
+        worker = subprocess.Popen([sys.executable, "-m", "ipsbench.loadgen", "worker", "--master", f"127.0.0.1:{port}"],
                                   cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         assert run.finish(timeout=90) == 0, run.stdout + run.stderr()

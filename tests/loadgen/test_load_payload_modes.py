@@ -8,9 +8,9 @@ from load_helpers import assert_accounted
 from PIL import Image
 from tritonclient.grpc import service_pb2
 
-from loadgen.image_sources import folder_source, synthetic_source
-from loadgen.images import synthetic_image
-from loadgen.payloads import (
+from ipsbench.loadgen.image_sources import folder_source, synthetic_source
+from ipsbench.loadgen.images import synthetic_image
+from ipsbench.loadgen.payloads import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     InputSpec,
@@ -111,7 +111,7 @@ def test_a_sweep_over_an_image_folder(server, start_load, tmp_path):
 
 
 def preprocess_front():
-    front = pytest.importorskip("export.preprocess_front", reason="the server's preprocessing fronts are not there yet")
+    front = pytest.importorskip("ipsbench.export.preprocess_front", reason="the server's preprocessing fronts are not there yet")
     return front.write_preprocess_front
 
 
@@ -139,7 +139,7 @@ def test_accuracy_under_load_counts_top1_and_top5_against_folder_labels(server, 
     every checked answer must be right at top-1."""
     import onnxruntime
 
-    from loadgen.payloads import preprocess
+    from ipsbench.loadgen.payloads import preprocess
 
     session = onnxruntime.InferenceSession(str(model_repository / "resnet18" / "1" / "model.onnx"),
                                            providers=["CPUExecutionProvider"])
@@ -162,6 +162,6 @@ def test_accuracy_under_load_counts_top1_and_top5_against_folder_labels(server, 
 
 
 def _rgb(jpeg: bytes) -> np.ndarray:
-    from loadgen.images import decode_rgb
+    from ipsbench.loadgen.images import decode_rgb
 
     return decode_rgb(jpeg)

@@ -78,8 +78,8 @@ def test_open_loop_latency_shows_a_stall_the_closed_loop_hides(server, start_loa
 LOCUSTFILE = '''
 from locust import events
 
-from loadgen.scenarios.rate import RateShape
-from loadgen.users import OpenLoopUser, Workload
+from ipsbench.loadgen.scenarios.rate import RateShape
+from ipsbench.loadgen.users import OpenLoopUser, Workload
 
 
 class Rates(RateShape):

@@ -3,8 +3,8 @@ import grpc
 import numpy as np
 import pytest
 
-from loadgen.recorder import MAX_ERROR_KINDS, error_message_kind, OVERFLOW_MESSAGE, Outcome, RunRecorder, StepRecord
-from loadgen.report.schema import PERCENTILES, latency_summary
+from ipsbench.loadgen.recorder import MAX_ERROR_KINDS, error_message_kind, OVERFLOW_MESSAGE, Outcome, RunRecorder, StepRecord
+from ipsbench.loadgen.report.schema import PERCENTILES, latency_summary
 
 MS = 1_000_000  # ns
 
@@ -212,7 +212,7 @@ def test_merging_an_empty_histogram_keeps_the_minimum():
 def test_the_request_log_has_a_row_per_ended_request_with_the_latency_as_recorded(tmp_path):
     """Each outcome gets its row, with its code, whether it was measured, the trial it counted in (a closed-loop
     step judged for stability), times in us from the first step's start and the histogram's latency."""
-    from loadgen.request_log import COLUMNS, open_request_log, worker_path
+    from ipsbench.loadgen.request_log import COLUMNS, open_request_log, worker_path
 
     log = open_request_log(tmp_path / "out" / "requests.csv", images_per_request=2)
     ticks = iter([0, 100 * MS, 10_000 * MS])
@@ -258,7 +258,7 @@ def test_the_request_log_has_a_row_per_ended_request_with_the_latency_as_recorde
 
 
 def test_a_request_log_that_cannot_be_opened_says_where_and_why(tmp_path):
-    from loadgen.request_log import RequestLogError, open_request_log
+    from ipsbench.loadgen.request_log import RequestLogError, open_request_log
 
     (tmp_path / "file").write_text("")
     with pytest.raises(RequestLogError, match=r"--request-log .*file/requests.csv: "):

@@ -7,11 +7,11 @@ import grpc
 import pytest
 from rich.console import Console
 
-from loadgen.recorder import StepRecord
-from loadgen.report.console import print_summary
-from loadgen.report.files import write_reports
-from loadgen.report.markdown import render_markdown
-from loadgen.report.schema import COUNT_FIELDS, SCHEMA_VERSION, build_report, read_report, write_report
+from ipsbench.loadgen.recorder import StepRecord
+from ipsbench.loadgen.report.console import print_summary
+from ipsbench.loadgen.report.files import write_reports
+from ipsbench.loadgen.report.markdown import render_markdown
+from ipsbench.loadgen.report.schema import COUNT_FIELDS, SCHEMA_VERSION, build_report, read_report, write_report
 
 MS = 1_000_000
 
@@ -211,7 +211,7 @@ def single_stream_report(ok: int) -> dict:
 
 
 def test_single_stream_has_p90_as_its_headline_everywhere_it_is_summed_up():
-    from loadgen.report.html import render_html
+    from ipsbench.loadgen.report.html import render_html
 
     single = single_stream_report(ok=1000)  # 100 / (1 - 0.9) samples claim p90
     latency = single["steps"][0]["latency_us"]
@@ -234,7 +234,7 @@ def test_single_stream_has_p90_as_its_headline_everywhere_it_is_summed_up():
 
 
 def test_the_report_says_where_the_request_logs_went():
-    from loadgen.request_log import COLUMNS, describe
+    from ipsbench.loadgen.request_log import COLUMNS, describe
 
     one = describe("logs/requests.csv", None)
     assert one["files"] == ["logs/requests.csv"] and one["columns"] == list(COLUMNS)

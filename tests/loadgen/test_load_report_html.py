@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from load_helpers import REPO_ROOT
 
-from loadgen.report.cells import ms
-from loadgen.report.files import write_reports
-from loadgen.report.html import render_html
-from loadgen.report.schema import VERDICT_EXIT_CODES
+from ipsbench.loadgen.report.cells import ms
+from ipsbench.loadgen.report.files import write_reports
+from ipsbench.loadgen.report.html import render_html
+from ipsbench.loadgen.report.schema import VERDICT_EXIT_CODES
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -177,7 +177,7 @@ def browser():
 def engine_bench(model_repository, tmp_path_factory) -> Path:
     """``ipsbench-serve bench --json`` of the same model at batch 1 and 4 (short)."""
     path = tmp_path_factory.mktemp("bench") / "bench.json"
-    command = [sys.executable, "-m", "server", "bench", "resnet18", "--model-repository", str(model_repository),
+    command = [sys.executable, "-m", "ipsbench.server", "bench", "resnet18", "--model-repository", str(model_repository),
                "--batch-sizes", "1,4", "--duration", "300ms", "--warmup", "100ms", "--json", str(path)]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -189,7 +189,7 @@ def sweep_out(server, engine_bench, tmp_path_factory) -> Path:
     """One short real sweep (concurrency 1,2; stability windows; a p50 objective; the engine bench) that scraped
     the server's metrics; its report folder."""
     out = tmp_path_factory.mktemp("html-sweep") / "report"
-    command = [sys.executable, "-m", "loadgen", "sweep", "--target", server.grpc_url, "--model", "resnet18",
+    command = [sys.executable, "-m", "ipsbench.loadgen", "sweep", "--target", server.grpc_url, "--model", "resnet18",
                "--concurrency", "1,2", "--metrics-url", server.metrics_url, "--engine-bench", str(engine_bench),
                "--latency-slo", "p50=10s", "--max-trials", "3", "--stability", "1.0", "--out", str(out), *SHORT]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=180)

@@ -7,10 +7,10 @@ import pytest
 from load_helpers import sweep_report
 from rich.console import Console
 
-from loadgen.recorder import StepRecord
-from loadgen.report.console import print_summary
-from loadgen.report.markdown import render_markdown
-from loadgen.slo import parse_objective
+from ipsbench.loadgen.recorder import StepRecord
+from ipsbench.loadgen.report.console import print_summary
+from ipsbench.loadgen.report.markdown import render_markdown
+from ipsbench.loadgen.slo import parse_objective
 
 MS = 1_000_000
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from load_helpers import assert_accounted, write_failing_image_model
 
-from loadgen.report.schema import COUNT_FIELDS, PERCENTILES
+from ipsbench.loadgen.report.schema import COUNT_FIELDS, PERCENTILES
 
 QUICK = ("--warmup", "300ms", "--drain", "5s")
 COLUMNS = ["step", "outcome", "code", "measured", "trial", "intended_us", "sent_us", "done_us", "latency_us", "images"]

@@ -7,7 +7,7 @@ import time
 import pytest
 from load_helpers import assert_accounted
 
-from loadgen.report.cells import ms
+from ipsbench.loadgen.report.cells import ms
 
 QUICK = ("--warmup", "300ms", "--drain", "5s")
 
@@ -189,7 +189,7 @@ def test_a_terminal_sees_a_live_progress_line(server, tmp_path):
     from load_helpers import REPO_ROOT
 
     primary, secondary = pty.openpty()
-    command = [sys.executable, "-m", "loadgen", "sweep", "--target", server.grpc_url, "--model", "resnet18",
+    command = [sys.executable, "-m", "ipsbench.loadgen", "sweep", "--target", server.grpc_url, "--model", "resnet18",
                "--concurrency", "1", "--max-trials", "1", "--duration", "2s", "--out", str(tmp_path / "r"), *QUICK]
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"), COLUMNS="200")
     process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=secondary, stderr=subprocess.DEVNULL, env=env)

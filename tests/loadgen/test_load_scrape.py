@@ -2,7 +2,7 @@
 import pytest
 from load_helpers import assert_accounted
 
-from loadgen.scrape import ScrapeError, StepScrapes, parse_metrics, server_side
+from ipsbench.loadgen.scrape import ScrapeError, StepScrapes, parse_metrics, server_side
 
 SHORT = ("--warmup", "500ms", "--duration", "1500ms", "--drain", "5s")
 

@@ -17,9 +17,9 @@ import json
 import gevent
 from locust import events
 
-from loadgen.report.schema import latency_summary
-from loadgen.scenarios.rate import RateShape
-from loadgen.users import OpenLoopUser, Workload
+from ipsbench.loadgen.report.schema import latency_summary
+from ipsbench.loadgen.scenarios.rate import RateShape
+from ipsbench.loadgen.users import OpenLoopUser, Workload
 
 
 class Rates(RateShape):

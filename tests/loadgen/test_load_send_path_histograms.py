@@ -8,7 +8,7 @@ from hdrh.histogram import HdrHistogram
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loadgen.histograms import (
+from ipsbench.loadgen.histograms import (
     HIGHEST_LATENCY_US,
     LOWEST_LATENCY_US,
     SIGNIFICANT_DIGITS,

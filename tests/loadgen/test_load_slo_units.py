@@ -1,11 +1,11 @@
 """The SLO search, objectives, stability rule and a stability-judged step's figures, checked without a server."""
 import pytest
 
-from loadgen.outcomes import Outcome
-from loadgen.recorder import StepRecord
-from loadgen.report.schema import build_report
-from loadgen.slo import Search, min_samples, parse_objective
-from loadgen.stability import is_stable
+from ipsbench.loadgen.outcomes import Outcome
+from ipsbench.loadgen.recorder import StepRecord
+from ipsbench.loadgen.report.schema import build_report
+from ipsbench.loadgen.slo import Search, min_samples, parse_objective
+from ipsbench.loadgen.stability import is_stable
 
 MS = 1_000_000
 

@@ -34,12 +34,12 @@ def test_the_web_ui_runs_users_and_shows_exact_percentiles(server, tmp_path, rem
     processes = []
     with (tmp_path / "ui.log").open("w") as log:
         ui = subprocess.Popen(
-            [sys.executable, "-m", "loadgen", "ui", "--target", server.grpc_url, "--model", "resnet18",
+            [sys.executable, "-m", "ipsbench.loadgen", "ui", "--target", server.grpc_url, "--model", "resnet18",
              "--web-port", str(port), *distributed], cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
         processes.append(ui)
         if remote_workers:
             processes.append(subprocess.Popen(
-                [sys.executable, "-m", "loadgen", "worker", "--master", f"127.0.0.1:{master_port}"],
+                [sys.executable, "-m", "ipsbench.loadgen", "worker", "--master", f"127.0.0.1:{master_port}"],
                 cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT))
     try:
         deadline = time.monotonic() + 60

@@ -50,7 +50,7 @@ def stub_for(channel_to):
 
 @pytest.fixture
 def start_load(tmp_path: Path):
-    """``start_load(scenario, target, model, *args, out=None)`` → a ``python -m loadgen`` subprocess; killed if left running."""
+    """``start_load(scenario, target, model, *args, out=None)`` → a ``python -m ipsbench.loadgen`` subprocess; killed if left running."""
     runs: list[LoadRun] = []
 
     def start(scenario: str, target: str, model: str, *args: str, out: Path | None = None) -> LoadRun:

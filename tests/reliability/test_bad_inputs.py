@@ -38,7 +38,7 @@ BOMB_RSS_BOUND = 50 * 1024 * 1024
 def _write_jpeg_front(repository) -> str | None:
     """The encoded-image front of ``image8`` (``image8_jpeg``); the reason it cannot be built, or None."""
     try:
-        from export.preprocess_front import write_preprocess_front
+        from ipsbench.export.preprocess_front import write_preprocess_front
     except ImportError as error:
         return f"export.preprocess_front is not available yet ({error})"
     write_preprocess_front(

@@ -164,7 +164,7 @@ def mutated_images(draw) -> bytes:
 
 @pytest.fixture(scope="module")
 def decode():
-    decode_module = pytest.importorskip("server.preprocess.decode", reason="server.preprocess is not built yet")
+    decode_module = pytest.importorskip("ipsbench.server.preprocess.decode", reason="server.preprocess is not built yet")
     limits = decode_module.DecodeLimits(max_pixels=4_000_000, max_bytes=1024 * 1024)
     expected = (decode_module.ImageDecodeError, decode_module.ImageTooLargeError)
     decoders = ["pillow"] + (["simplejpeg"] if decode_module.simplejpeg is not None else [])

@@ -104,7 +104,7 @@ def test_S06_onnx_external_data_outside_the_model_folder_fails_to_load(tmp_path,
     _onnx_with_external_initializer(folder, location)
     (folder / "secret.bin").write_bytes(np.float32(2).tobytes())  # exists, but outside the version folder
     result = subprocess.run(
-        [sys.executable, "-m", "server", "--model-repository", str(repo), "--grpc-port", "0", "--metrics-port", "0"],
+        [sys.executable, "-m", "ipsbench.server", "--model-repository", str(repo), "--grpc-port", "0", "--metrics-port", "0"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode != 0
@@ -115,7 +115,7 @@ def test_S06_onnx_external_data_outside_the_model_folder_fails_to_load(tmp_path,
 
 def test_S08_encoded_images_over_the_byte_limit_are_refused_unread(tmp_path, start_server):
     try:
-        from export.preprocess_front import write_preprocess_front
+        from ipsbench.export.preprocess_front import write_preprocess_front
     except ImportError as error:
         pytest.skip(f"export.preprocess_front is not available yet ({error})")
     write_image_model(tmp_path, "image8")

@@ -460,7 +460,7 @@ SERVER_MIN_PING_INTERVAL_MS = 5 * 60 * 1000
 
 
 def test_F19_load_generator_keepalive_does_not_earn_too_many_pings(server_for_loads, start_load):
-    from loadgen.client import channel_options
+    from ipsbench.loadgen.client import channel_options
 
     options = dict(channel_options(1 << 20))
     assert options.get("grpc.keepalive_time_ms", SERVER_MIN_PING_INTERVAL_MS) >= SERVER_MIN_PING_INTERVAL_MS

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_bench(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "server", "bench", *args]
+    cmd = [sys.executable, "-m", "ipsbench.server", "bench", *args]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
@@ -71,6 +71,6 @@ def test_bench_failures_name_the_problem(tmp_path, write_test_model):
 
 
 def test_serving_options_are_unchanged_and_point_to_bench():
-    result = subprocess.run([sys.executable, "-m", "server", "--help"], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "ipsbench.server", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0
     assert "--model-repository" in result.stdout and "ipsbench-serve bench" in result.stdout

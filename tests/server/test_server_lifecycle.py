@@ -93,7 +93,7 @@ def _broken_repository(root, write_test_model):
 def test_a_model_that_fails_to_load_stops_the_server(tmp_path, write_test_model):
     repo = _broken_repository(tmp_path, write_test_model)
     result = subprocess.run(
-        [sys.executable, "-m", "server", "--model-repository", str(repo), "--grpc-port", "0", "--metrics-port", "0"],
+        [sys.executable, "-m", "ipsbench.server", "--model-repository", str(repo), "--grpc-port", "0", "--metrics-port", "0"],
         capture_output=True,
         text=True,
         timeout=ROOT_TIMEOUT_S,

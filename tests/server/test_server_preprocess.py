@@ -34,7 +34,7 @@ from server_helpers import CALL_TIMEOUT_S, infer_request, metric, output_array, 
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
-from export.preprocess_front import write_preprocess_front
+from ipsbench.export.preprocess_front import write_preprocess_front
 
 CROP = 64
 RESIZE = 73

@@ -18,13 +18,13 @@ from PIL import Image
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
-from server import datatypes
-from server.backends.registry import resolve_backend_name
-from server.loader import warmup_batches
-from server.model import ConfigError, ModelSpec
-from server.preprocess import DecodeLimits, ImageDecodeError, ImageTooLargeError, Preprocessor, decode_rgb
-from server.preprocess.decode import default_decoder
-from server.preprocess.transform import center_crop_resized
+from ipsbench.server import datatypes
+from ipsbench.server.backends.registry import resolve_backend_name
+from ipsbench.server.loader import warmup_batches
+from ipsbench.server.model import ConfigError, ModelSpec
+from ipsbench.server.preprocess import DecodeLimits, ImageDecodeError, ImageTooLargeError, Preprocessor, decode_rgb
+from ipsbench.server.preprocess.decode import default_decoder
+from ipsbench.server.preprocess.transform import center_crop_resized
 
 LIMITS = DecodeLimits(max_pixels=40_000_000, max_bytes=10 * 1024 * 1024)
 

@@ -218,7 +218,7 @@ def test_explicit_mode_beyond_loopback_without_a_credential_refuses_to_start(tmp
     write_test_model(tmp_path, "affine")
     env = {k: v for k, v in os.environ.items() if k != "IPSBENCH_ADMIN_TOKEN"}
     result = subprocess.run(
-        [sys.executable, "-m", "server", "--model-repository", str(tmp_path), "--host", "0.0.0.0"]
+        [sys.executable, "-m", "ipsbench.server", "--model-repository", str(tmp_path), "--host", "0.0.0.0"]
         + ["--grpc-port", "0", "--metrics-port", "0", "--model-control-mode", "explicit"],
         capture_output=True,
         text=True,

@@ -8,8 +8,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from server_helpers import scrape
 
-from server.metrics import render
-from server.telemetry import open_gpu_collector
+from ipsbench.server.metrics import render
+from ipsbench.server.telemetry import open_gpu_collector
 
 GPU_SERIES = ("nv_gpu_", "nv_energy_consumption")
 
@@ -115,7 +115,7 @@ def test_values_are_read_at_scrape_time():
     (fake_nvml({}), "NVML sees no GPU"),
 ])
 def test_no_driver_or_no_gpu_means_no_collector_and_one_info_line(nvml, reason, caplog):
-    caplog.set_level("INFO", logger="server.telemetry")
+    caplog.set_level("INFO", logger="ipsbench.server.telemetry")
     assert open_gpu_collector(nvml) is None
     assert [r.levelname for r in caplog.records] == ["INFO"]
     assert reason in caplog.records[0].getMessage()

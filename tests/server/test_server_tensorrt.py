@@ -14,7 +14,7 @@ import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from server.backends.checksum import write_checksum
+from ipsbench.server.backends.checksum import write_checksum
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTALL = "pip install 'ipsbench[tensorrt]'"
@@ -34,7 +34,7 @@ without_tensorrt = pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT and a GPU a
 
 
 def _export(out: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "export", "resnet18", "--image-size", "64", "--max-batch-size", "4",
+    cmd = [sys.executable, "-m", "ipsbench.export", "resnet18", "--image-size", "64", "--max-batch-size", "4",
            "--format", "tensorrt", "--out", str(out), *args]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
 
@@ -83,7 +83,7 @@ def test_plan_model_fails_to_load_naming_the_extra_while_others_serve(tmp_path, 
 def test_engine_is_built_verified_and_served_like_pytorch(precision, tmp_path, start_server):
     import torch
 
-    from export import models
+    from ipsbench.export import models
 
     repo = tmp_path / "models"
     result = _export(repo, "--precision", precision, "--name", f"r18_{precision}")

@@ -140,7 +140,7 @@ def test_mtls_server_serves_triton_client_with_a_certificate(mtls_server, pki):
 
 def test_tls_options_are_checked_before_start(repository, pki):
     result = subprocess.run(
-        [sys.executable, "-m", "server", "--model-repository", str(repository), "--grpc-tls-cert", str(pki.server_cert)],
+        [sys.executable, "-m", "ipsbench.server", "--model-repository", str(repository), "--grpc-tls-cert", str(pki.server_cert)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -10,7 +10,7 @@ import torch
 import tritonclient.grpc as grpcclient
 from torch_helpers import Affine, TwoInTwoOut, write_torchscript_model
 
-from export import models
+from ipsbench.export import models
 
 
 def _input(name: str, array: np.ndarray) -> grpcclient.InferInput:

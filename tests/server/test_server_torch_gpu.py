@@ -20,8 +20,8 @@ from torch_helpers import Affine, write_torchscript_model
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2_grpc
 
-from export import models
-from export.verify import compare
+from ipsbench.export import models
+from ipsbench.export.verify import compare
 
 pytestmark = [
     pytest.mark.gpu,
@@ -95,7 +95,7 @@ def test_cuda_graphs_keep_concurrent_requests_apart(gpu_stub):
 def test_bench_on_the_gpu_names_the_device_and_precision(gpu_repository, tmp_path):
     out = tmp_path / "bench.json"
     cmd = [
-        sys.executable, "-m", "server", "bench", "resnet18_graphs", "--model-repository", str(gpu_repository),
+        sys.executable, "-m", "ipsbench.server", "bench", "resnet18_graphs", "--model-repository", str(gpu_repository),
         "--batch-sizes", "1,8", "--duration", "0.5s", "--warmup", "0.2s", "--json", str(out),
     ]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)

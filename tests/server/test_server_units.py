@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2
 
-from server import convert
-from server.batching.batch import merge, split
-from server.core import InferResponse, OutputTensor
-from server.repository import ModelLoadError, scan_repository
-from server.validate import InferRequest, InputTensor
+from ipsbench.server import convert
+from ipsbench.server.batching.batch import merge, split
+from ipsbench.server.core import InferResponse, OutputTensor
+from ipsbench.server.repository import ModelLoadError, scan_repository
+from ipsbench.server.validate import InferRequest, InputTensor
 
 
 def test_infer_request_round_trips_through_grpc():
@@ -143,8 +143,8 @@ def test_backends_are_imported_only_when_used_and_missing_ones_say_what_to_insta
     script = f"""
 import sys
 sys.path.insert(0, {str(tmp_path)!r})
-from server.app import App
-from server.backends.registry import BACKENDS, BackendEntry, BackendUnavailable, get_backend
+from ipsbench.server.app import App
+from ipsbench.server.backends.registry import BACKENDS, BackendEntry, BackendUnavailable, get_backend
 assert "onnxruntime" not in sys.modules, "onnxruntime imported before a model needs it"
 get_backend(BACKENDS["onnxruntime"])
 assert "onnxruntime" in sys.modules

@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2
 
-from server import convert
-from server.core import InferResponse, OutputTensor
-from server.wire import decode_infer_request
+from ipsbench.server import convert
+from ipsbench.server.core import InferResponse, OutputTensor
+from ipsbench.server.wire import decode_infer_request
 
 names = st.text(max_size=20)
 blobs = st.binary(max_size=300)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from server.backends.checksum import write_checksum
-from server.backends.torch_engine import quiet_jit_deprecation
+from ipsbench.server.backends.checksum import write_checksum
+from ipsbench.server.backends.torch_engine import quiet_jit_deprecation
 
 
 class TwoInTwoOut(torch.nn.Module):
