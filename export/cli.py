@@ -125,7 +125,7 @@ def _check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 def _require_tensorrt() -> str | None:
     """Why TensorRT builds cannot run here, or None when they can."""
-    from ipsbench.server.backends.tensorrt_engine import TensorRTUnavailable, import_runtime
+    from ipsbench.server.engines.tensorrt_engine import TensorRTUnavailable, import_runtime
 
     try:
         import_runtime("ipsbench-export --format tensorrt")

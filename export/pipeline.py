@@ -17,7 +17,7 @@ from ipsbench.export import images, models
 from ipsbench.export.progress import Progress
 from ipsbench.export.repository import onnx_config, tensorrt_config, torchscript_config, version_dir, write_entry
 from ipsbench.export.verify import VERIFY_IMAGES, Agreement
-from ipsbench.server.backends.checksum import manifest_path
+from ipsbench.server.repository.checksum import manifest_path
 
 
 @dataclass
@@ -67,7 +67,7 @@ def _torchscript(args, spec, model, name, progress: Progress):
 
     from ipsbench.export.torchscript import FILENAME, export_torchscript
     from ipsbench.export.verify import verify_torchscript
-    from ipsbench.server.backends.torch_options import TorchOptions
+    from ipsbench.server.engines.torch_options import TorchOptions
 
     path = version_dir(args.out, name, args.version) / FILENAME
     with progress.step(f"tracing {args.model} ({spec.crop_size}x{spec.crop_size}) to TorchScript"):

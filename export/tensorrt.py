@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ipsbench.server.backends.tensorrt_engine import import_runtime
+from ipsbench.server.engines.tensorrt_engine import import_runtime
 
 FILENAME = "model.plan"
 TIMING_CACHE = "timing.cache"
@@ -83,7 +83,7 @@ def build_engine(
 ) -> Path:
     """Build ``plan_path`` from ``onnx_path``; returns the plan path. Raises :class:`TensorRTUnavailable` when
     TensorRT or a GPU is missing, ``RuntimeError`` with the parser's or builder's errors otherwise."""
-    from ipsbench.server.backends.checksum import write_checksum
+    from ipsbench.server.repository.checksum import write_checksum
 
     if settings.precision not in PRECISIONS:
         raise ValueError(f"TensorRT precision must be one of {', '.join(PRECISIONS)}, not {settings.precision}")
@@ -143,7 +143,7 @@ def build_engine(
 def verify_plan(model, plan_path: Path, crop_size: int, *, seed: int, precision: str, max_batch_size: int, images):
     """Same inputs through PyTorch and the engine, run by the server's TensorRT engine."""
     from ipsbench.export.verify import check
-    from ipsbench.server.backends.tensorrt_engine import TensorRTEngine
+    from ipsbench.server.engines.tensorrt_engine import TensorRTEngine
 
     engine = TensorRTEngine.open(plan_path, device_id=0)
     try:

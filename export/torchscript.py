@@ -21,8 +21,8 @@ def export_torchscript(model, crop_size: int, path: Path, seed: int = 0) -> Path
     """Trace ``model`` (eval mode) on a ``TRACE_BATCH``-image batch and save it, with its checksum, at ``path``."""
     import torch
 
-    from ipsbench.server.backends.checksum import write_checksum
-    from ipsbench.server.backends.torch_engine import quiet_jit_deprecation
+    from ipsbench.server.repository.checksum import write_checksum
+    from ipsbench.server.engines.torch_engine import quiet_jit_deprecation
 
     generator = torch.Generator().manual_seed(seed)
     example = torch.randn(TRACE_BATCH, 3, crop_size, crop_size, generator=generator)

@@ -161,11 +161,11 @@ def verify_torchscript(
     images: np.ndarray | None = None,
 ) -> list[Agreement]:
     """Same inputs through PyTorch and the TorchScript file, loaded by the server's PyTorch engine on
-    ``device`` (``cpu`` or ``cuda:N``) with ``options`` (:class:`ipsbench.server.backends.torch_options.TorchOptions`)."""
+    ``device`` (``cpu`` or ``cuda:N``) with ``options`` (:class:`ipsbench.server.engines.torch_options.TorchOptions`)."""
     import torch
 
-    from ipsbench.server.backends.torch_engine import EngineLayout, TorchEngine
-    from ipsbench.server.backends.torch_options import TorchOptions
+    from ipsbench.server.engines.torch_engine import EngineLayout, TorchEngine
+    from ipsbench.server.engines.torch_options import TorchOptions
 
     options = options or TorchOptions()
     layout = EngineLayout(

@@ -18,11 +18,13 @@ import grpc
 from prometheus_client import CollectorRegistry
 
 from ipsbench.server.control import ModelControl
-from ipsbench.server.core import InferenceCore, ModelRegistry
+from ipsbench.server.core import InferenceCore
 from ipsbench.server.errors import without_paths
 from ipsbench.server.grpc_service import InferenceServicer
 from ipsbench.server.health import Health
 from ipsbench.server.metrics import MetricsServer, ServerCollector
+from ipsbench.server.models import ModelRegistry
+from ipsbench.server.preprocess.stage import DecodePool
 from ipsbench.server.security import AdminAuth, SecurityConfigError, check_startup_policy, load_admin_token, server_credentials
 from ipsbench.server.settings import Settings
 from ipsbench.server.stats import ServerStats
@@ -66,7 +68,9 @@ class App:
         self.models = ModelRegistry()
         self.server_stats = ServerStats()
         self.core = InferenceCore(self.models, self.server_stats, package_version())
-        self.control = ModelControl(settings, self.models)
+        self.decode_pool = DecodePool()
+        """The threads preprocessing fronts decode in, shared by every front of this process."""
+        self.control = ModelControl(settings, self.models, self.decode_pool)
         self.health = Health()
         self.grpc_port: int | None = None
         self.metrics_port: int | None = None
@@ -185,6 +189,7 @@ class App:
             await model.batcher.stop(wait=drained)
         if drained:
             await self.control.close()
+        self.decode_pool.shutdown()
         if self._metrics_server is not None:
             self._metrics_server.stop()
         if self._gpu is not None:

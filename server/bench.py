@@ -25,8 +25,8 @@ import numpy as np
 from ipsbench.server.backends.base import ModelInstance
 from ipsbench.server.backends.registry import get_backend
 from ipsbench.server.loader import load_instance, warmup_batches
-from ipsbench.server.model import ModelSpec
-from ipsbench.server.repository import ModelLoadError, load_model_source
+from ipsbench.server.model_spec import ModelSpec
+from ipsbench.server.repository.scan import ModelLoadError, load_model_source
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class BenchSettings:
 
 
 @dataclass
-class BatchResult:
+class BatchSizeResult:
     batch_size: int
     batches: int
     images: int
@@ -71,7 +71,7 @@ class BenchResult:
     duration_s: float
     warmup_s: float
     instances: int = 1
-    results: list[BatchResult] = field(default_factory=list)
+    results: list[BatchSizeResult] = field(default_factory=list)
     host: str = field(default_factory=socket.gethostname)
     started_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     software: dict[str, str] = field(default_factory=dict)
@@ -134,7 +134,7 @@ def measure(
     batch_size: int,
     warmup_s: float,
     duration_s: float,
-) -> BatchResult:
+) -> BatchSizeResult:
     """Run ``arrays`` for ``warmup_s`` untimed, then for ``duration_s`` (at least once), timing every call."""
     names = spec.output_names
     warm_until = time.perf_counter_ns() + int(warmup_s * 1e9)
@@ -154,7 +154,7 @@ def measure(
     stats = {f"p{q}": float(np.percentile(latency_ms, q)) for q in PERCENTILES}
     stats.update(mean=float(latency_ms.mean()), min=float(latency_ms.min()), max=float(latency_ms.max()))
     images = batch_size * len(latencies_ns)
-    return BatchResult(batch_size, len(latencies_ns), images, elapsed_s, images / elapsed_s, stats)
+    return BatchSizeResult(batch_size, len(latencies_ns), images, elapsed_s, images / elapsed_s, stats)
 
 
 def run_bench(settings: BenchSettings, on_result=None) -> BenchResult:
@@ -168,7 +168,7 @@ def run_bench(settings: BenchSettings, on_result=None) -> BenchResult:
             model=spec.name,
             version=version,
             platform=spec.platform,
-            backend=spec.backend.name,
+            backend=spec.backend,
             device=info.device,
             device_name=device_name(info.device),
             precision=info.precision,

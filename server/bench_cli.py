@@ -9,8 +9,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from ipsbench.server.bench import BatchResult, BenchResult, BenchSettings, run_bench
-from ipsbench.server.cli import configure_logging
+from ipsbench.server.bench import BatchSizeResult, BenchResult, BenchSettings, run_bench
+from ipsbench.server.logformat import configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def row(result: BenchResult, batch: BatchResult) -> str:
+def row(result: BenchResult, batch: BatchSizeResult) -> str:
     return (
         f"{batch.batch_size:>6} {batch.images_per_s:>11.1f} {batch.latency_ms['p50']:>9.3f} "
         f"{batch.latency_ms['p99']:>9.3f}  {result.precision:<9} {result.device:<8} {result.backend}"
@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     header_printed: list[bool] = []
 
-    def show(result: BenchResult, batch: BatchResult) -> None:
+    def show(result: BenchResult, batch: BatchSizeResult) -> None:
         if not header_printed:
             print(
                 f"{result.model} v{result.version} ({result.platform}) on {result.device} ({result.device_name}), "

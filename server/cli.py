@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ipsbench.server.logformat import make_formatter
+from ipsbench.server.logformat import configure_logging
 from ipsbench.server.settings import Settings, settings_fields
 
 _TYPES = {"int": int, "float": float, "str": str, "Path": Path, "Path | None": Path, "tuple[str, ...]": str}
@@ -60,14 +60,6 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     except ValueError as exc:
         parser.error(str(exc))
         raise  # unreachable: parser.error exits
-
-
-def configure_logging(verbose: bool, log_format: str = "text") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(make_formatter(log_format))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
-    if not verbose:
-        logging.getLogger("asyncio").setLevel(logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,11 +14,12 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from ipsbench.server.core import LoadedModel, ModelRegistry
-from ipsbench.server.errors import ServerError, invalid_argument, unavailable, without_paths
+from ipsbench.server.errors import invalid_argument, quoted, unavailable, without_paths
 from ipsbench.server.loader import load_source
-from ipsbench.server.repository import (
-    MODEL_NAME_RE,
+from ipsbench.server.models import LoadedModel, ModelRegistry
+from ipsbench.server.preprocess.stage import DecodePool
+from ipsbench.server.repository.layout import MODEL_NAME_RE
+from ipsbench.server.repository.scan import (
     ModelLoadError,
     ModelSource,
     list_model_names,
@@ -31,15 +32,14 @@ log = logging.getLogger(__name__)
 
 CONTROL_DISABLED_MESSAGE = "explicit model load / unload is not allowed if polling is enabled"
 NO_FOLDER_MESSAGE = "no model folder of that name in the model repository"
+NAME_QUOTE_LIMIT = 64
 _TRAVERSAL_CHARACTERS = ("/", "\\", "\x00", "%")
 """Separators, NUL, and ``%`` (percent-encoded separators and dots); ``..`` is refused as a whole name only."""
 
 
-def display_name(name: str, limit: int = 64) -> str:
-    """A name as it may be echoed in an error: printable and bounded."""
-    shown = name[:limit]
-    text = shown if shown.isprintable() else repr(shown)[1:-1]
-    return text + ("..." if len(name) > limit else "")
+def display_name(name: str) -> str:
+    """A model name as control errors and logs repeat it."""
+    return quoted(name, NAME_QUOTE_LIMIT)
 
 
 def check_model_name(name: str) -> None:
@@ -53,11 +53,12 @@ def check_model_name(name: str) -> None:
 class ModelControl:
     """Loads and unloads models into a :class:`ModelRegistry` from the settings' model repository."""
 
-    def __init__(self, settings: Settings, registry: ModelRegistry) -> None:
+    def __init__(self, settings: Settings, registry: ModelRegistry, pool: DecodePool) -> None:
         self._root = settings.model_repository
         self._explicit = settings.explicit_model_control
         self._startup_models = settings.load_model
         self._registry = registry
+        self._pool = pool
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task] = set()
 
@@ -102,7 +103,7 @@ class ModelControl:
                 models = await self._load(source)
             except ModelLoadError as exc:
                 reason = without_paths(exc.message)
-                if exc.message != NO_FOLDER_MESSAGE and not self._registry_has(name):
+                if exc.message != NO_FOLDER_MESSAGE and not self._registry.has(name):
                     self._registry.mark_unavailable(name, reason)
                 log.error("load failed for model '%s': %s", display_name(name), exc.message)
                 raise invalid_argument(f"load failed for model '{display_name(name)}': {reason}") from None
@@ -116,7 +117,7 @@ class ModelControl:
         check_model_name(name)
         self._check_enabled()
         async with self._lock:
-            old = self._registry.remove(name) if self._registry_has(name) else []
+            old = self._registry.remove(name) if self._registry.has(name) else []
             if not old:
                 return
             log.info("model '%s' unloading: waiting for its in-flight requests", name)
@@ -143,13 +144,6 @@ class ModelControl:
         if not self._explicit:
             raise unavailable(CONTROL_DISABLED_MESSAGE)
 
-    def _registry_has(self, name: str) -> bool:
-        try:
-            self._registry.versions(name)
-        except ServerError:
-            return False
-        return True
-
     def _read_source(self, name: str) -> ModelSource:
         if not MODEL_NAME_RE.match(name) or not (self._root / name).is_dir():
             raise ModelLoadError(name, NO_FOLDER_MESSAGE)
@@ -161,7 +155,7 @@ class ModelControl:
         except Exception as exc:  # noqa: BLE001 - every load failure is reported the same way
             log.debug("load failure details for model '%s'", source.name, exc_info=True)
             raise ModelLoadError(source.name, str(exc).strip() or type(exc).__name__) from None
-        models = [LoadedModel(version, source.labels) for version in versions]
+        models = [LoadedModel(version, source.labels, self._pool) for version in versions]
         for model in models:
             model.batcher.start()
             log.info(
@@ -179,6 +173,7 @@ class ModelControl:
             for model in models:
                 await model.wait_idle()
                 await model.batcher.stop(wait=True)
+                self._registry.forget(model)
 
         task = asyncio.get_running_loop().create_task(retire(), name="retire-models")
         self._retiring.add(task)

@@ -9,12 +9,19 @@ from tritonclient.grpc import service_pb2
 
 from ipsbench.server import datatypes
 from ipsbench.server.classification import CLASSIFICATION_PARAMETER
-from ipsbench.server.core import NO_OPTIONS, IndexEntry, InferOptions, InferResponse, OutputTensor
+from ipsbench.server.dataplane import (
+    NO_OPTIONS,
+    IndexEntry,
+    InferOptions,
+    InferRequest,
+    InferResponse,
+    InputTensor,
+    OutputTensor,
+)
 from ipsbench.server.errors import invalid_argument
-from ipsbench.server.model import ModelSpec
+from ipsbench.server.model_spec import ModelSpec
 from ipsbench.server.stats import Duration, ModelStats
-from ipsbench.server.validate import InferRequest, InputTensor
-from ipsbench.server.wire import encode_infer_response
+from ipsbench.server.wire import encode_infer_response, raw_contents
 
 # -- ModelInfer ----------------------------------------------------------------------------------------------------
 
@@ -76,15 +83,6 @@ def _int_parameter(parameter: service_pb2.InferParameter, what: str) -> int:
     return getattr(parameter, kind)
 
 
-def infer_options_to_grpc(options: InferOptions, message: service_pb2.ModelInferRequest) -> None:
-    """Set ``options`` on ``message`` (whose outputs are already listed)."""
-    if options.timeout_us:
-        message.parameters[TIMEOUT_PARAMETER].int64_param = options.timeout_us
-    for name, count in (options.classification or {}).items():
-        output = next((o for o in message.outputs if o.name == name), None) or message.outputs.add(name=name)
-        output.parameters[CLASSIFICATION_PARAMETER].int64_param = count
-
-
 def infer_request_to_grpc(request: InferRequest) -> service_pb2.ModelInferRequest:
     """Inputs as ``raw_input_contents`` (raw bytes, or typed values packed little-endian)."""
     message = service_pb2.ModelInferRequest(
@@ -103,15 +101,8 @@ def infer_request_to_grpc(request: InferRequest) -> service_pb2.ModelInferReques
     return message
 
 
-def _raw(output: OutputTensor) -> bytes:
-    """An output's ``raw_output_contents``: its bytes, or length-prefixed elements for BYTES (as Triton sends)."""
-    if output.datatype == "BYTES":
-        return datatypes.join_bytes_elements(output.array.ravel())
-    return output.array.tobytes()
-
-
 def _response_header(response: InferResponse) -> service_pb2.ModelInferResponse:
-    """The response message without its raw output contents."""
+    """The response message without its raw output contents: the one place both encodings build it from."""
     return service_pb2.ModelInferResponse(
         model_name=response.model_name,
         model_version=response.model_version,
@@ -125,7 +116,7 @@ def _response_header(response: InferResponse) -> service_pb2.ModelInferResponse:
 
 def infer_response_to_grpc(response: InferResponse) -> service_pb2.ModelInferResponse:
     message = _response_header(response)
-    message.raw_output_contents.extend(_raw(o) for o in response.outputs)
+    message.raw_output_contents.extend(bytes(raw_contents(o.datatype, o.array)) for o in response.outputs)
     return message
 
 

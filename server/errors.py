@@ -1,4 +1,7 @@
-"""Errors that carry their gRPC status code; the gRPC layer maps them in one place."""
+"""Errors that carry their gRPC status code, and the texts a client sees; the gRPC layer maps them in one place.
+
+Where Triton has a text for a condition, the constant here is Triton's, so that clients matching on it keep working.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +18,19 @@ __all__ = [
     "unavailable",
     "unimplemented",
     "new_request_id",
+    "quoted",
     "FailureReason",
+    "LOADING_MESSAGE",
+    "QUEUE_FULL_MESSAGE",
+    "QUEUE_TIMEOUT_MESSAGE",
+    "SHUTTING_DOWN_MESSAGE",
 ]
+
+
+QUEUE_FULL_MESSAGE = "Exceeds maximum queue size"
+QUEUE_TIMEOUT_MESSAGE = "Request timeout expired"
+SHUTTING_DOWN_MESSAGE = "Server is shutting down"
+LOADING_MESSAGE = "Server is not ready: models are still loading"
 
 
 class FailureReason:
@@ -51,6 +65,18 @@ def without_paths(message: str) -> str:
     """``message`` with absolute filesystem paths replaced by ``<path>``: texts from libraries (e.g. a model that
     does not load) may name server paths, which clients are not told (the log keeps the full text)."""
     return _ABSOLUTE_PATH.sub("<path>", message)
+
+
+QUOTE_LIMIT = 128
+"""Characters of a client-given text an error message repeats at most."""
+
+
+def quoted(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """A client-given text as an error message may repeat it: printable (escaped otherwise) and at most ``limit``
+    characters, with ``...`` when it was cut."""
+    shown = text[:limit]
+    shown = shown if shown.isprintable() else repr(shown)[1:-1]
+    return shown + ("..." if len(text) > limit else "")
 
 
 def new_request_id() -> str:

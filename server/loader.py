@@ -17,10 +17,9 @@ from PIL import Image
 
 from ipsbench.server.backends.base import Backend, ModelInstance
 from ipsbench.server.backends.registry import get_backend
-from ipsbench.server.model import ConfigError, InstanceSpec, ModelSpec, PreprocessSpec
+from ipsbench.server.model_spec import ConfigError, InstanceSpec, ModelSpec, PreprocessSpec
 from ipsbench.server.preprocess.stage import Preprocessor
-from ipsbench.server.preprocess.stats import BOOK
-from ipsbench.server.repository import ModelSource
+from ipsbench.server.repository.scan import ModelSource
 
 WARMUP_IMAGE_SIZE = (500, 375)
 """(width, height) of the generated warm-up image: a typical ImageNet photo."""
@@ -52,8 +51,6 @@ def load_source(source: ModelSource) -> list[LoadedVersion]:
                 created.append(instance)
                 instances.append(instance)
             loaded.append(LoadedVersion(spec, version, tuple(instances)))
-            if spec.preprocess is not None:
-                BOOK.for_model(spec.name, version)
     except BaseException:
         for instance in created:
             instance.close()
@@ -153,7 +150,8 @@ def _front_warmups(spec: ModelSpec, front: PreprocessSpec) -> list[tuple[int, di
 
 def warmup_client_input(front: PreprocessSpec) -> np.ndarray:
     """One client-facing sample for a front: a smooth colour image as a JPEG (``jpeg``) or HWC pixels (``uint8``)."""
-    width, height = WARMUP_IMAGE_SIZE if front.kind == "jpeg" else (front.crop, front.crop)
+    crop = front.recipe.crop
+    width, height = WARMUP_IMAGE_SIZE if front.kind == "jpeg" else (crop, crop)
     x = np.linspace(0, 255, width, dtype=np.float32)[None, :]
     y = np.linspace(0, 255, height, dtype=np.float32)[:, None]
     pixels = np.stack([x + 0 * y, y + 0 * x, (x + y) / 2], axis=-1).astype(np.uint8)

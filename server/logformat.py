@@ -1,4 +1,4 @@
-"""Log record formatting for ``--log-format``: human-readable lines or one JSON object per line.
+"""The server's logging: ``--log-format`` text (human-readable lines) or json (one JSON object per line).
 
 A JSON line carries ``ts`` (UTC, ISO 8601 with milliseconds), ``level``, ``logger`` and ``msg``, then every field
 passed through ``extra=`` and, for errors logged with a traceback, ``exc``.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from datetime import datetime, timezone
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -34,3 +35,12 @@ class JsonFormatter(logging.Formatter):
 
 def make_formatter(log_format: str) -> logging.Formatter:
     return JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+
+
+def configure_logging(verbose: bool, log_format: str = "text") -> None:
+    """Log to stderr in ``log_format``, at DEBUG when ``verbose`` (asyncio's own chatter only from WARNING)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(make_formatter(log_format))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
+    if not verbose:
+        logging.getLogger("asyncio").setLevel(logging.WARNING)

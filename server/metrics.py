@@ -1,8 +1,10 @@
 """Prometheus metrics with Triton's names, read from :mod:`ipsbench.server.stats` at scrape time.
 
 One collector declares every family once on an injected ``CollectorRegistry``. Labels come only from loaded model
-names and versions. The text is rendered in Prometheus' 0.0.4 text format exactly as Triton writes it (counter
-names without a ``_total`` suffix), on a port of its own. The GPU series come from :mod:`ipsbench.server.telemetry`.
+names and versions. The text is rendered in Prometheus' 0.0.4 text format; Triton's families exactly as Triton
+writes them (counters without a ``_total`` suffix, durations in microseconds), so dashboards and clients built for
+Triton read them, and ipsbench's own by Prometheus' naming rules (counters end in ``_total``, durations in
+seconds). The GPU series come from :mod:`ipsbench.server.telemetry`.
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from ipsbench.server.preprocess.stats import BOOK, PreprocessBook, PreprocessStats
-from ipsbench.server.stats import FAILURE_REASONS, ModelStats, ServerStats
+from ipsbench.server.stats import FAILURE_REASONS, ModelStats, PreprocessStats, ServerStats
 
 log = logging.getLogger(__name__)
 
@@ -75,20 +76,23 @@ _PENDING = (
     "Instantaneous number of pending requests awaiting execution per-model.",
 )
 _BATCH = ("ipsbench_batch_size", "Batch sizes executed (samples per engine call)")
-_UNKNOWN = ("ipsbench_unknown_model_requests", "Requests naming a model that is not loaded (the name is not recorded)")
+_UNKNOWN = (
+    "ipsbench_unknown_model_requests_total",
+    "Requests naming a model that is not loaded (the name is not recorded)",
+)
 
-# (name, help, value of one PreprocessStats) for models that decode/normalize their inputs in the server.
-_PREPROCESS: tuple[tuple[str, str, Callable[[PreprocessStats], int]], ...] = (
+# (name, help, value of one PreprocessStats) for fronts, models that decode and normalize their inputs in the server.
+_PREPROCESS: tuple[tuple[str, str, Callable[[PreprocessStats], float]], ...] = (
     (
-        "ipsbench_preprocess_duration_us",
-        "Cumulative duration of input preprocessing (decode, resize, crop, normalize) in microseconds",
-        lambda p: p.duration_ns // 1000,
+        "ipsbench_preprocess_duration_seconds_total",
+        "Cumulative duration of input preprocessing (decode, resize, crop, normalize) in seconds",
+        lambda p: p.duration_ns / 1e9,
     ),
-    ("ipsbench_preprocess_count", "Number of requests preprocessed successfully", lambda p: p.requests),
-    ("ipsbench_preprocess_image_count", "Number of images preprocessed successfully", lambda p: p.images),
+    ("ipsbench_preprocess_requests_total", "Requests preprocessed successfully", lambda p: p.requests),
+    ("ipsbench_preprocess_images_total", "Images preprocessed successfully", lambda p: p.images),
     (
-        "ipsbench_preprocess_failure",
-        "Number of requests refused by preprocessing (undecodable or oversize images)",
+        "ipsbench_preprocess_failures_total",
+        "Requests refused by preprocessing (undecodable or oversize images)",
         lambda p: p.failures,
     ),
 )
@@ -97,15 +101,9 @@ _PREPROCESS: tuple[tuple[str, str, Callable[[PreprocessStats], int]], ...] = (
 class ServerCollector(Collector):
     """Reads the statistics of every loaded model version at scrape time."""
 
-    def __init__(
-        self,
-        models: Callable[[], Iterable[ModelStats]],
-        server: ServerStats,
-        preprocess: PreprocessBook = BOOK,
-    ) -> None:
+    def __init__(self, models: Callable[[], Iterable[ModelStats]], server: ServerStats) -> None:
         self._models = models
         self._server = server
-        self._preprocess = preprocess
 
     def describe(self) -> Iterator[Metric]:
         return self._families([])
@@ -135,15 +133,14 @@ class ServerCollector(Collector):
             buckets.append(("+Inf", sum(n for _, n in sizes)))
             batch.add_metric([stats.name, str(stats.version)], buckets, sum(size * n for size, n in sizes))
         yield batch
-        fronts = [(stats, self._preprocess.get(stats.name, stats.version)) for stats in models]
-        fronts = [(stats, counts) for stats, counts in fronts if counts is not None]
+        fronts = [stats for stats in models if stats.preprocess is not None]
         for name, help_text, value in _PREPROCESS:
             family = Metric(name, help_text, "counter")
-            for stats, counts in fronts:
-                family.add_sample(name, _labels(stats), value(counts))
+            for stats in fronts:
+                family.add_sample(name, _labels(stats), value(stats.preprocess))
             yield family
-        unknown = Metric(_UNKNOWN[0] + "_total", _UNKNOWN[1], "counter")
-        unknown.add_sample(_UNKNOWN[0] + "_total", {}, self._server.unknown_model_requests)
+        unknown = Metric(*_UNKNOWN, "counter")
+        unknown.add_sample(_UNKNOWN[0], {}, self._server.unknown_model_requests)
         yield unknown
 
 

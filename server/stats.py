@@ -1,20 +1,31 @@
 """Per model version statistics, kept as Triton keeps them; the single source for ModelStatistics and metrics.
 
-Updated only from the event loop thread; read by the gRPC ModelStatistics RPC and by the Prometheus collector.
+Updated only from the event loop thread; read by the gRPC ModelStatistics RPC and by the Prometheus collector. A
+request's outcome is recorded around the call (:func:`recording`), not from inside it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from ipsbench.server.errors import FailureReason
-
-if TYPE_CHECKING:
-    from ipsbench.server.batching.batcher import Timing
+from ipsbench.server.errors import FailureReason, ServerError
 
 FAILURE_REASONS = (FailureReason.REJECTED, FailureReason.CANCELED, FailureReason.BACKEND, FailureReason.OTHER)
+
+
+@dataclass(slots=True)
+class Timing:
+    """Durations of one execution, in nanoseconds, shared by every request of the batch (``queue_ns``: the
+    request's own wait)."""
+
+    queue_ns: int = 0
+    compute_input_ns: int = 0
+    compute_infer_ns: int = 0
+    compute_output_ns: int = 0
 
 
 @dataclass(slots=True)
@@ -39,6 +50,28 @@ class BatchDurations:
 
 
 @dataclass(slots=True)
+class PreprocessStats:
+    """Counts and cumulative durations of a front's preprocessing stage (decode, resize, crop, normalize)."""
+
+    requests: int = 0
+    """Requests preprocessed successfully."""
+    images: int = 0
+    """Images in those requests."""
+    duration_ns: int = 0
+    """Cumulative wall time of the stage for those requests, from submission to the decode pool to the tensor."""
+    failures: int = 0
+    """Requests refused by preprocessing (undecodable, oversize)."""
+
+    def record_success(self, images: int, duration_ns: int) -> None:
+        self.requests += 1
+        self.images += images
+        self.duration_ns += duration_ns
+
+    def record_failure(self) -> None:
+        self.failures += 1
+
+
+@dataclass(slots=True)
 class ModelStats:
     """Statistics of one loaded model version."""
 
@@ -60,6 +93,8 @@ class ModelStats:
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
     batches: dict[int, BatchDurations] = field(default_factory=dict)
+    preprocess: PreprocessStats | None = None
+    """A preprocessing front's stage; None for a model that takes its engine's tensors."""
 
     def set_pending(self, count: int) -> None:
         self.pending_count = count
@@ -85,6 +120,39 @@ class ModelStats:
     def record_failure(self, reason: str, request_ns: int) -> None:
         self.fail.add(request_ns)
         self.failures.get(reason, self.failures[FailureReason.OTHER]).add(request_ns)
+
+
+@dataclass(slots=True)
+class Served:
+    """What a successful request tells its statistics: set by the code inside :func:`recording`."""
+
+    samples: int = 0
+    timing: Timing | None = None
+
+    def succeeded(self, samples: int, timing: Timing) -> None:
+        self.samples, self.timing = samples, timing
+
+
+@contextmanager
+def recording(stats: ModelStats) -> Iterator[Served]:
+    """Time one request and record how it ended: a success with what the body set on the yielded
+    :class:`Served`, or a failure under the reason its error carries (CANCELED when the client went away)."""
+    start_ns = time.perf_counter_ns()
+    served = Served()
+    try:
+        yield served
+    except ServerError as exc:
+        stats.record_failure(exc.reason, time.perf_counter_ns() - start_ns)
+        raise
+    except asyncio.CancelledError:
+        stats.record_failure(FailureReason.CANCELED, time.perf_counter_ns() - start_ns)
+        raise
+    except Exception:
+        stats.record_failure(FailureReason.OTHER, time.perf_counter_ns() - start_ns)
+        raise
+    if served.timing is None:
+        raise RuntimeError("a request left recording() without an outcome")
+    stats.record_success(served.samples, time.perf_counter_ns() - start_ns, served.timing)
 
 
 @dataclass(slots=True)

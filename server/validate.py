@@ -1,58 +1,27 @@
 """Check an inference request against its model before it is queued, with Triton's error texts.
 
-Everything that can be computed once per model lives in :class:`ipsbench.server.model.ModelSpec`; this module only compares.
+Everything that can be computed once per model lives in :class:`~ipsbench.server.model_spec.ModelSpec`; this
+module only compares.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from ipsbench.server import datatypes
+from ipsbench.server.dataplane import InferRequest, InputTensor, ModelInputs
 from ipsbench.server.errors import invalid_argument
-from ipsbench.server.model import ModelSpec, TensorSpec, dims_text
-
-
-@dataclass(slots=True)
-class InputTensor:
-    """One input as the transport delivered it: raw bytes or typed values, not yet checked."""
-
-    name: str
-    datatype: str
-    shape: Sequence[int]
-    raw: bytes | memoryview | None = None
-    contents: object | None = None
-    """``InferTensorContents``-like object: the typed field matching the datatype is read."""
-
-
-@dataclass(slots=True)
-class InferRequest:
-    """A transport-free inference request."""
-
-    model_name: str
-    model_version: str = ""
-    id: str = ""
-    inputs: Sequence[InputTensor] = ()
-    outputs: Sequence[str] = ()
-    """Requested output names; empty means all."""
-
-
-@dataclass(slots=True)
-class ValidatedInputs:
-    arrays: dict[str, np.ndarray]
-    batch_size: int
-    """Samples in the request; 1 for models without a batch dimension."""
-    batch_key: object
+from ipsbench.server.model_spec import ModelSpec, TensorSpec, dims_text
 
 
 def _names(names) -> str:
     return "[" + ",".join(f"'{n}'" for n in names) + "]"
 
 
-def validate_request(spec: ModelSpec, request: InferRequest) -> ValidatedInputs:
+def validate_request(spec: ModelSpec, request: InferRequest) -> ModelInputs:
     """Arrays ready for the batcher, or :class:`ServerError` INVALID_ARGUMENT naming the first problem."""
     model = spec.name
     for output in request.outputs:
@@ -94,7 +63,7 @@ def validate_request(spec: ModelSpec, request: InferRequest) -> ValidatedInputs:
     for name, tensor in tensors.items():
         arrays[name] = _to_array(spec, spec.inputs[name], tensor, batch_size)
     key = None if spec.uniform_inputs else tuple(sorted((n, a.shape[1:]) for n, a in arrays.items()))
-    return ValidatedInputs(arrays, batch_size, key)
+    return ModelInputs(arrays, batch_size, key)
 
 
 def _to_array(spec: ModelSpec, expected: TensorSpec, tensor: InputTensor, batch_size: int) -> np.ndarray:

@@ -113,19 +113,24 @@ def _length_prefix(length: int) -> bytes:
     return bytes(out)
 
 
+def raw_contents(datatype: str, array) -> bytes | memoryview:
+    """A tensor's ``raw_*_contents``: its bytes (a view when contiguous), or for BYTES its elements
+    length-prefixed, as Triton sends them."""
+    if datatype == "BYTES":
+        return datatypes.join_bytes_elements(array.ravel())
+    if array.flags.c_contiguous:
+        return memoryview(array).cast("B") if array.size else b""
+    return array.tobytes()
+
+
 def encode_infer_response(
     message: service_pb2.ModelInferResponse, outputs: Sequence[tuple[str, object]]
 ) -> bytes:
     """``message`` (without raw contents) serialized, then one ``raw_output_contents`` entry per output:
-    ``(datatype, numpy array)``, BYTES elements length-prefixed as Triton sends them."""
+    ``(datatype, numpy array)`` as :func:`raw_contents` gives it."""
     parts: list[bytes | memoryview] = [message.SerializeToString()]
     for datatype, array in outputs:
-        if datatype == "BYTES":
-            payload: bytes | memoryview = datatypes.join_bytes_elements(array.ravel())
-        elif array.flags.c_contiguous:
-            payload = memoryview(array).cast("B") if array.size else b""
-        else:
-            payload = array.tobytes()
+        payload = raw_contents(datatype, array)
         parts.append(_RAW_OUTPUT_TAG)
         parts.append(_length_prefix(len(payload)))
         parts.append(payload)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from ipsbench.server.model import InstanceSpec, ModelSpec
+    from ipsbench.server.model_spec import InstanceSpec, ModelSpec
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import onnxruntime as ort
 
 from ipsbench.server import datatypes
 from ipsbench.server.backends.base import Backend, EngineInfo, ModelInstance
-from ipsbench.server.model import InstanceSpec, ModelSpec, TensorSpec
+from ipsbench.server.model_spec import InstanceSpec, ModelSpec, TensorSpec
 
 _ORT_TYPES = {
     "tensor(bool)": "BOOL",

@@ -10,6 +10,7 @@ import importlib
 from dataclasses import dataclass
 
 from ipsbench.server.backends.base import Backend
+from ipsbench.server.repository.layout import MODEL_FILENAMES
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ BACKENDS: dict[str, BackendEntry] = {
     "onnxruntime": BackendEntry(
         name="onnxruntime",
         platform="onnxruntime_onnx",
-        default_model_filename="model.onnx",
+        default_model_filename=MODEL_FILENAMES["onnxruntime"],
         target="ipsbench.server.backends.onnx:OnnxRuntimeBackend",
         requires="onnxruntime",
         extra="ipsbench[server]",
@@ -39,7 +40,7 @@ BACKENDS: dict[str, BackendEntry] = {
     "pytorch": BackendEntry(
         name="pytorch",
         platform="pytorch_libtorch",
-        default_model_filename="model.pt",
+        default_model_filename=MODEL_FILENAMES["pytorch"],
         target="ipsbench.server.backends.torch:TorchBackend",
         requires="torch",
         extra="ipsbench[torch]",
@@ -47,7 +48,7 @@ BACKENDS: dict[str, BackendEntry] = {
     "tensorrt": BackendEntry(
         name="tensorrt",
         platform="tensorrt_plan",
-        default_model_filename="model.plan",
+        default_model_filename=MODEL_FILENAMES["tensorrt"],
         target="ipsbench.server.backends.tensorrt:TensorRTBackend",
         requires="tensorrt",
         extra="ipsbench[tensorrt]",
@@ -80,8 +81,16 @@ def resolve_backend_name(backend: str, platform: str) -> BackendEntry:
 _loaded: dict[str, Backend] = {}
 
 
-def get_backend(entry: BackendEntry) -> Backend:
-    """Import the backend's module on first use and return its (shared) instance."""
+def get_backend(name: str) -> Backend:
+    """Import the named backend's module on first use and return its (shared) instance."""
+    entry = BACKENDS.get(name)
+    if entry is None:
+        raise BackendUnavailable(f"unknown backend '{name}'; supported: {sorted(BACKENDS)}")
+    return load_backend(entry)
+
+
+def load_backend(entry: BackendEntry) -> Backend:
+    """Import ``entry``'s module on first use and return its (shared) instance."""
     backend = _loaded.get(entry.name)
     if backend is not None:
         return backend

@@ -1,7 +1,7 @@
 """Native TensorRT backend (Triton's ``tensorrt`` / ``tensorrt_plan``): serialized engines, ``model.plan``.
 
 Each instance deserializes the plan on its GPU (``instance_group { kind: KIND_GPU gpus: [N] }``) and owns one
-execution context and stream (see :mod:`ipsbench.server.backends.tensorrt_engine`). Tensor names, types and shapes in the
+execution context and stream (see :mod:`ipsbench.server.engines.tensorrt_engine`). Tensor names, types and shapes in the
 config must match the engine's; ``max_batch_size`` must not exceed the engine's optimization profile. Without
 TensorRT (or a GPU) the model fails to load with a message naming the extra to install.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from ipsbench.server.backends.base import Backend, EngineInfo, ModelInstance
-from ipsbench.server.backends.tensorrt_engine import TensorRTEngine
-from ipsbench.server.model import InstanceSpec, ModelSpec
+from ipsbench.server.engines.tensorrt_engine import TensorRTEngine
+from ipsbench.server.model_spec import InstanceSpec, ModelSpec
 
 
 class TensorRTInstance(ModelInstance):

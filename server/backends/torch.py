@@ -1,8 +1,8 @@
 """PyTorch backend (Triton's ``pytorch`` / ``pytorch_libtorch``): TorchScript ``model.pt`` on CPU or CUDA.
 
 TorchScript runs code when loaded: serve only a model repository you trust (see
-:mod:`ipsbench.server.backends.torch_engine`). Options come from the config's ``parameters`` (see
-:mod:`ipsbench.server.backends.torch_options`); the device from ``instance_group``: ``KIND_GPU`` with ``gpus: [N]`` →
+:mod:`ipsbench.server.engines.torch_engine`). Options come from the config's ``parameters`` (see
+:mod:`ipsbench.server.engines.torch_options`); the device from ``instance_group``: ``KIND_GPU`` with ``gpus: [N]`` →
 ``cuda:N`` (an error naming CUDA when it is unavailable), ``KIND_CPU`` → the CPU.
 
 Tensor names follow Triton's convention for libtorch models: ``INPUT__0``, ``INPUT__1``… are ``forward()``'s
@@ -21,15 +21,15 @@ from pathlib import Path
 import numpy as np
 
 from ipsbench.server.backends.base import Backend, EngineInfo, ModelInstance
-from ipsbench.server.backends.torch_engine import (
+from ipsbench.server.engines.torch_engine import (
     EngineLayout,
     TorchEngine,
     configure_process,
     forward_argument_names,
     load_module,
 )
-from ipsbench.server.backends.torch_options import TorchOptions, select_device
-from ipsbench.server.model import ConfigError, InstanceSpec, ModelSpec, TensorSpec
+from ipsbench.server.engines.torch_options import TorchOptions, select_device
+from ipsbench.server.model_spec import ConfigError, InstanceSpec, ModelSpec, TensorSpec
 
 log = logging.getLogger(__name__)
 

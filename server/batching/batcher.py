@@ -23,53 +23,25 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from ipsbench.server.backends.base import ModelInstance
 from ipsbench.server.batching.batch import merge, split
-from ipsbench.server.errors import ServerError, internal_error, new_request_id, unavailable
-from ipsbench.server.model import BatchingPolicy
-from ipsbench.server.stats import ModelStats
+from ipsbench.server.dataplane import ModelInputs, QueuedRequest, RequestResult
+from ipsbench.server.errors import (
+    QUEUE_FULL_MESSAGE,
+    QUEUE_TIMEOUT_MESSAGE,
+    SHUTTING_DOWN_MESSAGE,
+    ServerError,
+    internal_error,
+    new_request_id,
+    unavailable,
+)
+from ipsbench.server.model_spec import BatchingPolicy
+from ipsbench.server.stats import ModelStats, Timing
 
 log = logging.getLogger(__name__)
-
-QUEUE_FULL_MESSAGE = "Exceeds maximum queue size"
-QUEUE_TIMEOUT_MESSAGE = "Request timeout expired"
-SHUTTING_DOWN_MESSAGE = "Server is shutting down"
-
-
-@dataclass(slots=True)
-class QueuedRequest:
-    inputs: dict[str, np.ndarray]
-    batch_size: int
-    """Samples in this request (its batch dimension; 1 for models without one)."""
-    batch_key: object
-    """Requests batch together only when their keys are equal (same optional inputs and variable dims)."""
-    future: asyncio.Future
-    timeout_ns: int = 0
-    """The request's own queue timeout (0: none asked for); see the module docstring for how it applies."""
-    enqueued_ns: int = 0
-    deadline_ns: int = 0
-    """When the request times out in the queue (``perf_counter_ns``); 0: never."""
-
-
-@dataclass(slots=True)
-class Timing:
-    """Durations of one execution, in nanoseconds, shared by every request of the batch."""
-
-    queue_ns: int = 0
-    compute_input_ns: int = 0
-    compute_infer_ns: int = 0
-    compute_output_ns: int = 0
-
-
-@dataclass(slots=True)
-class BatchResult:
-    outputs: list[np.ndarray]
-    """This request's outputs, in the model's output order."""
-    timing: Timing = field(default_factory=Timing)
 
 
 class Batcher:
@@ -137,8 +109,22 @@ class Batcher:
 
     # -- producer side ---------------------------------------------------------------------------------------------
 
+    async def run(self, inputs: ModelInputs, timeout_us: int = 0) -> RequestResult:
+        """Queue one request and wait for its share of a batch; a :class:`ServerError` says why it got none. A
+        caller that gives up (cancellation) takes its request out of the queue."""
+        request = QueuedRequest(
+            inputs.arrays, inputs.batch_size, inputs.batch_key, asyncio.get_running_loop().create_future(),
+            timeout_us * 1000,
+        )
+        self.submit(request)
+        try:
+            return await request.future
+        except asyncio.CancelledError:
+            self.withdraw(request)
+            raise
+
     def submit(self, request: QueuedRequest) -> None:
-        """Queue ``request``; its future resolves to a :class:`BatchResult` or a :class:`ServerError`."""
+        """Queue ``request``; its future resolves to a :class:`RequestResult` or a :class:`ServerError`."""
         if self._closed_reason is not None:
             raise self._closed_reason
         limit = self._policy.max_queue_size
@@ -353,7 +339,7 @@ class Batcher:
                         timing.compute_infer_ns,
                         timing.compute_output_ns,
                     )
-                    request.future.set_result(BatchResult(outputs, request_timing))
+                    request.future.set_result(RequestResult(outputs, request_timing))
         finally:
             self._idle.append(instance)
             self._running.discard(done)

@@ -1,32 +1,9 @@
-"""Image preprocessing in the server: encoded JPEG/PNG or decoded UINT8 images → the engine's normalized NCHW tensor.
+"""Image preprocessing: encoded JPEG/PNG or decoded UINT8 images → a model's normalized NCHW tensor.
 
-* :mod:`ipsbench.server.preprocess.decode`: bytes → RGB image within size limits (simplejpeg, else Pillow);
-* :mod:`ipsbench.server.preprocess.transform`: resize, centre-crop, normalize, NCHW;
-* :mod:`ipsbench.server.preprocess.stage`: the per-request stage run off the event loop, and :class:`Preprocessor`;
-* :mod:`ipsbench.server.preprocess.stats`: counters per model version for the metrics endpoint.
-
-The configuration (``ipsbench.preprocess*`` parameters) is parsed in :mod:`ipsbench.server.model` as a ``PreprocessSpec``.
+* :mod:`~ipsbench.server.preprocess.recipe`: the recipe (resize, crop, mean, std, filter) and the config parameters
+  that state it, for every role;
+* :mod:`~ipsbench.server.preprocess.image`: the one implementation of the recipe on one image;
+* :mod:`~ipsbench.server.preprocess.decode`: bytes → RGB image within size limits (simplejpeg, else Pillow);
+* :mod:`~ipsbench.server.preprocess.transform`: the resize/crop geometry and the normalization;
+* :mod:`~ipsbench.server.preprocess.stage`: the server's per-request stage of a front model, run off the event loop.
 """
-
-from __future__ import annotations
-
-from ipsbench.server.preprocess.decode import (
-    DecodedImage,
-    DecodeLimits,
-    ImageDecodeError,
-    ImageTooLargeError,
-    decode_rgb,
-    default_decoder,
-)
-from ipsbench.server.preprocess.stage import Preprocessor, preprocess_inputs
-
-__all__ = [
-    "DecodeLimits",
-    "DecodedImage",
-    "ImageDecodeError",
-    "ImageTooLargeError",
-    "Preprocessor",
-    "decode_rgb",
-    "default_decoder",
-    "preprocess_inputs",
-]

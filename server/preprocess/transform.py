@@ -2,7 +2,7 @@
 
 The geometry is torchvision's ``Resize(resize)`` + ``CenterCrop(crop)``: the shorter side becomes ``resize`` (the
 longer one ``int(resize * long / short)``), then a ``crop``×``crop`` square is cut at
-``round((size - crop) / 2)``. Only the cropped region is resampled (Pillow's ``resize(box=...)`` gives the same
+``round((size - crop) / 2)``, as ``torchvision.transforms.functional.center_crop`` cuts it. Only the cropped region is resampled (Pillow's ``resize(box=...)`` gives the same
 pixels as resizing the whole image and cropping, since the filter still reads the pixels around the box). Pixels
 are scaled to [0, 1] and normalized with mean/std in one multiply-add per channel.
 """
@@ -14,8 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-RESAMPLE = Image.Resampling.BILINEAR
-"""Pillow's bilinear filter, antialiased when downscaling (as torchvision's PIL path uses)."""
+from ipsbench.server.preprocess.recipe import Recipe
+
+RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+"""Pillow's filters by recipe name, antialiased when downscaling (as torchvision's PIL path uses them)."""
 
 
 def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
@@ -36,6 +38,10 @@ class Normalizer:
 
     scale: np.ndarray
     bias: np.ndarray
+
+    @classmethod
+    def for_recipe(cls, recipe: Recipe) -> Normalizer:
+        return cls.from_mean_std(recipe.mean, recipe.std)
 
     @classmethod
     def from_mean_std(cls, mean, std) -> Normalizer:
@@ -60,8 +66,10 @@ class Normalizer:
             self.hwc_to_chw(pixels[index], out[index])
 
 
-def center_crop_resized(image: Image.Image, resize: int, crop: int, original_size: tuple[int, int]) -> Image.Image:
-    """The ``crop`` square of ``image`` resized so its shorter side is ``resize``.
+def center_crop_resized(
+    image: Image.Image, resize: int, crop: int, original_size: tuple[int, int], interpolation: str = "bilinear"
+) -> Image.Image:
+    """The ``crop`` square of ``image`` resized so its shorter side is ``resize``, with the ``interpolation`` filter.
 
     ``original_size`` is the encoded image's (width, height): ``image`` may be smaller (downscaled while decoding),
     and the geometry is computed on the original so that every decoder cuts the same region.
@@ -73,7 +81,7 @@ def center_crop_resized(image: Image.Image, resize: int, crop: int, original_siz
     scale_x = scale * width / new_width
     scale_y = scale * height / new_height
     box = (left * scale_x, top * scale_y, (left + crop) * scale_x, (top + crop) * scale_y)
-    return image.resize((crop, crop), RESAMPLE, box=box)
+    return image.resize((crop, crop), RESAMPLING[interpolation], box=box)
 
 
 def decode_scale(decoded_size: tuple[int, int], original_size: tuple[int, int]) -> float:

@@ -16,7 +16,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from ipsbench.export.preprocess_front import write_preprocess_front
-from ipsbench.server.repository import load_model_source
+from ipsbench.server.repository.scan import load_model_source
 
 IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 

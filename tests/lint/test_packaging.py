@@ -4,6 +4,7 @@ top-level ``server``, ``loadgen`` or ``export`` module where another project's c
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -42,9 +43,15 @@ def installed(tmp_path_factory) -> Path:
     the test environment's site-packages by a path entry, whose own ``.pth`` files, the editable install's finder
     among them, are not run)."""
     work = tmp_path_factory.mktemp("wheel")
+    source = work / "source"  # a copy: an in-tree build would leave build/ and egg-info folders in the checkout
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    for role in ROLES:
+        shutil.copytree(ROOT / role, source / role, ignore=shutil.ignore_patterns("__pycache__"))
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir",
-         str(work / "dist"), str(ROOT)],
+         str(work / "dist"), str(source)],
         capture_output=True, text=True, timeout=BUILD_TIMEOUT_S,
     )
     assert built.returncode == 0, built.stdout + built.stderr

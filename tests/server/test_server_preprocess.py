@@ -407,10 +407,10 @@ def test_preprocessing_metrics_count_known_traffic(front_server, client, front_s
     def delta(name: str) -> float:
         return metric(after, name, **labels) - metric(before, name, **labels)
 
-    assert delta("ipsbench_preprocess_count") == 3
-    assert delta("ipsbench_preprocess_image_count") == 3 * len(photos)
-    assert delta("ipsbench_preprocess_failure") == 1
-    assert delta("ipsbench_preprocess_duration_us") > 0
-    assert ("ipsbench_preprocess_count", frozenset({"model": "resnet18_uint8", "version": "1"}.items())) in after
+    assert delta("ipsbench_preprocess_requests_total") == 3
+    assert delta("ipsbench_preprocess_images_total") == 3 * len(photos)
+    assert delta("ipsbench_preprocess_failures_total") == 1
+    assert delta("ipsbench_preprocess_duration_seconds_total") > 0
+    assert ("ipsbench_preprocess_requests_total", frozenset({"model": "resnet18_uint8", "version": "1"}.items())) in after
     assert not any(name.startswith("ipsbench_preprocess") and dict(key).get("model") == "resnet18"
                    for name, key in after)

@@ -21,8 +21,9 @@ from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 from ipsbench.server import datatypes
 from ipsbench.server.backends.registry import resolve_backend_name
 from ipsbench.server.loader import warmup_batches
-from ipsbench.server.model import ConfigError, ModelSpec
-from ipsbench.server.preprocess import DecodeLimits, ImageDecodeError, ImageTooLargeError, Preprocessor, decode_rgb
+from ipsbench.server.model_spec import ConfigError, ModelSpec
+from ipsbench.server.preprocess.decode import DecodeLimits, ImageDecodeError, ImageTooLargeError, decode_rgb
+from ipsbench.server.preprocess.stage import Preprocessor
 from ipsbench.server.preprocess.decode import default_decoder
 from ipsbench.server.preprocess.transform import center_crop_resized
 
@@ -100,7 +101,8 @@ def front_config(kind: str = "jpeg", extra: dict[str, str] | None = None, image_
 def spec_from(text: str) -> ModelSpec:
     config = mc.ModelConfig()
     text_format.Parse(text, config)
-    return ModelSpec.from_config(config, resolve_backend_name(config.backend, config.platform))
+    backend = resolve_backend_name(config.backend, config.platform)
+    return ModelSpec.from_config(config, backend.name, backend.platform)
 
 
 def test_front_spec_separates_client_input_from_engine_input():
@@ -111,7 +113,8 @@ def test_front_spec_separates_client_input_from_engine_input():
     tensor = engine.inputs["input"]
     assert (tensor.datatype.protocol, tensor.dims, tensor.full_dims_text) == ("FP16", (3, 224, 224), "[-1,3,224,224]")
     front = spec.preprocess
-    assert (front.resize, front.crop, front.mean, front.max_pixels) == (256, 224, (0.485, 0.456, 0.406), 40_000_000)
+    recipe = front.recipe
+    assert (recipe.resize, recipe.crop, recipe.mean, front.max_pixels) == (256, 224, (0.485, 0.456, 0.406), 40_000_000)
 
 
 def test_plain_model_has_no_front_and_is_its_own_engine_spec():

@@ -14,7 +14,7 @@ import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from ipsbench.server.backends.checksum import write_checksum
+from ipsbench.server.repository.checksum import write_checksum
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTALL = "pip install 'ipsbench[tensorrt]'"

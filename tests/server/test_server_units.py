@@ -11,9 +11,9 @@ from tritonclient.grpc import service_pb2
 
 from ipsbench.server import convert
 from ipsbench.server.batching.batch import merge, split
-from ipsbench.server.core import InferResponse, OutputTensor
-from ipsbench.server.repository import ModelLoadError, scan_repository
-from ipsbench.server.validate import InferRequest, InputTensor
+from ipsbench.server.dataplane import InferResponse, OutputTensor
+from ipsbench.server.repository.scan import ModelLoadError, scan_repository
+from ipsbench.server.dataplane import InferRequest, InputTensor
 
 
 def test_infer_request_round_trips_through_grpc():
@@ -144,9 +144,9 @@ def test_backends_are_imported_only_when_used_and_missing_ones_say_what_to_insta
 import sys
 sys.path.insert(0, {str(tmp_path)!r})
 from ipsbench.server.app import App
-from ipsbench.server.backends.registry import BACKENDS, BackendEntry, BackendUnavailable, get_backend
+from ipsbench.server.backends.registry import BACKENDS, BackendEntry, BackendUnavailable, get_backend, load_backend
 assert "onnxruntime" not in sys.modules, "onnxruntime imported before a model needs it"
-get_backend(BACKENDS["onnxruntime"])
+get_backend("onnxruntime")
 assert "onnxruntime" in sys.modules
 assert "torch" not in sys.modules and "tensorrt" not in sys.modules
 for target, requires, expected in [
@@ -155,7 +155,7 @@ for target, requires, expected in [
 ]:
     entry = BackendEntry("x", "x_platform", "model.x", target, requires, "ipsbench[gpu]")
     try:
-        get_backend(entry)
+        load_backend(entry)
     except BackendUnavailable as exc:
         assert expected in str(exc), str(exc)
     else:

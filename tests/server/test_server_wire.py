@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2
 
 from ipsbench.server import convert
-from ipsbench.server.core import InferResponse, OutputTensor
+from ipsbench.server.dataplane import InferResponse, OutputTensor
 from ipsbench.server.wire import decode_infer_request
 
 names = st.text(max_size=20)

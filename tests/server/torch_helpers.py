@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from ipsbench.server.backends.checksum import write_checksum
-from ipsbench.server.backends.torch_engine import quiet_jit_deprecation
+from ipsbench.server.repository.checksum import write_checksum
+from ipsbench.server.engines.torch_engine import quiet_jit_deprecation
 
 
 class TwoInTwoOut(torch.nn.Module):

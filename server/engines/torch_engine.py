@@ -2,7 +2,7 @@
 
 TorchScript files are programs, not data: ``torch.jit.load`` runs what the file contains. The model repository must
 be trusted, as Triton's documentation says of its own PyTorch backend; in addition, a file is loaded only when it
-matches the SHA-256 manifest written next to it (:mod:`ipsbench.server.backends.checksum`).
+matches the SHA-256 manifest written next to it (:mod:`ipsbench.server.repository.checksum`).
 
 Loading: checksum → ``torch.jit.load(map_location=device)`` → eval → FP16 (``precision fp16``) →
 channels-last → ``torch.jit.freeze`` (weights become constants, Conv+BatchNorm fold). Freezing comes last because a
@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ipsbench.server.backends.checksum import verify_checksum
-from ipsbench.server.backends.cuda_graphs import GraphSet
-from ipsbench.server.backends.torch_options import TorchOptions
+from ipsbench.server.repository.checksum import verify_checksum
+from ipsbench.server.engines.cuda_graphs import GraphSet
+from ipsbench.server.engines.torch_options import TorchOptions
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,8 @@
 
 A *preprocessing front* is a model whose config declares the client-facing input (encoded images as BYTES, or
 decoded HWC UINT8 images) and carries ``ipsbench.preprocess*`` parameters saying how to turn it into the engine's
-NCHW input; :class:`PreprocessSpec` holds them and :meth:`ModelSpec.engine_spec` is what the engine sees.
+NCHW input (:mod:`ipsbench.server.preprocess.recipe`); :class:`PreprocessSpec` holds them and
+:meth:`ModelSpec.engine_spec` is what the engine sees.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from tritonclient.grpc import model_config_pb2
 
 from ipsbench.server import datatypes
-from ipsbench.server.backends.registry import BackendEntry
+from ipsbench.server.preprocess.recipe import Front, Recipe, RecipeError, read_parameters
 
 _KIND = model_config_pb2.ModelInstanceGroup.Kind
 _REJECT = model_config_pb2.ModelQueuePolicy.TimeoutAction.Value("REJECT")
@@ -74,44 +75,29 @@ class InstanceSpec:
     device_id: int | None
 
 
-PREPROCESS_KINDS = ("jpeg", "uint8")
-DEFAULT_MEAN = (0.485, 0.456, 0.406)
-DEFAULT_STD = (0.229, 0.224, 0.225)
-DEFAULT_MAX_PIXELS = 40_000_000
-DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024
-_PREFIX = "ipsbench.preprocess"
-
-
 @dataclass(frozen=True)
 class PreprocessSpec:
-    """How a front turns its client-facing input into the engine's input, from the ``ipsbench.preprocess*``
-    parameters (all string values):
-
-    * ``ipsbench.preprocess``: ``jpeg`` (BYTES input, dims [1]: encoded JPEG or PNG images) or ``uint8`` (UINT8
-      input, dims [crop, crop, 3]: decoded, resized and cropped HWC RGB images);
-    * ``.engine_input``: the engine's input name; ``.engine_datatype``: ``FP32`` (default) or ``FP16``;
-    * ``.resize`` (jpeg): the shorter side after resizing; ``.crop``: the square centre crop;
-    * ``.mean`` / ``.std``: three comma-separated values applied to pixels scaled to [0, 1] (default ImageNet's);
-    * ``.max_pixels`` (default 40,000,000): larger images are rejected from their header, before decoding;
-    * ``.max_image_bytes`` (default 10 MiB): larger encoded images are rejected before decoding.
-    """
+    """How a front turns its client-facing input into the engine's input (see
+    :mod:`ipsbench.server.preprocess.recipe` for the parameters that say so)."""
 
     kind: str
+    """``jpeg``: encoded JPEG or PNG images (BYTES, dims [1]); ``uint8``: resized and cropped HWC RGB pixels."""
     client_input: str
     engine_input: TensorSpec
-    resize: int
-    crop: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    recipe: Recipe
     max_pixels: int
+    """Larger images are refused from their header, before decoding."""
     max_image_bytes: int
+    """Larger encoded images are refused unread."""
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
     config: model_config_pb2.ModelConfig
-    backend: BackendEntry
+    backend: str
+    """The backend's name (``onnxruntime``, ``pytorch``, ``tensorrt``): :mod:`ipsbench.server.backends.registry`
+    loads it."""
     max_batch_size: int
     inputs: dict[str, TensorSpec]
     outputs: dict[str, TensorSpec]
@@ -123,6 +109,8 @@ class ModelSpec:
     instances: tuple[InstanceSpec, ...]
     preprocess: PreprocessSpec | None = None
     """Set for a preprocessing front: ``inputs`` are then the client-facing ones."""
+    recipe: Recipe | None = None
+    """How images become the engine's input tensor, where the config states it (a front always does)."""
 
     @property
     def platform(self) -> str:
@@ -146,12 +134,13 @@ class ModelSpec:
         )
 
     @classmethod
-    def from_config(cls, config: model_config_pb2.ModelConfig, backend: BackendEntry) -> ModelSpec:
-        """Validate ``config`` (already named) and precompute; fills ``platform``/``backend`` in ``config``."""
+    def from_config(cls, config: model_config_pb2.ModelConfig, backend: str, platform: str) -> ModelSpec:
+        """Validate ``config`` (already named) and precompute; fills ``platform``/``backend`` in ``config`` with
+        the backend's name and platform where it leaves them out."""
         if not config.platform:
-            config.platform = backend.platform
+            config.platform = platform
         if not config.backend:
-            config.backend = backend.name
+            config.backend = backend
         max_batch_size = config.max_batch_size
         if max_batch_size < 0:
             raise ConfigError(f"max_batch_size must be >= 0, got {max_batch_size}")
@@ -166,7 +155,10 @@ class ModelSpec:
             raise ConfigError("the config must declare at least one output")
         inputs = _tensors(config.input, max_batch_size, "input")
         outputs = _tensors(config.output, max_batch_size, "output")
-        preprocess = _preprocess(config, inputs)
+        try:
+            recipe, front = read_parameters({key: value.string_value for key, value in config.parameters.items()})
+        except RecipeError as exc:
+            raise ConfigError(str(exc)) from None
         return cls(
             name=config.name,
             config=config,
@@ -179,7 +171,8 @@ class ModelSpec:
             uniform_inputs=all(t.fixed and not t.optional for t in inputs.values()),
             batching=_batching(config),
             instances=_instances(config),
-            preprocess=preprocess,
+            preprocess=None if front is None else _front(config, inputs, front),
+            recipe=recipe,
         )
 
 
@@ -264,51 +257,28 @@ def _instances(config: model_config_pb2.ModelConfig) -> tuple[InstanceSpec, ...]
     return tuple(instances)
 
 
-def _preprocess(config: model_config_pb2.ModelConfig, inputs: dict[str, TensorSpec]) -> PreprocessSpec | None:
-    params = {key: value.string_value for key, value in config.parameters.items() if key.startswith(_PREFIX)}
-    if not params:
-        return None
-    kind = params.pop(_PREFIX, None)
-    if kind is None:
-        raise ConfigError(f"parameters {sorted(params)} need '{_PREFIX}' (one of {', '.join(PREPROCESS_KINDS)})")
-    kind = kind.strip().lower()
-    if kind not in PREPROCESS_KINDS:
-        raise ConfigError(f"parameter '{_PREFIX}' must be one of {', '.join(PREPROCESS_KINDS)}, got '{kind}'")
-    known = {"engine_input", "engine_datatype", "resize", "crop", "mean", "std", "max_pixels", "max_image_bytes"}
-    unknown = sorted(key for key in params if key.removeprefix(_PREFIX + ".") not in known)
-    if unknown:
-        raise ConfigError(f"unknown preprocessing parameter(s) {unknown}; known: {sorted(known)}")
-    values = {key.removeprefix(_PREFIX + "."): value.strip() for key, value in params.items()}
-
+def _front(config: model_config_pb2.ModelConfig, inputs: dict[str, TensorSpec], front: Front) -> PreprocessSpec:
+    """The front's client input checked against its kind, and the engine input it produces."""
     if config.max_batch_size <= 0:
         raise ConfigError("a preprocessing front needs max_batch_size > 0")
     if len(inputs) != 1:
         raise ConfigError(f"a preprocessing front has exactly one input, got {len(inputs)}")
     (client,) = inputs.values()
-    engine_name = values.get("engine_input", "")
-    if not engine_name:
-        raise ConfigError(f"parameter '{_PREFIX}.engine_input' (the engine's input name) is required")
-    crop = _positive_int(values, "crop", required=True)
-    resize = _positive_int(values, "resize", required=kind == "jpeg") or crop
-    if resize < crop:
-        raise ConfigError(f"parameter '{_PREFIX}.resize' ({resize}) must be >= '{_PREFIX}.crop' ({crop})")
-    if kind == "jpeg":
+    crop = front.recipe.crop
+    if front.kind == "jpeg":
         wanted_type, wanted_dims = datatypes.BYTES, (1,)
     else:
         wanted_type, wanted_dims = datatypes.BY_PROTOCOL["UINT8"], (crop, crop, 3)
     if client.datatype != wanted_type or client.dims != wanted_dims:
         raise ConfigError(
-            f"input '{client.name}' of a {kind} front must be {datatypes.config_type_name(wanted_type.config)} "
+            f"input '{client.name}' of a {front.kind} front must be {datatypes.config_type_name(wanted_type.config)} "
             f"with dims {dims_text(wanted_dims)}, got {datatypes.config_type_name(client.datatype.config)} "
             f"{dims_text(client.dims)}"
         )
-    engine_type = datatypes.BY_PROTOCOL.get(values.get("engine_datatype", "FP32").upper())
-    if engine_type is None or engine_type.protocol not in ("FP32", "FP16"):
-        got = values["engine_datatype"]
-        raise ConfigError(f"parameter '{_PREFIX}.engine_datatype' must be FP32 or FP16, got '{got}'")
+    engine_type = datatypes.BY_PROTOCOL[front.engine_datatype]
     engine_dims = (3, crop, crop)
     engine_input = TensorSpec(
-        name=engine_name,
+        name=front.engine_input,
         datatype=engine_type,
         dims=engine_dims,
         optional=False,
@@ -317,46 +287,4 @@ def _preprocess(config: model_config_pb2.ModelConfig, inputs: dict[str, TensorSp
         full_dims_text=dims_text((-1, *engine_dims)),
         metadata_shape=(-1, *engine_dims),
     )
-    std = _triple(values, "std", DEFAULT_STD)
-    if any(not v > 0 for v in std):
-        raise ConfigError(f"parameter '{_PREFIX}.std' values must be > 0, got {list(std)}")
-    return PreprocessSpec(
-        kind=kind,
-        client_input=client.name,
-        engine_input=engine_input,
-        resize=resize,
-        crop=crop,
-        mean=_triple(values, "mean", DEFAULT_MEAN),
-        std=std,
-        max_pixels=_positive_int(values, "max_pixels") or DEFAULT_MAX_PIXELS,
-        max_image_bytes=_positive_int(values, "max_image_bytes") or DEFAULT_MAX_IMAGE_BYTES,
-    )
-
-
-def _positive_int(values: dict[str, str], key: str, required: bool = False) -> int:
-    """The parameter as an int > 0; 0 when absent and not required."""
-    text = values.get(key, "")
-    if not text:
-        if required:
-            raise ConfigError(f"parameter '{_PREFIX}.{key}' is required")
-        return 0
-    try:
-        value = int(text.replace("_", "").replace(",", ""))
-    except ValueError:
-        raise ConfigError(f"parameter '{_PREFIX}.{key}' must be an integer, got '{text}'") from None
-    if value <= 0:
-        raise ConfigError(f"parameter '{_PREFIX}.{key}' must be > 0, got {value}")
-    return value
-
-
-def _triple(values: dict[str, str], key: str, default: tuple[float, float, float]) -> tuple[float, float, float]:
-    text = values.get(key, "")
-    if not text:
-        return default
-    try:
-        numbers = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        raise ConfigError(f"parameter '{_PREFIX}.{key}' must be three comma-separated numbers, got '{text}'") from None
-    if len(numbers) != 3 or not all(math.isfinite(v) for v in numbers):
-        raise ConfigError(f"parameter '{_PREFIX}.{key}' must be three comma-separated finite numbers, got '{text}'")
-    return numbers  # type: ignore[return-value]
+    return PreprocessSpec(front.kind, client.name, engine_input, front.recipe, front.max_pixels, front.max_image_bytes)

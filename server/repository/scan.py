@@ -1,6 +1,7 @@
-"""Model repository in Triton's layout: ``<root>/<model>/config.pbtxt`` and ``<root>/<model>/<version>/<file>``.
+"""Reading a model repository (:mod:`~ipsbench.server.repository.layout`): each model folder → its validated spec and
+the file of each version to serve.
 
-Only this module touches the filesystem. Directory names must match :data:`MODEL_NAME_RE`; every path is resolved
+Only this module reads the repository for the server. Directory names must match :data:`MODEL_NAME_RE`; every path is resolved
 and must stay inside the repository root (no symlink escapes). Requests never reach this module: they look models up
 in the loaded-model registry by name.
 """
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,13 +17,11 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from ipsbench.server.backends.registry import BackendUnavailable, resolve_backend_name
-from ipsbench.server.model import ConfigError, ModelSpec
+from ipsbench.server.model_spec import ConfigError, ModelSpec
+from ipsbench.server.repository.layout import CONFIG_FILENAME, MAX_CONFIG_BYTES, MODEL_NAME_RE, parse_config
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-CONFIG_FILENAME = "config.pbtxt"
-MAX_CONFIG_BYTES = 1024 * 1024
 MAX_LABELS_BYTES = 16 * 1024 * 1024
 
 
@@ -80,7 +78,7 @@ def load_model_source(real_root: Path, name: str) -> ModelSource:
     config = _read_config(_inside(real_root, model_dir / CONFIG_FILENAME, name), name)
     try:
         backend = resolve_backend_name(config.backend, config.platform)
-        spec = ModelSpec.from_config(config, backend)
+        spec = ModelSpec.from_config(config, backend.name, backend.platform)
     except (BackendUnavailable, ConfigError) as exc:
         raise ModelLoadError(name, str(exc)) from None
     filename = config.default_model_filename or backend.default_model_filename
@@ -135,9 +133,8 @@ def _read_config(path: Path, name: str) -> model_config_pb2.ModelConfig:
         raise ModelLoadError(name, f"{CONFIG_FILENAME} not found (it is required)")
     if path.stat().st_size > MAX_CONFIG_BYTES:
         raise ModelLoadError(name, f"{CONFIG_FILENAME} is larger than {MAX_CONFIG_BYTES} bytes")
-    config = model_config_pb2.ModelConfig()
     try:
-        text_format.Parse(path.read_text(encoding="utf-8"), config)
+        config = parse_config(path.read_text(encoding="utf-8"))
     except (text_format.ParseError, UnicodeDecodeError) as exc:
         raise ModelLoadError(name, f"cannot parse {CONFIG_FILENAME}: {exc}") from None
     if not config.name:

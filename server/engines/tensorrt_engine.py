@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ipsbench.server.backends.checksum import verify_checksum
+from ipsbench.server.repository.checksum import verify_checksum
 
 INSTALL_HINT = "pip install 'ipsbench[tensorrt]' (TensorRT's Python wheel; it needs an NVIDIA GPU and driver)"
 
