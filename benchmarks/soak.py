@@ -40,7 +40,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from ipsbench.loadgen.durations import parse_duration_s  # noqa: E402 - after the path is set
+from ipsbench.server.durations import parse_duration_s  # noqa: E402 - after the path is set
 
 GRPC_LINE = re.compile(r"gRPC listening on (?P<host>[^\s]+):(?P<port>\d+)$")
 READY_LINE = "ipsbench-serve: ready"

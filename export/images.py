@@ -1,8 +1,9 @@
 """Preprocessed image batches for verification (top-1 agreement) and INT8 calibration.
 
-From a folder of JPEG/PNG files, preprocessed as the model's weights recipe says (resize the shorter side with the
-recipe's filter, center-crop, scale to [0, 1], normalize), or synthetic images when no folder is given: smooth random
-colour fields with a few shapes, so that activations look more like a photo's than Gaussian noise does.
+From a folder of JPEG/PNG files, preprocessed by the network's recipe through the one implementation the server's
+fronts and the load generator use (:mod:`ipsbench.server.preprocess.image`), or synthetic images when no folder is
+given: smooth random colour fields with a few shapes, so that activations look more like a photo's than Gaussian
+noise does.
 """
 from __future__ import annotations
 
@@ -10,48 +11,42 @@ from pathlib import Path
 
 import numpy as np
 
-from ipsbench.export.models import ModelSpec
+from ipsbench.export.errors import ExportError
+from ipsbench.export.models import NetworkSpec
+from ipsbench.server.preprocess.decode import ImageDecodeError, ImageTooLargeError
+from ipsbench.server.preprocess.image import image_tensor
+from ipsbench.server.preprocess.transform import Normalizer
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
-MAX_IMAGE_PIXELS = 40_000_000
-"""Images larger than this are refused rather than decoded (decompression-bomb guard)."""
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def image_files(folder: Path) -> list[Path]:
     """The images in ``folder`` (not recursive), sorted by name; an error when there are none."""
     if not folder.is_dir():
-        raise SystemExit(f"image folder {folder} does not exist")
+        raise ExportError(f"image folder {folder} does not exist")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
-        raise SystemExit(f"image folder {folder} holds no {'/'.join(IMAGE_SUFFIXES)} files")
+        raise ExportError(f"image folder {folder} holds no {'/'.join(IMAGE_SUFFIXES)} files")
     return files
 
 
-def preprocess(path: Path, spec: ModelSpec) -> np.ndarray:
-    """One image file → normalized CHW FP32 at the model's crop size."""
-    from PIL import Image
-
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-    resample = Image.Resampling.BICUBIC if spec.interpolation == "bicubic" else Image.Resampling.BILINEAR
-    with Image.open(path, formats=["JPEG", "PNG", "WEBP"]) as image:
-        image = image.convert("RGB")
-        scale = spec.resize_size / min(image.size)
-        size = (max(spec.crop_size, round(image.width * scale)), max(spec.crop_size, round(image.height * scale)))
-        image = image.resize(size, resample)
-        left, top = (size[0] - spec.crop_size) // 2, (size[1] - spec.crop_size) // 2
-        image = image.crop((left, top, left + spec.crop_size, top + spec.crop_size))
-        pixels = np.asarray(image, dtype=np.float32) / 255.0
-    return normalize(pixels, spec)
+def preprocess(path: Path, spec: NetworkSpec) -> np.ndarray:
+    """One image file → normalized CHW FP32 at the network's crop size, by its recipe."""
+    try:
+        return image_tensor(path.read_bytes(), spec.recipe)
+    except (OSError, ImageDecodeError, ImageTooLargeError) as error:
+        raise ExportError(f"image {path}: {error}") from None
 
 
-def normalize(pixels_hwc: np.ndarray, spec: ModelSpec) -> np.ndarray:
-    """HWC values in [0, 1] → CHW normalized with the spec's mean and std."""
-    mean = np.asarray(spec.mean, dtype=np.float32)
-    std = np.asarray(spec.std, dtype=np.float32)
-    return np.ascontiguousarray(((pixels_hwc - mean) / std).transpose(2, 0, 1), dtype=np.float32)
+def normalize(pixels_hwc: np.ndarray, spec: NetworkSpec) -> np.ndarray:
+    """HWC values in [0, 1] → CHW normalized with the recipe's mean and std (synthetic images, already at the
+    crop size)."""
+    out = np.empty((3, *pixels_hwc.shape[:2]), dtype=np.float32)
+    Normalizer.for_recipe(spec.recipe).hwc_to_chw(pixels_hwc * np.float32(255.0), out)
+    return out
 
 
-def synthetic(spec: ModelSpec, count: int, seed: int = 0) -> np.ndarray:
+def synthetic(spec: NetworkSpec, count: int, seed: int = 0) -> np.ndarray:
     """``count`` synthetic images (NCHW FP32, normalized), the same for the same seed."""
     rng = np.random.default_rng(seed)
     side = spec.crop_size
@@ -73,6 +68,6 @@ def synthetic(spec: ModelSpec, count: int, seed: int = 0) -> np.ndarray:
     return np.stack(images)
 
 
-def from_folder(folder: Path, spec: ModelSpec, limit: int) -> np.ndarray:
+def from_folder(folder: Path, spec: NetworkSpec, limit: int) -> np.ndarray:
     """Up to ``limit`` images of ``folder``, preprocessed, as one NCHW batch."""
     return np.stack([preprocess(path, spec) for path in image_files(folder)[:limit]])

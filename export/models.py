@@ -1,11 +1,11 @@
-"""The torchvision classification zoo: build a model by name with its input size and preprocessing constants."""
+"""The torchvision classification zoo: build a network by name with its input size and preprocessing recipe."""
 from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ipsbench.export.errors import ExportError
+from ipsbench.server.preprocess.recipe import IMAGENET_MEAN, IMAGENET_STD, Recipe
 
 SIZED_BY_ARGUMENT = ("vit_",)
 """Name prefixes of architectures whose input size is fixed when built (position embeddings): built at the size of
@@ -15,8 +15,8 @@ EXPLICIT_INIT = ("googlenet", "inception_v3")
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """What a served model needs to know about the network it was exported from."""
+class NetworkSpec:
+    """What a served model needs to know about the torchvision network it was exported from."""
 
     name: str
     crop_size: int
@@ -30,13 +30,18 @@ class ModelSpec:
     interpolation: str = "bilinear"
     """Resampling filter of the resize (``bilinear`` or ``bicubic``), as the weights' recipe used it."""
 
+    @property
+    def recipe(self) -> Recipe:
+        """How an image becomes this network's input (written into every config exported from it)."""
+        return Recipe(self.crop_size, self.resize_size, self.mean, self.std, self.interpolation)
+
 
 def _torchvision():
     try:
         import torch  # noqa: F401
         import torchvision
     except ImportError as exc:  # the export role is the only one that needs PyTorch
-        raise SystemExit(
+        raise ExportError(
             f"ipsbench-export needs PyTorch and torchvision ({exc.name} is not installed): "
             "pip install 'ipsbench[export]'"
         ) from exc
@@ -58,11 +63,11 @@ def _transform_settings(weights) -> dict:
     return {**defaults, **weights.transforms.keywords}
 
 
-def describe(name: str, image_size: int | None = None) -> ModelSpec:
+def describe(name: str, image_size: int | None = None) -> NetworkSpec:
     """Input size, resize size, normalization and labels from torchvision's weight metadata (no download needed)."""
     tv = _torchvision()
     if name not in available_models():
-        raise SystemExit(f"unknown model '{name}'; `ipsbench-export --list` shows the {len(available_models())} available")
+        raise ExportError(f"unknown model '{name}'; `ipsbench-export --list` shows the {len(available_models())} available")
     weights = tv.models.get_model_weights(name).DEFAULT
     settings = _transform_settings(weights)
     crop = int(settings["crop_size"])
@@ -72,7 +77,7 @@ def describe(name: str, image_size: int | None = None) -> ModelSpec:
         crop = image_size
     labels = tuple(weights.meta["categories"])
     interpolation = getattr(settings.get("interpolation"), "value", "bilinear")
-    return ModelSpec(
+    return NetworkSpec(
         name=name,
         crop_size=crop,
         resize_size=resize,

@@ -6,7 +6,6 @@ fails, and the artifact is removed, so a repository never holds an entry that wa
 """
 from __future__ import annotations
 
-import argparse
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +14,11 @@ import numpy as np
 
 from ipsbench.export import images, models
 from ipsbench.export.progress import Progress
-from ipsbench.export.repository import onnx_config, tensorrt_config, torchscript_config, version_dir, write_entry
-from ipsbench.export.verify import VERIFY_IMAGES, Agreement
+from ipsbench.export.repository import onnx_config, tensorrt_config, torchscript_config, write_entry
+from ipsbench.export.settings import ExportSettings
+from ipsbench.export.verify import Agreement
 from ipsbench.server.repository.checksum import manifest_path
+from ipsbench.server.repository.layout import MODEL_FILENAMES, version_dir
 
 
 @dataclass
@@ -33,12 +34,12 @@ class ExportResult:
         return self.config_path is not None
 
 
-def verification_images(args: argparse.Namespace, spec: models.ModelSpec) -> np.ndarray | None:
-    count = getattr(args, "verify_image_count", VERIFY_IMAGES)
+def verification_images(args: ExportSettings, spec: models.NetworkSpec) -> np.ndarray | None:
+    count = args.verify_image_count
     if count == 0:
         return None
     if args.verify_images is not None:
-        return images.from_folder(args.verify_images, spec, limit=count)
+        return images.from_folder(Path(args.verify_images), spec, limit=count)
     return images.synthetic(spec, count, seed=args.seed)
 
 
@@ -46,7 +47,7 @@ def _onnx(args, spec, model, name, progress: Progress):
     from ipsbench.export.onnx import export_onnx
     from ipsbench.export.verify import verify_onnx
 
-    path = version_dir(args.out, name, args.version) / "model.onnx"
+    path = version_dir(args.out, name, args.version) / MODEL_FILENAMES["onnxruntime"]
     with progress.step(f"exporting {args.model} ({spec.crop_size}x{spec.crop_size}, {args.precision}) to ONNX"):
         export_onnx(model, spec.crop_size, path, precision=args.precision)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", flush=True)
@@ -104,7 +105,7 @@ def _tensorrt(args, spec, model, name, progress: Progress):
     if args.precision == "int8":
         if args.calibration_images is not None:
             with progress.step(f"reading calibration images from {args.calibration_images}"):
-                calibration = images.from_folder(args.calibration_images, spec, limit=args.calibration_limit)
+                calibration = images.from_folder(Path(args.calibration_images), spec, limit=args.calibration_limit)
         else:
             progress.note("no --calibration-images: calibrating INT8 on synthetic images (speed is right, "
                           "accuracy is not representative)")
@@ -137,10 +138,12 @@ def _tensorrt(args, spec, model, name, progress: Progress):
 EXPORTERS = {"onnx": _onnx, "torchscript": _torchscript, "tensorrt": _tensorrt}
 
 
-def export_one(args: argparse.Namespace, name: str, progress: Progress) -> ExportResult:
-    """Export ``args.model`` as ``name``; print each check; write the config only when every check passed."""
+def export_one(args: ExportSettings, progress: Progress) -> ExportResult:
+    """Export ``args.model`` as ``args.entry_name``; print each check; write the config only when every check
+    passed. Raises :class:`~ipsbench.export.errors.ExportError` when the export cannot go ahead."""
+    name = args.entry_name
     spec = models.describe(args.model, args.image_size)
-    model = models.build(args.model, seed=args.seed, weights_path=args.weights, image_size=spec.crop_size)
+    model = models.build(args.model, seed=args.seed, weights_path=args.weights or None, image_size=spec.crop_size)
     path, checks, config = EXPORTERS[args.format](args, spec, model, name, progress)
     for agreement in checks:
         print(agreement.describe(), flush=True)
@@ -154,17 +157,13 @@ def export_one(args: argparse.Namespace, name: str, progress: Progress) -> Expor
     return ExportResult(name, path, checks, config_path)
 
 
-def write_fronts(args: argparse.Namespace, spec: models.ModelSpec, name: str, progress: Progress) -> list[Path]:
+def write_fronts(args: ExportSettings, spec: models.NetworkSpec, name: str, progress: Progress) -> list[Path]:
     """The preprocessing fronts (``--front jpeg,uint8``) that let ``name`` take encoded images or raw pixels."""
     from ipsbench.export.preprocess_front import write_preprocess_front
 
     written = []
     for kind in args.front:
         with progress.step(f"writing the {kind} preprocessing front for {name}"):
-            written.append(
-                write_preprocess_front(
-                    args.out, name, kind, resize=spec.resize_size, crop=spec.crop_size, mean=spec.mean, std=spec.std
-                )
-            )
+            written.append(write_preprocess_front(args.out, name, kind, spec.recipe))
         print(f"wrote the {kind} front {written[-1]}", flush=True)
     return written

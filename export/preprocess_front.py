@@ -11,80 +11,48 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
 
-from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-KINDS = ("jpeg", "uint8")
-CLIENT_INPUT = "image"
-CONFIG_FILENAME = "config.pbtxt"
-PARAMETER_PREFIX = "ipsbench.preprocess"
-MODEL_FILENAMES = ("model.onnx", "model.plan", "model.pt")
-"""Model files hard-linked into the front's version folders (Triton's default names)."""
+from ipsbench.server.preprocess.recipe import FRONT_INPUT, FRONT_KINDS, PARAMETER_PREFIX, Front, Recipe, front_name
+from ipsbench.server.repository.layout import CONFIG_FILENAME, MODEL_FILENAMES, read_config, write_config
+
 _ENGINE_TYPES = {mc.TYPE_FP32: "FP32", mc.TYPE_FP16: "FP16"}
 
 
-def front_name(name: str, kind: str) -> str:
-    """``resnet50`` + ``jpeg`` → ``resnet50_jpeg``."""
-    return f"{name}_{kind}"
-
-
-def write_preprocess_front(
-    repository: Path,
-    name: str,
-    kind: str,
-    *,
-    resize: int,
-    crop: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-) -> Path:
+def write_preprocess_front(repository: Path, name: str, kind: str, recipe: Recipe) -> Path:
     """Write ``<repository>/<name>_<kind>`` from the plain entry ``<repository>/<name>``; return the new folder.
 
     The plain entry must have one NCHW input ``[3, crop, crop]`` in FP32 or FP16 and ``max_batch_size > 0``. An
     existing front of the same name is replaced; any other folder of that name is left alone (FileExistsError).
     """
     repository = Path(repository)
-    if kind not in KINDS:
-        raise ValueError(f"unknown front kind {kind!r}; choose one of {', '.join(KINDS)}")
-    if not 0 < crop <= resize:
-        raise ValueError(f"need 0 < crop <= resize, got crop={crop} resize={resize}")
-    mean_text, std_text = _triple("mean", mean), _triple("std", std)
-    if any(float(v) <= 0 for v in std):
-        raise ValueError(f"std values must be > 0, got {list(std)}")
+    if kind not in FRONT_KINDS:
+        raise ValueError(f"unknown front kind {kind!r}; choose one of {', '.join(FRONT_KINDS)}")
     source = repository / name
-    plain = _read_config(source / CONFIG_FILENAME)
-    engine_input, engine_type = _engine_input(plain, crop)
+    plain = _read_plain_config(source)
+    engine_input, engine_type = _engine_input(plain, recipe.crop)
+    crop = recipe.crop
 
     config = mc.ModelConfig()
     config.CopyFrom(plain)
     config.name = front_name(name, kind)
     del config.input[:]
     if kind == "jpeg":
-        config.input.add(name=CLIENT_INPUT, data_type=mc.TYPE_STRING, dims=[1])
+        config.input.add(name=FRONT_INPUT, data_type=mc.TYPE_STRING, dims=[1])
     else:
-        config.input.add(name=CLIENT_INPUT, data_type=mc.TYPE_UINT8, dims=[crop, crop, 3])
+        config.input.add(name=FRONT_INPUT, data_type=mc.TYPE_UINT8, dims=[crop, crop, 3])
     for warmup in config.model_warmup:
         # Warm-up data for the engine's tensor does not fit the image input; the server generates an image.
         warmup.inputs.clear()
-    parameters = {
-        PARAMETER_PREFIX: kind,
-        f"{PARAMETER_PREFIX}.engine_input": engine_input,
-        f"{PARAMETER_PREFIX}.engine_datatype": engine_type,
-        f"{PARAMETER_PREFIX}.resize": str(resize),
-        f"{PARAMETER_PREFIX}.crop": str(crop),
-        f"{PARAMETER_PREFIX}.mean": mean_text,
-        f"{PARAMETER_PREFIX}.std": std_text,
-    }
-    for key, value in parameters.items():
+    for key, value in Front(kind, recipe, engine_input, engine_type).parameters().items():
         config.parameters[key].string_value = value
 
     target = repository / config.name
     _clear_previous_front(target)
     target.mkdir(parents=True)
-    linked = set(MODEL_FILENAMES) | ({plain.default_model_filename} - {""})
+    linked = set(MODEL_FILENAMES.values()) | ({plain.default_model_filename} - {""})
 
     def link_model_files(source_file: str, destination: str) -> str:
         if Path(source_file).name in linked:
@@ -101,16 +69,14 @@ def write_preprocess_front(
         elif entry.is_file():
             # Labels and other side files next to config.pbtxt.
             shutil.copy2(entry, target / entry.name)
-    (target / CONFIG_FILENAME).write_text(text_format.MessageToString(config), encoding="utf-8")
+    write_config(target, config)
     return target
 
 
-def _read_config(path: Path) -> mc.ModelConfig:
-    if not path.is_file():
-        raise FileNotFoundError(f"no {CONFIG_FILENAME} at {path}: export the model first")
-    config = mc.ModelConfig()
-    text_format.Parse(path.read_text(encoding="utf-8"), config)
-    return config
+def _read_plain_config(folder: Path) -> mc.ModelConfig:
+    if not (folder / CONFIG_FILENAME).is_file():
+        raise FileNotFoundError(f"no {CONFIG_FILENAME} at {folder}: export the model first")
+    return read_config(folder)
 
 
 def _engine_input(plain: mc.ModelConfig, crop: int) -> tuple[str, str]:
@@ -131,18 +97,10 @@ def _engine_input(plain: mc.ModelConfig, crop: int) -> tuple[str, str]:
     return tensor.name, _ENGINE_TYPES[tensor.data_type]
 
 
-def _triple(what: str, values: Sequence[float]) -> str:
-    numbers = [float(v) for v in values]
-    if len(numbers) != 3:
-        raise ValueError(f"{what} needs 3 values (one per RGB channel), got {len(numbers)}")
-    return ",".join(format(v, ".10g") for v in numbers)
-
-
 def _clear_previous_front(target: Path) -> None:
     if not target.exists():
         return
-    config = target / CONFIG_FILENAME
-    if config.is_file() and PARAMETER_PREFIX in _read_config(config).parameters:
+    if (target / CONFIG_FILENAME).is_file() and PARAMETER_PREFIX in read_config(target).parameters:
         shutil.rmtree(target)
         return
     raise FileExistsError(f"{target} exists and is not a preprocessing front; not overwriting it")

@@ -6,9 +6,10 @@ engine where TensorRT is installed, else TorchScript in FP16 on CUDA; ``_int8`` 
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 from dataclasses import dataclass
+
+from ipsbench.export.settings import ExportSettings
 
 PRESETS = {"p40": ("alexnet", "googlenet", "resnet50")}
 
@@ -49,13 +50,6 @@ def variants(preset: str, cuda: bool, tensorrt: bool, ort_cuda: bool = False) ->
     return chosen
 
 
-def arguments_for(args: argparse.Namespace, variant: Variant) -> argparse.Namespace:
-    """The single-export arguments of one variant, the user's shared options kept."""
-    chosen = argparse.Namespace(**vars(args))
-    chosen.model = variant.model
-    chosen.precision = variant.precision
-    chosen.format = variant.format
-    chosen.device = variant.device
-    chosen.channels_last = variant.format == "torchscript" and variant.device == "gpu"
-    chosen.cuda_graphs = variant.format == "torchscript" and variant.device == "gpu"
-    return chosen
+def settings_for(settings: ExportSettings, variant: Variant) -> ExportSettings:
+    """The single-export settings of one variant, the user's shared options kept."""
+    return settings.variant(variant.model, variant.name, variant.precision, variant.format, variant.device)

@@ -1,15 +1,19 @@
-"""Write a model into Triton's repository layout: <repo>/<name>/config.pbtxt, <name>/<version>/<model file>, labels."""
+"""Configs of exported classifiers, written into Triton's repository layout (:mod:`ipsbench.server.repository.layout`):
+``<repo>/<name>/config.pbtxt``, ``<name>/<version>/<model file>`` and the labels.
+
+Every config states its network's preprocessing recipe in its ``parameters``
+(:mod:`ipsbench.server.preprocess.recipe`), so that clients that send tensors build them as the network expects.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
-from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from ipsbench.export import onnx, torchscript
-from ipsbench.export.models import ModelSpec
+from ipsbench.export.models import NetworkSpec
+from ipsbench.server.repository.layout import LABELS_FILENAME, model_dir, write_config
 
-LABELS_FILE = "labels.txt"
 DEFAULT_QUEUE_DELAY_US = 1000
 
 
@@ -20,7 +24,7 @@ def _instance_group(device: str, instance_count: int) -> mc.ModelInstanceGroup:
 
 
 def classifier_config(
-    spec: ModelSpec,
+    spec: NetworkSpec,
     name: str,
     max_batch_size: int,
     *,
@@ -49,19 +53,19 @@ def classifier_config(
         ],
         output=[
             mc.ModelOutput(
-                name=output_name, data_type=mc.TYPE_FP32, dims=[spec.num_classes], label_filename=LABELS_FILE
+                name=output_name, data_type=mc.TYPE_FP32, dims=[spec.num_classes], label_filename=LABELS_FILENAME
             )
         ],
         dynamic_batching=mc.ModelDynamicBatching(max_queue_delay_microseconds=queue_delay_us),
         instance_group=[_instance_group(device, instance_count)],
     )
-    for key, value in (parameters or {}).items():
+    for key, value in {**spec.recipe.parameters(), **(parameters or {})}.items():
         config.parameters[key].string_value = value
     return config
 
 
 def onnx_config(
-    spec: ModelSpec,
+    spec: NetworkSpec,
     name: str,
     max_batch_size: int,
     instance_count: int = 1,
@@ -87,7 +91,7 @@ def onnx_config(
 
 
 def tensorrt_config(
-    spec: ModelSpec, name: str, max_batch_size: int, *, instance_count: int = 1, precision: str = "fp16"
+    spec: NetworkSpec, name: str, max_batch_size: int, *, instance_count: int = 1, precision: str = "fp16"
 ) -> mc.ModelConfig:
     """Config for a TensorRT engine (``model.plan``), always on GPU 0; the names are the ONNX file's."""
     return classifier_config(
@@ -105,7 +109,7 @@ def tensorrt_config(
 
 
 def torchscript_config(
-    spec: ModelSpec,
+    spec: NetworkSpec,
     name: str,
     max_batch_size: int,
     *,
@@ -133,19 +137,10 @@ def torchscript_config(
     )
 
 
-def model_dir(repository: Path, name: str) -> Path:
-    return repository / name
-
-
-def version_dir(repository: Path, name: str, version: int) -> Path:
-    return model_dir(repository, name) / str(version)
-
-
 def write_entry(repository: Path, config: mc.ModelConfig, labels: tuple[str, ...]) -> Path:
     """config.pbtxt and labels next to the version folders; returns the config path."""
     folder = model_dir(repository, config.name)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / LABELS_FILE).write_text("\n".join(labels) + "\n", encoding="utf-8")
-    config_path = folder / "config.pbtxt"
-    config_path.write_text(text_format.MessageToString(config), encoding="utf-8")
-    return config_path
+    (folder / LABELS_FILENAME).write_text("\n".join(labels) + "\n", encoding="utf-8")
+    return write_config(folder, config)
+

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from ipsbench.server.engines.tensorrt_engine import import_runtime
+from ipsbench.server.repository.layout import MODEL_FILENAMES
 
-FILENAME = "model.plan"
+FILENAME = MODEL_FILENAMES["tensorrt"]
 TIMING_CACHE = "timing.cache"
 CALIBRATION_CACHE = "calibration.cache"
 PRECISIONS = ("fp32", "fp16", "int8")

@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ipsbench.server.repository.layout import MODEL_FILENAMES
+
 INPUT_NAME = "INPUT__0"
 OUTPUT_NAME = "OUTPUT__0"
 """Triton's names for a libtorch model's first positional input and first output."""
-FILENAME = "model.pt"
+FILENAME = MODEL_FILENAMES["pytorch"]
 TRACE_BATCH = 2
 
 

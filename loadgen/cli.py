@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from ipsbench.loadgen.arrivals import ARRIVALS, read_trace
-from ipsbench.loadgen.durations import parse_duration_s
+from ipsbench.server.durations import parse_duration_s
 from ipsbench.loadgen.settings import (
     MAX_TRACE_ARRIVALS,
     PAYLOADS,

@@ -11,7 +11,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from ipsbench.loadgen.durations import parse_duration_s
+from ipsbench.server.durations import parse_duration_s
 
 _OBJECTIVE = re.compile(r"^\s*p(\d{1,2}(?:\.\d+)?)\s*=\s*(.+?)\s*$")
 ERROR_RATE = "error_rate"

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ipsbench.server.backends.base import ModelInstance
+from ipsbench.server.flags import comma_list, duration, option
 from ipsbench.server.backends.registry import get_backend
 from ipsbench.server.loader import load_instance, warmup_batches
 from ipsbench.server.model_spec import ModelSpec
@@ -36,14 +37,24 @@ PERCENTILES = (50, 90, 99)
 
 @dataclass(frozen=True)
 class BenchSettings:
-    model: str
-    model_repository: Path
-    version: int | None = None
-    """None: the newest version the repository serves."""
-    batch_sizes: tuple[int, ...] = (1, 8, 32, 64)
-    duration_s: float = 5.0
-    warmup_s: float = 1.0
-    seed: int = 0
+    """What ``ipsbench-serve bench`` measures; the fields are its options."""
+
+    model: str = option(help="model name in the repository", positional=True, required=True)
+    model_repository: Path = option(help="model repository in Triton's layout")
+    version: int | None = option(None, "model version (default: the newest served)")
+    batch_sizes: tuple[int, ...] = option(
+        (1, 8, 32, 64), "comma-separated batch sizes, capped at the model's max_batch_size",
+        parse=comma_list(int, "batch size", "1,8,32,64"),
+    )
+    duration_s: float = option(5.0, "measured time per batch size", flag="--duration", parse=duration)
+    warmup_s: float = option(1.0, "untimed runs per batch size", flag="--warmup", parse=duration)
+    seed: int = option(0, "seed of the random inputs")
+
+    def __post_init__(self) -> None:
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise ValueError(f"batch sizes must be integers >= 1, got {list(self.batch_sizes)}")
+        if self.duration_s <= 0 or self.warmup_s < 0:
+            raise ValueError("--duration must be > 0 and --warmup >= 0")
 
 
 @dataclass

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
+from ipsbench.server.flags import add_options, values
 from ipsbench.server.logformat import configure_logging
-from ipsbench.server.settings import Settings, settings_fields
-
-_TYPES = {"int": int, "float": float, "str": str, "Path": Path, "Path | None": Path, "tuple[str, ...]": str}
-
+from ipsbench.server.settings import Settings
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -24,39 +20,15 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="`ipsbench-serve bench MODEL --model-repository DIR` measures the in-process engine throughput "
         "instead (see `ipsbench-serve bench --help`).",
     )
-    for field in settings_fields():
-        flag = "--" + field.name.replace("_", "-")
-        help_text = field.metadata.get("help", "")
-        if field.type in ("bool", bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=help_text)
-            continue
-        kind = _TYPES[str(field.type)]
-        required = field.metadata.get("required", False)
-        extra: dict = {}
-        default = None if required else field.default
-        if field.metadata.get("repeat"):
-            extra["action"] = "append"
-            default = None  # argparse appends to a list of its own; Settings turns None into ()
-        if "choices" in field.metadata:
-            extra["choices"] = field.metadata["choices"]
-        shows_default = not required and field.default not in (None, ())
-        parser.add_argument(
-            flag,
-            type=kind,
-            required=required,
-            default=default,
-            help=help_text + (" (default: %(default)s)" if shows_default else ""),
-            **extra,
-        )
+    add_options(parser, Settings)
     return parser
 
 
 def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     parser = build_parser()
     args = parser.parse_args(argv)
-    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(Settings)}
     try:
-        return Settings(**values)
+        return Settings(**values(args, Settings))
     except ValueError as exc:
         parser.error(str(exc))
         raise  # unreachable: parser.error exits

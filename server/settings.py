@@ -1,10 +1,11 @@
-"""Server settings: one dataclass whose field help texts are also the CLI's help."""
+"""Server settings: one dataclass whose fields are also the CLI's options (:mod:`ipsbench.server.flags`)."""
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from ipsbench.server.flags import option
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 MODEL_CONTROL_MODES = ("none", "explicit")
@@ -12,56 +13,52 @@ LOG_FORMATS = ("text", "json")
 ADMIN_TOKEN_ENV = "IPSBENCH_ADMIN_TOKEN"
 
 
-def _opt(default, help: str, **extra):  # noqa: A002 - "help" mirrors argparse
-    return field(default=default, metadata={"help": help, **extra})
-
-
 @dataclass(frozen=True)
 class Settings:
     """Everything ``ipsbench-serve`` can be told; the CLI builds its options from these fields."""
 
-    model_repository: Path = _opt(
+    model_repository: Path = option(
         None,
         "Model repository in Triton's layout: <repo>/<model>/config.pbtxt and <repo>/<model>/<version>/.",
         required=True,
     )
-    host: str = _opt("127.0.0.1", "Address the gRPC and metrics servers bind to; 0.0.0.0 accepts remote clients.")
-    grpc_port: int = _opt(8001, "gRPC (KServe v2) port; 0 picks a free port.")
-    metrics_port: int = _opt(8002, "Prometheus metrics port; 0 picks a free port.")
-    allow_metrics: bool = _opt(True, "Serve Prometheus metrics on --metrics-port.")
-    grpc_max_message_mb: int = _opt(64, "Largest gRPC message received or sent, in MiB.")
-    grpc_max_concurrent_rpcs: int = _opt(4096, "Concurrent RPCs accepted before gRPC answers RESOURCE_EXHAUSTED.")
-    grace_period_s: float = _opt(30.0, "On SIGTERM/SIGINT, how long in-flight requests may take to finish.")
-    exit_on_error: bool = _opt(
+    host: str = option("127.0.0.1", "Address the gRPC and metrics servers bind to; 0.0.0.0 accepts remote clients.")
+    grpc_port: int = option(8001, "gRPC (KServe v2) port; 0 picks a free port.")
+    metrics_port: int = option(8002, "Prometheus metrics port; 0 picks a free port.")
+    allow_metrics: bool = option(True, "Serve Prometheus metrics on --metrics-port.")
+    grpc_max_message_mb: int = option(64, "Largest gRPC message received or sent, in MiB.")
+    grpc_max_concurrent_rpcs: int = option(4096, "Concurrent RPCs accepted before gRPC answers RESOURCE_EXHAUSTED.")
+    grace_period_s: float = option(30.0, "On SIGTERM/SIGINT, how long in-flight requests may take to finish.")
+    exit_on_error: bool = option(
         True, "Exit non-zero when a model fails to load (Triton's default); when off, serve the other models."
     )
-    model_control_mode: str = _opt(
+    model_control_mode: str = option(
         "none",
         "none: every model in the repository loads at start and the repository load/unload RPCs are refused "
         "(Triton's default); explicit: only --load-model models load at start, the RPCs load and unload models.",
         choices=MODEL_CONTROL_MODES,
     )
-    load_model: tuple[str, ...] = _opt(
+    load_model: tuple[str, ...] = option(
         (), "With --model-control-mode explicit: a model to load at start (repeat the option for several).", repeat=True
     )
-    admin_token_file: Path | None = _opt(
+    admin_token_file: Path | None = option(
         None,
         "File holding the admin credential. When set (or when the environment variable "
         f"{ADMIN_TOKEN_ENV} is), the repository load/unload and log/trace settings RPCs need the metadata header "
         "'authorization: Bearer <token>'; inference, health, metadata and statistics do not.",
     )
-    grpc_tls_cert: Path | None = _opt(None, "PEM certificate chain of the server; with --grpc-tls-key, serve TLS only.")
-    grpc_tls_key: Path | None = _opt(None, "PEM private key of --grpc-tls-cert.")
-    grpc_tls_root_certs: Path | None = _opt(
+    grpc_tls_cert: Path | None = option(None, "PEM certificate chain of the server; with --grpc-tls-key, serve TLS only.")
+    grpc_tls_key: Path | None = option(None, "PEM private key of --grpc-tls-cert.")
+    grpc_tls_root_certs: Path | None = option(
         None, "PEM CA certificates that client certificates are checked against (mutual TLS)."
     )
-    grpc_tls_client_auth: bool = _opt(
+    grpc_tls_client_auth: bool = option(
         False, "Require a client certificate signed by --grpc-tls-root-certs (mutual TLS)."
     )
-    log_format: str = _opt(
+    log_format: str = option(
         "text", "text: one human-readable line per event; json: one JSON object per line.", choices=LOG_FORMATS
     )
-    log_verbose: bool = _opt(False, "Log at DEBUG level, including one line per rejected request.")
+    log_verbose: bool = option(False, "Log at DEBUG level, including one line per rejected request.")
 
     @property
     def grpc_max_message_bytes(self) -> int:
@@ -110,7 +107,3 @@ class Settings:
             raise ValueError("--grpc-tls-root-certs and --grpc-tls-client-auth need --grpc-tls-cert and --grpc-tls-key")
         if self.grpc_tls_client_auth and self.grpc_tls_root_certs is None:
             raise ValueError("--grpc-tls-client-auth needs --grpc-tls-root-certs to check client certificates")
-
-
-def settings_fields() -> tuple[dataclasses.Field, ...]:
-    return dataclasses.fields(Settings)

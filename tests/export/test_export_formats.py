@@ -105,10 +105,6 @@ def test_preset_refuses_a_model_name(tmp_path):
     assert result.returncode == 2 and "--preset names its own models" in result.stderr
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("ipsbench.export.preprocess_front") is None,
-    reason="export/preprocess_front.py (the preprocessing fronts) is not in this tree yet",
-)
 def test_front_option_writes_a_jpeg_and_a_uint8_front(tmp_path):
     result = run_export("squeezenet1_1", "--image-size", "64", "--max-batch-size", "2", "--verify-image-count", "2",
                         "--front", "jpeg,uint8", "--out", str(tmp_path))

@@ -14,7 +14,9 @@ def read_config(path) -> mc.ModelConfig:
 
 
 def parameters(config: mc.ModelConfig) -> dict[str, str]:
-    return {key: value.string_value for key, value in config.parameters.items()}
+    """The engine's parameters (the preprocessing recipe, which every exported config states, left out)."""
+    return {key: value.string_value for key, value in config.parameters.items()
+            if not key.startswith("ipsbench.preprocess")}
 
 
 def test_torchscript_entry_has_triton_names_a_checksum_and_cpu_settings(torchscript_repository):
@@ -30,6 +32,10 @@ def test_torchscript_entry_has_triton_names_a_checksum_and_cpu_settings(torchscr
     assert [g.kind for g in config.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
     assert parameters(config) == {"precision": "fp32", "channels_last": "false"}
     assert len((entry / "labels.txt").read_text().splitlines()) == 1000
+    recipe = {key: value.string_value for key, value in config.parameters.items() if key not in parameters(config)}
+    assert recipe == {"ipsbench.preprocess.resize": "73", "ipsbench.preprocess.crop": "64",
+                      "ipsbench.preprocess.mean": "0.485,0.456,0.406", "ipsbench.preprocess.std": "0.229,0.224,0.225",
+                      "ipsbench.preprocess.interpolation": "bilinear"}
 
 
 def test_gpu_export_asks_for_gpu_fp16_channels_last_and_says_where_it_was_verified(torchscript_gpu_export):

@@ -16,9 +16,15 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from ipsbench.export.preprocess_front import write_preprocess_front
+from ipsbench.server.preprocess.recipe import Recipe
 from ipsbench.server.repository.scan import load_model_source
 
 IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+
+def write_front(repository: Path, name: str, kind: str, **recipe) -> Path:
+    """``write_preprocess_front`` with the recipe given as its fields (ImageNet's mean and std by default)."""
+    return write_preprocess_front(repository, name, kind, Recipe(**{**IMAGENET, **recipe}))
 
 
 @pytest.fixture
@@ -35,7 +41,7 @@ def read_config(folder: Path) -> mc.ModelConfig:
 
 
 def test_jpeg_front_entry(repository):
-    folder = write_preprocess_front(repository, "resnet18", "jpeg", resize=73, crop=64, **IMAGENET)
+    folder = write_front(repository, "resnet18", "jpeg", resize=73, crop=64)
     assert folder == repository / "resnet18_jpeg"
     plain, front = read_config(repository / "resnet18"), read_config(folder)
     assert front.name == "resnet18_jpeg"
@@ -60,7 +66,7 @@ def test_jpeg_front_entry(repository):
 
 
 def test_uint8_front_entry_loads_as_the_server_loads_it(repository):
-    write_preprocess_front(repository, "resnet18", "uint8", resize=73, crop=64, **IMAGENET)
+    write_front(repository, "resnet18", "uint8", resize=73, crop=64)
     source = load_model_source(repository.resolve(), "resnet18_uint8")
     spec = source.spec
     assert spec.inputs["image"].datatype.protocol == "UINT8" and spec.inputs["image"].dims == (64, 64, 3)
@@ -78,15 +84,15 @@ def test_fp16_engine_and_warmup_inputs(repository):
     warmup.inputs["input"].zero_data = True
     config_path.unlink()  # hard-linked from the session's repository: replace, never write through
     config_path.write_text(text_format.MessageToString(config))
-    front = read_config(write_preprocess_front(repository, "resnet18", "jpeg", resize=73, crop=64, **IMAGENET))
+    front = read_config(write_front(repository, "resnet18", "jpeg", resize=73, crop=64))
     assert front.parameters["ipsbench.preprocess.engine_datatype"].string_value == "FP16"
     assert [(w.batch_size, w.count, dict(w.inputs)) for w in front.model_warmup] == [(8, 2, {})]
 
 
 def test_writing_again_replaces_the_front(repository):
-    write_preprocess_front(repository, "resnet18", "jpeg", resize=73, crop=64, **IMAGENET)
+    write_front(repository, "resnet18", "jpeg", resize=73, crop=64)
     (repository / "resnet18_jpeg" / "stale.txt").write_text("old")
-    write_preprocess_front(repository, "resnet18", "jpeg", resize=80, crop=64, **IMAGENET)
+    write_front(repository, "resnet18", "jpeg", resize=80, crop=64)
     assert not (repository / "resnet18_jpeg" / "stale.txt").exists()
     assert read_config(repository / "resnet18_jpeg").parameters["ipsbench.preprocess.resize"].string_value == "80"
 
@@ -95,7 +101,7 @@ def test_a_folder_that_is_not_a_front_is_never_overwritten(repository):
     (repository / "resnet18_jpeg").mkdir()
     (repository / "resnet18_jpeg" / "mine.txt").write_text("keep")
     with pytest.raises(FileExistsError, match="not a preprocessing front"):
-        write_preprocess_front(repository, "resnet18", "jpeg", resize=73, crop=64, **IMAGENET)
+        write_front(repository, "resnet18", "jpeg", resize=73, crop=64)
     assert (repository / "resnet18_jpeg" / "mine.txt").read_text() == "keep"
 
 
@@ -104,14 +110,14 @@ def test_a_folder_that_is_not_a_front_is_never_overwritten(repository):
     [
         ("resnet18", "png", dict(resize=73, crop=64), ValueError, "unknown front kind 'png'"),
         ("resnet18", "jpeg", dict(resize=256, crop=224), ValueError, "has dims [3, 64, 64]; a front with crop 224"),
-        ("resnet18", "jpeg", dict(resize=60, crop=64), ValueError, "need 0 < crop <= resize"),
+        ("resnet18", "jpeg", dict(resize=60, crop=64), ValueError, "needs 0 < crop <= resize"),
         ("resnet18", "jpeg", dict(resize=73, crop=64, std=(0.2, 0, 0.2)), ValueError, "std values must be > 0"),
-        ("resnet18", "jpeg", dict(resize=73, crop=64, mean=(0.5, 0.5)), ValueError, "mean needs 3 values"),
+        ("resnet18", "jpeg", dict(resize=73, crop=64, mean=(0.5, 0.5)), ValueError, "need three finite values"),
         ("nope", "jpeg", dict(resize=73, crop=64), FileNotFoundError, "export the model first"),
     ],
 )
 def test_bad_arguments_are_refused_with_a_clear_message(repository, name, kind, args, error, message):
     with pytest.raises(error) as caught:
-        write_preprocess_front(repository, name, kind, **{**IMAGENET, **args})
+        write_front(repository, name, kind, **args)
     assert message in str(caught.value)
     assert not (repository / f"{name}_{kind}").exists()

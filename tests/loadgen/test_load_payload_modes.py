@@ -8,7 +8,9 @@ from load_helpers import assert_accounted
 from PIL import Image
 from tritonclient.grpc import service_pb2
 
+from ipsbench.export.preprocess_front import write_preprocess_front
 from ipsbench.loadgen.image_sources import folder_source, synthetic_source
+from ipsbench.server.preprocess.recipe import Recipe
 from ipsbench.loadgen.images import synthetic_image
 from ipsbench.loadgen.payloads import (
     IMAGENET_MEAN,
@@ -110,20 +112,13 @@ def test_a_sweep_over_an_image_folder(server, start_load, tmp_path):
     assert payload["source_images"] == 6 and "2 classes" in payload["description"]
 
 
-def preprocess_front():
-    front = pytest.importorskip("ipsbench.export.preprocess_front", reason="the server's preprocessing fronts are not there yet")
-    return front.write_preprocess_front
-
-
 @pytest.mark.parametrize("mode", ["jpeg", "uint8"])
 def test_payload_modes_against_the_servers_fronts(model_repository, start_server, start_load, tmp_path, mode):
-    write_preprocess_front = preprocess_front()
     import shutil
 
     repository = tmp_path / "models"
     shutil.copytree(model_repository, repository)
-    write_preprocess_front(repository, "resnet18", mode, resize=73, crop=64, mean=IMAGENET_MEAN.tolist(),
-                           std=IMAGENET_STD.tolist())
+    write_preprocess_front(repository, "resnet18", mode, Recipe(crop=64, resize=73))
     server = start_server(repository)
     run = start_load(server.grpc_url, "--payload", mode, "--images-per-request", "2", "--concurrency", "1", *QUICK,
                      model=f"resnet18_{mode}")

@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 from tritonclient.grpc import service_pb2
 
-from ipsbench.loadgen.durations import format_duration_s, parse_duration_s
+from ipsbench.server.durations import format_duration_s, parse_duration_s
 from ipsbench.loadgen.images import IMAGENET_VAL_SIZES, decode_rgb, synthetic_image, synthetic_images
 from ipsbench.loadgen.payloads import (
     IMAGENET_MEAN,

@@ -12,20 +12,8 @@ from tritonclient.grpc import service_pb2_grpc
 
 @pytest.fixture(scope="session")
 def serve_help() -> str:
-    """``ipsbench-serve --help``, to skip rows whose options this build does not have yet."""
+    """``ipsbench-serve --help``: the options and defaults the server states."""
     return server_flags()
-
-
-@pytest.fixture
-def require_flags(serve_help):
-    """``require_flags("--a", "--b")`` skips the test, naming the missing options, unless the server has them."""
-
-    def require(*flags: str) -> None:
-        missing = [flag for flag in flags if flag not in serve_help]
-        if missing:
-            pytest.skip(f"ipsbench-serve has no {', '.join(missing)} option yet")
-
-    return require
 
 
 @pytest.fixture(scope="module")

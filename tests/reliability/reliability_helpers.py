@@ -158,7 +158,7 @@ def wait_until(predicate, timeout_s: float = 10.0, what: str = "condition", inte
 
 
 def server_flags() -> str:
-    """``ipsbench-serve --help``: which options this build has (rows for features still being built skip)."""
+    """``ipsbench-serve --help``: the options this build has, with their defaults."""
     result = subprocess.run(
         [sys.executable, "-m", "ipsbench.server", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
     )

@@ -27,6 +27,9 @@ from reliability_helpers import (
 )
 from tritonclient.grpc import service_pb2
 
+from ipsbench.export.preprocess_front import write_preprocess_front
+from ipsbench.server.preprocess.recipe import Recipe
+
 MAX_MESSAGE_MB = 16
 JPEG_MODEL = "image8_jpeg"
 TRAVERSAL_NAMES = ("../outside", "a/b", "..", "%2e%2e", "%2e%2e%2foutside", "x\x00y", "..\\outside", "m" * 300)
@@ -35,16 +38,9 @@ BOMB_SIDE = 30_000
 BOMB_RSS_BOUND = 50 * 1024 * 1024
 
 
-def _write_jpeg_front(repository) -> str | None:
-    """The encoded-image front of ``image8`` (``image8_jpeg``); the reason it cannot be built, or None."""
-    try:
-        from ipsbench.export.preprocess_front import write_preprocess_front
-    except ImportError as error:
-        return f"export.preprocess_front is not available yet ({error})"
-    write_preprocess_front(
-        repository, "image8", "jpeg", resize=8, crop=8, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
-    )
-    return None
+def _write_jpeg_front(repository) -> None:
+    """The encoded-image front of ``image8`` (``image8_jpeg``)."""
+    write_preprocess_front(repository, "image8", "jpeg", Recipe(crop=8, resize=8))
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +51,13 @@ def repository(tmp_path_factory, write_test_model):
     write_test_model(repo, "model..1")  # dots inside a name are ordinary characters
     write_test_model(base, "outside")  # a loadable model that must never be reachable from a request
     write_image_model(repo, "image8")
-    return repo, _write_jpeg_front(repo)
+    _write_jpeg_front(repo)
+    return repo
 
 
 @pytest.fixture(scope="module")
 def server(repository, start_module_server):
-    repo, _ = repository
-    return start_module_server(repo, "--grpc-max-message-mb", str(MAX_MESSAGE_MB))
+    return start_module_server(repository, "--grpc-max-message-mb", str(MAX_MESSAGE_MB))
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +69,6 @@ def stub(server, channel_to):
 
 @pytest.fixture
 def jpeg_model(repository):
-    _, missing = repository
-    if missing:
-        pytest.skip(missing)
     return JPEG_MODEL
 
 
@@ -121,8 +114,7 @@ def test_B10_dotted_names_are_ordinary_names(stub):
     assert "Request for unknown model: '..my_model' is not found" in error.details()
 
 
-def test_B10_traversal_names_in_repository_load(tmp_path, write_test_model, start_server, require_flags):
-    require_flags("--model-control-mode", "--admin-token-file")
+def test_B10_traversal_names_in_repository_load(tmp_path, write_test_model, start_server):
     repo = tmp_path / "models"
     write_test_model(repo, "affine")
     write_test_model(tmp_path, "outside")

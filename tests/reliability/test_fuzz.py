@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from reliability_helpers import CALL_TIMEOUT_S, assert_healthy, infer_request, write_image_model
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from ipsbench.server.preprocess import decode as preprocess_decode
+
 FUZZ = settings(
     max_examples=120, derandomize=True, deadline=None, database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
@@ -164,7 +166,7 @@ def mutated_images(draw) -> bytes:
 
 @pytest.fixture(scope="module")
 def decode():
-    decode_module = pytest.importorskip("ipsbench.server.preprocess.decode", reason="server.preprocess is not built yet")
+    decode_module = preprocess_decode
     limits = decode_module.DecodeLimits(max_pixels=4_000_000, max_bytes=1024 * 1024)
     expected = (decode_module.ImageDecodeError, decode_module.ImageTooLargeError)
     decoders = ["pillow"] + (["simplejpeg"] if decode_module.simplejpeg is not None else [])

@@ -18,6 +18,9 @@ import pytest
 from reliability_helpers import CALL_TIMEOUT_S, ROOT, bytes_request, infer_request, rpc_error, scrape, write_image_model
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from ipsbench.export.preprocess_front import write_preprocess_front
+from ipsbench.server.preprocess.recipe import Recipe
+
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory, write_test_model):
@@ -114,12 +117,8 @@ def test_S06_onnx_external_data_outside_the_model_folder_fails_to_load(tmp_path,
 
 
 def test_S08_encoded_images_over_the_byte_limit_are_refused_unread(tmp_path, start_server):
-    try:
-        from ipsbench.export.preprocess_front import write_preprocess_front
-    except ImportError as error:
-        pytest.skip(f"export.preprocess_front is not available yet ({error})")
     write_image_model(tmp_path, "image8")
-    write_preprocess_front(tmp_path, "image8", "jpeg", resize=8, crop=8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    write_preprocess_front(tmp_path, "image8", "jpeg", Recipe(crop=8, resize=8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))
     srv = start_server(tmp_path)
     oversized = b"\xff\xd8\xff" + bytes(11 * 1024 * 1024)  # a JPEG magic, then 11 MiB: over the 10 MiB default
     with grpc.insecure_channel(srv.grpc_url) as channel:
@@ -204,10 +203,13 @@ def test_S12_health_answers_only_serving_states(server):
     assert reply.ListFields() == [(health_pb2.HealthCheckResponse.DESCRIPTOR.fields_by_name["status"], 1)]
 
 
-DOCKERFILES = sorted((ROOT / "deploy" / "docker").glob("*Dockerfile*")) if (ROOT / "deploy" / "docker").is_dir() else []
+DOCKERFILES = sorted((ROOT / "deploy" / "docker").glob("*Dockerfile*"))
 
 
-@pytest.mark.skipif(not DOCKERFILES, reason="no Dockerfiles under deploy/docker yet")
+def test_the_server_load_and_export_images_have_dockerfiles():
+    assert {path.name.split(".")[0] for path in DOCKERFILES} >= {"server", "loadgen", "export"}
+
+
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_S13_containers_run_as_a_non_root_user(dockerfile):
     users = [line.split(None, 1)[1].strip() for line in dockerfile.read_text().splitlines()

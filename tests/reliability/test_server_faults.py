@@ -324,8 +324,7 @@ def test_F09_sixty_four_distinct_requests_batched_together_each_get_their_own_an
 
 
 @pytest.fixture
-def admin_server(tmp_path, write_test_model, start_server, require_flags):
-    require_flags("--model-control-mode", "--admin-token-file", "--load-model")
+def admin_server(tmp_path, write_test_model, start_server):
     repo = tmp_path / "models"
     write_test_model(repo, "affine")
     write_test_model(repo, "spare")
@@ -422,8 +421,7 @@ def _answers(channel: grpc.Channel) -> bool:
     return bool(np.allclose(output_array(response), 3))
 
 
-def test_F18_tls_server_refuses_plaintext(tmp_path, write_test_model, start_server, require_flags, pki):
-    require_flags("--grpc-tls-cert", "--grpc-tls-key")
+def test_F18_tls_server_refuses_plaintext(tmp_path, write_test_model, start_server, pki):
     write_test_model(tmp_path, "affine")
     srv = _tls_server(start_server, tmp_path, pki)
     with grpc.insecure_channel(srv.grpc_url) as plain:
@@ -435,9 +433,8 @@ def test_F18_tls_server_refuses_plaintext(tmp_path, write_test_model, start_serv
 
 
 def test_F18_mutual_tls_refuses_a_client_without_a_certificate(
-    tmp_path, write_test_model, start_server, require_flags, pki
+    tmp_path, write_test_model, start_server, pki
 ):
-    require_flags("--grpc-tls-cert", "--grpc-tls-key", "--grpc-tls-root-certs", "--grpc-tls-client-auth")
     write_test_model(tmp_path, "affine")
     srv = _tls_server(start_server, tmp_path, pki, "--grpc-tls-root-certs", str(pki / "ca.pem"),
                       "--grpc-tls-client-auth")

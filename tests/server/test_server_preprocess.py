@@ -35,6 +35,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
 from ipsbench.export.preprocess_front import write_preprocess_front
+from ipsbench.server.preprocess.recipe import Recipe
 
 CROP = 64
 RESIZE = 73
@@ -151,7 +152,7 @@ def write_identity_model(repository: Path, name: str, datatype: str) -> None:
 
 def write_fronts(repository: Path, name: str) -> None:
     for kind in ("jpeg", "uint8"):
-        write_preprocess_front(repository, name, kind, resize=RESIZE, crop=CROP, mean=MEAN, std=STD)
+        write_preprocess_front(repository, name, kind, Recipe(CROP, RESIZE, tuple(MEAN.tolist()), tuple(STD.tolist())))
 
 
 @pytest.fixture(scope="module")

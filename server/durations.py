@@ -1,4 +1,4 @@
-"""Parse human durations (``10s``, ``500ms``, ``2m``, ``1h``) into seconds."""
+"""Human durations (``10s``, ``500ms``, ``2m``, ``1h``) to seconds and back, for every command's options."""
 
 from __future__ import annotations
 

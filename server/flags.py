@@ -1,0 +1,173 @@
+"""Command-line options declared on settings dataclasses: a field is its option, with its help text, default,
+choices and parser declared once, where the setting is.
+
+``ipsbench-serve``, ``ipsbench-load`` and ``ipsbench-export`` each build their parsers from their settings classes
+with :func:`add_options` and read the values back with :func:`values`; nothing restates a default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ipsbench.server.durations import parse_duration_s
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "int": int, "int | None": int, "float": float, "float | None": float, "str": str, "str | None": str,
+    "Path": Path, "Path | None": Path,
+}
+_REQUIRED = dataclasses.MISSING
+
+
+def option(
+    default: Any = _REQUIRED,
+    help: str = "",  # noqa: A002 - argparse's word
+    *,
+    flag: str | None = None,
+    parse: Callable[[str], Any] | None = None,
+    choices: Iterable[str] | None = None,
+    metavar: str | None = None,
+    repeat: bool = False,
+    positional: bool = False,
+    required: bool = False,
+    cli: bool = True,
+    default_factory: Callable[[], Any] | None = None,
+) -> Any:
+    """A settings field that is also a command-line option.
+
+    ``flag``: the option's name when it is not the field's (``window_s`` → ``--duration``); ``parse``: turns the
+    text into the value (default: from the field's type); ``repeat``: the option may be given several times (a
+    tuple); ``positional``: an argument without ``--``; ``required``: the command line must give it even though
+    the dataclass has a default; ``cli`` False: a setting without an option.
+    """
+    metadata = {"help": help, "flag": flag, "parse": parse, "choices": tuple(choices) if choices else None,
+                "metavar": metavar, "repeat": repeat, "positional": positional, "required": required, "cli": cli}
+    if default_factory is not None:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    if default is _REQUIRED:
+        return dataclasses.field(metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def duration(text: str) -> float:
+    """An option's duration (``10s``, ``500ms``, ``2m``) in seconds."""
+    try:
+        return parse_duration_s(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def comma_list(kind: Callable[[str], Any], what: str, example: str) -> Callable[[str], tuple]:
+    """An option holding a comma-separated list (``1,2,4``) of ``kind``."""
+
+    def parse(text: str) -> tuple:
+        try:
+            items = tuple(kind(part) for part in text.split(",") if part.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {what} list {text!r}: use e.g. {example}") from None
+        if not items:
+            raise argparse.ArgumentTypeError(f"at least one {what} is needed")
+        return items
+
+    parse.__name__ = f"{what} list"
+    return parse
+
+
+def help_for(settings_class: type, name: str) -> str:
+    """The help text declared on a settings field (one source for CLI help and docs)."""
+    for field in dataclasses.fields(settings_class):
+        if field.name == name:
+            return field.metadata["help"]
+    raise KeyError(f"{settings_class.__name__} has no field {name!r}")
+
+
+def options_of(settings_class: type, skip: Iterable[str] = ()) -> list[dataclasses.Field]:
+    """The fields of ``settings_class`` that have options, in declaration order."""
+    skipped = set(skip)
+    return [f for f in dataclasses.fields(settings_class)
+            if f.metadata.get("cli", False) and f.name not in skipped]
+
+
+def add_options(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    settings_class: type,
+    *,
+    skip: Iterable[str] = (),
+    defaults: Mapping[str, Any] | None = None,
+    help_suffix: Mapping[str, str] | None = None,
+) -> None:
+    """An option per field of ``settings_class`` (``skip``: fields left out; ``defaults``: a command's own default
+    for a field, e.g. one trial for ramp; ``help_suffix``: words added to a field's help here)."""
+    for field in options_of(settings_class, skip):
+        meta = field.metadata
+        default = _default(field)
+        if defaults and field.name in defaults:
+            default = defaults[field.name]
+        help_text = (meta["help"] + (help_suffix or {}).get(field.name, "")).replace("%", "%%")
+        if meta["positional"]:
+            optional = not meta["required"] and default is not _REQUIRED
+            parser.add_argument(field.name, nargs="?" if optional else None, default=default if optional else None,
+                                help=help_text, type=_parser(field), metavar=meta["metavar"])
+            continue
+        flag = meta["flag"] or "--" + field.name.replace("_", "-")
+        kind = str(field.type)
+        if kind in ("bool", "bool | None") and meta["parse"] is None:
+            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=default,
+                                help=help_text + _shown(default))
+            continue
+        extra: dict[str, Any] = {}
+        if meta["repeat"]:
+            extra["action"] = "append"
+            default = None  # argparse appends to a list of its own; values() turns None into the field's default
+        if meta["choices"]:
+            extra["choices"] = meta["choices"]
+        extra["metavar"] = meta["metavar"] or (None if meta["choices"] else flag[2:].replace("-", "_").upper())
+        required = meta["required"] or (default is _REQUIRED)
+        parser.add_argument(
+            flag, dest=field.name, type=_parser(field), required=required,
+            default=None if required else default,
+            help=help_text + ("" if required or meta["repeat"] else _shown(default)), **extra,
+        )
+
+
+def values(args: argparse.Namespace, settings_class: type, skip: Iterable[str] = ()) -> dict[str, Any]:
+    """The options of ``settings_class`` as parsed, ready for ``settings_class(**values, ...)``."""
+    result = {}
+    for field in options_of(settings_class, skip):
+        value = getattr(args, field.name)
+        if field.metadata["repeat"]:
+            value = tuple(value) if value else _default(field)
+        result[field.name] = value
+    return result
+
+
+def _default(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return _REQUIRED
+
+
+def _parser(field: dataclasses.Field) -> Callable[[str], Any]:
+    parse = field.metadata["parse"]
+    if parse is not None:
+        return parse
+    kind = str(field.type)
+    if field.metadata["repeat"]:
+        kind = "str"
+    try:
+        return _PARSERS[kind]
+    except KeyError:
+        raise TypeError(f"field {field.name!r} of type {kind} needs parse= to be an option") from None
+
+
+def _shown(default: Any) -> str:
+    if default in (None, (), "", _REQUIRED) or isinstance(default, bool) and not default:
+        return ""
+    if isinstance(default, tuple):
+        default = ",".join(str(v) for v in default)
+    return f" (default: {str(default).replace('%', '%%')})"
