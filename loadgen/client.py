@@ -72,9 +72,13 @@ class ModelInfo:
     """What the target says about the model before the run."""
 
     metadata: service_pb2.ModelMetadataResponse
-    max_batch_size: int | None
+    config: model_config_pb2.ModelConfig | None
     """From Triton's ModelConfig extension; None where the target does not implement it."""
     server: dict
+
+    @property
+    def max_batch_size(self) -> int | None:
+        return None if self.config is None else self.config.max_batch_size
 
 
 def describe_model(
@@ -94,17 +98,18 @@ def describe_model(
         raise TargetError(f"{error.code().name}: {error.details()}") from error
     return ModelInfo(
         metadata=model_metadata,
-        max_batch_size=_max_batch_size(stub, model, version, call),
+        config=_model_config(stub, model, version, call),
         server={"name": server.name, "version": server.version, "extensions": list(server.extensions)},
     )
 
 
-def _max_batch_size(stub: service_pb2_grpc.GRPCInferenceServiceStub, model: str, version: str, call: dict):
+def _model_config(
+    stub: service_pb2_grpc.GRPCInferenceServiceStub, model: str, version: str, call: dict
+) -> model_config_pb2.ModelConfig | None:
     try:
         response = stub.ModelConfig(service_pb2.ModelConfigRequest(name=model, version=version), **call)
     except grpc.RpcError as error:
         if error.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.NOT_FOUND):
             return None
         raise TargetError(f"ModelConfig: {error.code().name}: {error.details()}") from error
-    config: model_config_pb2.ModelConfig = response.config
-    return config.max_batch_size
+    return response.config

@@ -1,37 +1,35 @@
-"""Requests built once before a run: image preprocessing and serialized ModelInferRequest bytes.
+"""Requests built once before a run: each image preprocessed by the model's recipe, then serialized
+ModelInferRequest bytes.
 
-Three payload modes, checked against the input the model's metadata declares: ``fp32`` (resized, cropped,
-normalized tensor), ``uint8`` (resized and cropped RGB, the server normalizes) and ``jpeg`` (encoded images in
-a BYTES tensor of shape [K, 1], the server decodes and preprocesses), serialized Triton's way: each element
-a 4-byte little-endian length then its bytes, in ``raw_input_contents``.
+Three payload modes, checked against the input the model's metadata declares: ``fp32`` (the recipe's normalized
+tensor), ``uint8`` (the recipe's resized and cropped RGB, the server normalizes) and ``jpeg`` (encoded images in a
+BYTES tensor of shape [K, 1], the server decodes and preprocesses), serialized Triton's way. The pixels come from
+the implementation the server's fronts and the exporter use (:mod:`ipsbench.server.preprocess.image`), with the
+recipe the model's config states (ipsbench-export writes it), else ResNet's evaluation recipe at the input's size.
 """
 
 from __future__ import annotations
 
 import logging
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
-from tritonclient.grpc import service_pb2
+from tritonclient.grpc import model_config_pb2, service_pb2
 
 from ipsbench.loadgen.image_sources import SourceImage, describe_sizes
-from ipsbench.loadgen.images import synthetic_image
+from ipsbench.server import datatypes
+from ipsbench.server.preprocess.decode import ImageDecodeError, ImageTooLargeError
+from ipsbench.server.preprocess.image import cropped_pixels, normalized
+from ipsbench.server.preprocess.recipe import Recipe, RecipeError, read_parameters
 
 logger = logging.getLogger(__name__)
-
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-RESIZE_RATIO = 256 / 224
-"""ResNet evaluation: resize the shorter side to crop × 256/224, then centre-crop."""
 
 MAX_PAYLOAD_BYTES_TOTAL = 2 * 1024**3
 """Bound on the memory held by all distinct requests together."""
 
 MAX_IMAGE_POOL = 256
-"""Distinct synthetic images decoded per run; requests draw from the pool in rotation."""
+"""Distinct source images decoded per run; requests draw from the pool in rotation."""
 
 
 class PayloadError(ValueError):
@@ -105,44 +103,52 @@ def input_spec_from_metadata(metadata: service_pb2.ModelMetadataResponse) -> Inp
     return InputSpec(name=tensor.name, datatype=tensor.datatype, shape=tuple(int(d) for d in tensor.shape))
 
 
-def preprocess(rgb: np.ndarray, crop_hw: tuple[int, int]) -> np.ndarray:
-    """ResNet evaluation preprocessing of an HxWx3 uint8 image: resize, centre-crop, normalize; returns HxWx3 FP32."""
-    return (resize_crop(rgb, crop_hw).astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+def model_recipe(spec: InputSpec, config: model_config_pb2.ModelConfig | None) -> Recipe:
+    """The recipe the model's config states (``config``: from the target's ModelConfig, None where it has none),
+    else ResNet's evaluation recipe at the input's size; PayloadError when the two disagree or the input is not
+    square."""
+    height, width = spec.crop_hw
+    stated = None
+    if config is not None:
+        try:
+            stated, _ = read_parameters({key: value.string_value for key, value in config.parameters.items()})
+        except RecipeError as error:
+            raise PayloadError(f"the model's config states a preprocessing recipe that is not valid: {error}") from None
+    if stated is not None:
+        if (stated.crop, stated.crop) != (height, width):
+            raise PayloadError(
+                f"the model's recipe crops to {stated.crop}x{stated.crop} but input {spec.name!r} is {height}x{width}"
+            )
+        return stated
+    if height != width:
+        raise PayloadError(f"input {spec.name!r} takes {height}x{width} images; only square crops are built")
+    return Recipe.imagenet(height)
 
 
-def resize_crop(rgb: np.ndarray, crop_hw: tuple[int, int]) -> np.ndarray:
-    """Shorter side resized to crop × 256/224 (bilinear), then centre-cropped; returns HxWx3 uint8."""
-    crop_h, crop_w = crop_hw
-    short_side = round(crop_h * RESIZE_RATIO)
-    height, width = rgb.shape[:2]
-    if width <= height:
-        new_w, new_h = short_side, int(short_side * height / width)
+def image_pixels(image: SourceImage, recipe: Recipe) -> np.ndarray:
+    """The recipe's HxWx3 uint8 crop of a source image; PayloadError naming the image when it does not decode."""
+    try:
+        return cropped_pixels(image.encoded, recipe)
+    except (ImageDecodeError, ImageTooLargeError) as error:
+        raise PayloadError(f"image {image.name or '(synthetic)'}: {error}") from None
+
+
+def request_tensor(pixels: list[np.ndarray], spec: InputSpec, mode: str, recipe: Recipe) -> np.ndarray:
+    """Images' crops (HxWx3 uint8) as one request's input tensor in the input's layout: the crops themselves
+    (``uint8``) or the recipe's normalized tensors (``fp32``), contiguous."""
+    if mode == "fp32":
+        batch = np.stack([normalized(image, recipe) for image in pixels])  # NCHW
+        if spec.layout == "NHWC":
+            batch = batch.transpose(0, 2, 3, 1)
+        dtype = np.float32
     else:
-        new_h, new_w = short_side, int(short_side * width / height)
-    resized = Image.fromarray(rgb, "RGB").resize((new_w, new_h), Image.Resampling.BILINEAR)
-    top = int(round((new_h - crop_h) / 2.0))
-    left = int(round((new_w - crop_w) / 2.0))
-    return np.asarray(resized.crop((left, top, left + crop_w, top + crop_h)), dtype=np.uint8)
-
-
-def fp32_tensor(images: list[np.ndarray], spec: InputSpec) -> np.ndarray:
-    """Stack preprocessed HxWx3 images into the input's layout, contiguous FP32."""
-    return image_tensor(images, spec, np.float32)
-
-
-def image_tensor(images: list[np.ndarray], spec: InputSpec, dtype: type) -> np.ndarray:
-    """Stack HxWx3 images into the input's layout, contiguous ``dtype``."""
-    batch = np.stack(images)
-    if spec.layout == "NCHW":
-        batch = batch.transpose(0, 3, 1, 2)
+        batch = np.stack(pixels)  # NHWC
+        if spec.layout == "NCHW":
+            batch = batch.transpose(0, 3, 1, 2)
+        dtype = np.uint8
     if not spec.batched:
         batch = batch[0]
     return np.ascontiguousarray(batch, dtype=dtype)
-
-
-def serialize_bytes(elements: Sequence[bytes]) -> bytes:
-    """A BYTES tensor's raw contents, Triton's way: each element as a 4-byte little-endian length, then itself."""
-    return b"".join(struct.pack("<I", len(element)) + element for element in elements)
 
 
 def infer_request(
@@ -213,11 +219,11 @@ def with_top_classes(request: bytes, output: str, class_count: int = CLASS_COUNT
 def top_classes(response: service_pb2.ModelInferResponse) -> list[list[int]]:
     """Per image, the class indices of a classification response ("score:index[:label]" elements), best first."""
     output, raw = response.outputs[0], response.raw_output_contents[0]
-    elements = []
-    while raw:
-        (length,) = struct.unpack_from("<I", raw)
-        elements.append(raw[4:4 + length].decode())
-        raw = raw[4 + length:]
+    count = int(np.prod([int(d) for d in output.shape], dtype=np.int64)) if output.shape else 0
+    try:
+        elements = [bytes(element).decode() for element in datatypes.split_bytes_elements(raw, count)]
+    except datatypes.BytesFormatError as error:
+        raise ValueError(f"not a classification answer: {error}") from None
     per_image = int(output.shape[-1]) if output.shape else len(elements)
     indices = [int(element.split(":")[1]) for element in elements]
     return [indices[start:start + per_image] for start in range(0, len(indices), max(per_image, 1))]
@@ -237,11 +243,13 @@ def check_mode(mode: str, spec: InputSpec) -> None:
 
 def build_payloads(
     model: str, version: str, spec: InputSpec, mode: str, images_per_request: int, distinct_requests: int,
-    pool: Sequence[SourceImage],
+    pool: Sequence[SourceImage], recipe: Recipe | None = None,
 ) -> Payloads:
     """Serialize ``distinct_requests`` requests of ``images_per_request`` images each from ``pool`` (in
-    rotation), once, in payload ``mode``."""
+    rotation), once, in payload ``mode``, preprocessed by ``recipe`` (default: ResNet's at the input's size)."""
     check_mode(mode, spec)
+    if mode != "jpeg":
+        recipe = recipe or model_recipe(spec, None)
     shape = spec.request_shape(images_per_request)
     if mode == "jpeg":
         one_request_bytes = images_per_request * max(len(image.encoded) + 4 for image in pool)
@@ -258,8 +266,7 @@ def build_payloads(
 
     def pixels(index: int) -> np.ndarray:
         if index not in prepared:
-            rgb = pool[index].rgb()
-            prepared[index] = preprocess(rgb, spec.crop_hw) if mode == "fp32" else resize_crop(rgb, spec.crop_hw)
+            prepared[index] = image_pixels(pool[index], recipe)
         return prepared[index]
 
     requests, labels = [], []
@@ -268,11 +275,10 @@ def build_payloads(
         labels.append(tuple(pool[i].label for i in chosen))
         if mode == "jpeg":
             tensor = np.empty(shape, dtype=np.uint8)  # only its shape is sent
-            raw = serialize_bytes([pool[i].encoded for i in chosen])
+            raw = datatypes.join_bytes_elements([pool[i].encoded for i in chosen])
             request = infer_request(model, version, spec, tensor.reshape(shape), f"ipsbench-{number}", "BYTES", raw)
         else:
-            dtype = np.float32 if mode == "fp32" else np.uint8
-            tensor = image_tensor([pixels(i) for i in chosen], spec, dtype)
+            tensor = request_tensor([pixels(i) for i in chosen], spec, mode, recipe)
             request = infer_request(model, version, spec, tensor, f"ipsbench-{number}", MODE_DATATYPES[mode])
         requests.append(request.SerializeToString())
     used = pool[: min(len(pool), distinct_requests * images_per_request)]
@@ -283,13 +289,3 @@ def build_payloads(
         image_sizes=tuple((image.width, image.height) for image in used),
         labels=tuple(labels),
     )
-
-
-def build_fp32_payloads(
-    model: str, version: str, spec: InputSpec, images_per_request: int, distinct_requests: int, seed: int
-) -> Payloads:
-    """Generate, decode and preprocess synthetic images (in memory); serialize ``distinct_requests`` requests once."""
-    pool_size = min(distinct_requests * images_per_request, MAX_IMAGE_POOL)
-    generated = (synthetic_image(seed, index) for index in range(pool_size))
-    pool = [SourceImage(image.jpeg, image.width, image.height) for image in generated]
-    return build_payloads(model, version, spec, "fp32", images_per_request, distinct_requests, pool)

@@ -11,15 +11,16 @@ from ipsbench.loadgen.image_sources import ImageSourceError, folder_source, synt
 from ipsbench.loadgen.images import JPEG_QUALITY
 from ipsbench.loadgen.payloads import (
     MAX_IMAGE_POOL,
-    RESIZE_RATIO,
     InputSpec,
     PayloadError,
     Payloads,
     build_payloads,
     check_mode,
     input_spec_from_metadata,
+    model_recipe,
     with_top_classes,
 )
+from ipsbench.server.preprocess.recipe import Recipe
 from ipsbench.loadgen.settings import TargetSettings, WorkloadSettings
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ class PreparedWorkload:
     payloads: Payloads
     target: dict
     model: dict
+    recipe: Recipe | None = None
+    """How the client preprocessed the images (fp32, uint8); None when the server does (jpeg)."""
     classes: int = 0
     """Classes of a labelled image folder (0: unlabelled or synthetic)."""
     check_every: int = 0
@@ -46,12 +49,10 @@ class PreparedWorkload:
         folder = bool(workload.images_dir)
         images = (f"images from {workload.images_dir}" + (f" ({self.classes} classes)" if self.classes else "")
                   if folder else f"synthetic ImageNet-style JPEGs, quality {JPEG_QUALITY}, seed {workload.seed}")
-        if workload.payload == "jpeg":
+        if self.recipe is None:
             how = "sent encoded; the server decodes and preprocesses"
         else:
-            crop_h, crop_w = self.spec.crop_hw
-            how = f"shorter side resized to {round(crop_h * RESIZE_RATIO)}, centre-cropped to {crop_h}x{crop_w}"
-            how += ", ImageNet mean/std, FP32" if workload.payload == "fp32" else ", RGB uint8"
+            how = self.recipe.describe() + (", FP32" if workload.payload == "fp32" else ", sent as RGB uint8")
         return {
             "mode": workload.payload,
             "encoding": workload.payload,
@@ -87,13 +88,14 @@ def prepare_workload(target: TargetSettings, workload: WorkloadSettings) -> Prep
     classes = 0
     try:
         check_mode(workload.payload, spec)
+        recipe = None if workload.payload == "jpeg" else model_recipe(spec, info.config)
         if workload.images_dir:
             pool, classes = folder_source(workload.images_dir, count)
         else:
             pool = synthetic_source(workload.seed, count, workload.cache_dir or None)
         payloads = build_payloads(
             target.model, target.model_version, spec, workload.payload,
-            workload.images_per_request, workload.distinct_requests, pool,
+            workload.images_per_request, workload.distinct_requests, pool, recipe,
         )
     except (PayloadError, ImageSourceError) as error:
         raise SetupError(f"model {target.model!r}: {error}") from error
@@ -114,6 +116,7 @@ def prepare_workload(target: TargetSettings, workload: WorkloadSettings) -> Prep
             "name": target.model, "version": target.model_version, "platform": info.metadata.platform,
             "input": spec.to_dict(), "max_batch_size": info.max_batch_size,
         },
+        recipe=recipe,
         classes=classes,
         check_every=workload.accuracy_every,
     )

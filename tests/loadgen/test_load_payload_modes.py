@@ -13,14 +13,14 @@ from ipsbench.loadgen.image_sources import folder_source, synthetic_source
 from ipsbench.server.preprocess.recipe import Recipe
 from ipsbench.loadgen.images import synthetic_image
 from ipsbench.loadgen.payloads import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     InputSpec,
     PayloadError,
     build_payloads,
     input_spec_from_metadata,
-    resize_crop,
+    model_recipe,
+    request_tensor,
 )
+from ipsbench.server.preprocess.image import cropped_pixels
 
 Tensor = service_pb2.ModelMetadataResponse.TensorMetadata
 QUICK = ("--warmup", "300ms", "--duration", "1s", "--drain", "5s")
@@ -65,7 +65,7 @@ def test_uint8_requests_carry_resized_and_cropped_rgb(tmp_path):
     request = service_pb2.ModelInferRequest.FromString(payloads.requests[0])
     assert request.inputs[0].datatype == "UINT8" and list(request.inputs[0].shape) == [2, 32, 32, 3]
     pixels = np.frombuffer(request.raw_input_contents[0], dtype=np.uint8).reshape(2, 32, 32, 3)
-    np.testing.assert_array_equal(pixels[1], resize_crop(pool[1].rgb(), (32, 32)))
+    np.testing.assert_array_equal(pixels[1], cropped_pixels(pool[1].encoded, model_recipe(spec, None)))
 
 
 def test_jpeg_requests_carry_length_prefixed_encoded_images(tmp_path):
@@ -134,12 +134,12 @@ def test_accuracy_under_load_counts_top1_and_top5_against_folder_labels(server, 
     every checked answer must be right at top-1."""
     import onnxruntime
 
-    from ipsbench.loadgen.payloads import preprocess
-
     session = onnxruntime.InferenceSession(str(model_repository / "resnet18" / "1" / "model.onnx"),
                                            providers=["CPUExecutionProvider"])
     encoded = [synthetic_image(7, number).jpeg for number in range(4)]
-    batch = np.stack([preprocess(_rgb(jpeg), (64, 64)) for jpeg in encoded]).transpose(0, 3, 1, 2)
+    spec = InputSpec(name="input", datatype="FP32", shape=(-1, 3, 64, 64))
+    recipe = model_recipe(spec, None)
+    batch = request_tensor([cropped_pixels(jpeg, recipe) for jpeg in encoded], spec, "fp32", recipe)
     (logits,) = session.run(None, {session.get_inputs()[0].name: batch.astype(np.float32)})
     predicted = logits.argmax(axis=1)
     folder = tmp_path / "val"
@@ -155,8 +155,3 @@ def test_accuracy_under_load_counts_top1_and_top5_against_folder_labels(server, 
     assert accuracy["checked_images"] > 4 and accuracy["every_nth_request"] == 1
     assert accuracy["top1"] == 1.0 and accuracy["top5"] == 1.0
 
-
-def _rgb(jpeg: bytes) -> np.ndarray:
-    from ipsbench.loadgen.images import decode_rgb
-
-    return decode_rgb(jpeg)
