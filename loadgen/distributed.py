@@ -67,6 +67,14 @@ def announce_interrupt(runner: MasterRunner) -> None:
     runner.send_message(STEP_MESSAGE, {"interrupt": True})
 
 
+def announce_steps(runner: MasterRunner, step_events) -> None:
+    """Tell the workers every step a shape opens, ends after its trials or interrupts (``step_events``: the
+    shape's :class:`~ipsbench.loadgen.shape.StepEvents`)."""
+    step_events.opened.add_listener(lambda step, **_: announce_step(runner, step))
+    step_events.trials_ended.add_listener(lambda step, **_: announce_end_after_trials(runner, step))
+    step_events.interrupted.add_listener(lambda **_: announce_interrupt(runner))
+
+
 def send_report(runner: WorkerRunner) -> None:
     """Send a worker report now, through the same event and message as locust's periodic ones."""
     data: dict = {}
@@ -79,7 +87,7 @@ def _signature(step: StepRecord) -> tuple:
 
 
 class WorkerSteps:
-    """Worker side: steps opened on the master's word; the users' :class:`~ipsbench.loadgen.users.StepSource`."""
+    """Worker side: steps opened on the master's word, in ``recorder`` (the users' step source)."""
 
     def __init__(self, runner: WorkerRunner, recorder: RunRecorder | None = None) -> None:
         self.runner = runner
@@ -90,10 +98,6 @@ class WorkerSteps:
         runner.register_message(STEP_MESSAGE, self._on_step)
         runner.register_message(REPORT_NOW_MESSAGE, self._on_report_now)
         runner.environment.events.report_to_master.add_listener(self._on_report_to_master)
-
-    def admit(self, now_ns: int) -> StepRecord | None:
-        step = self.recorder.current
-        return step if step is not None and step.issuing(now_ns) else None
 
     def send_final_report(self) -> None:
         """Every step, marked final (call once no user is left)."""

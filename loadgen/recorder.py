@@ -22,7 +22,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import grpc
 from hdrh.histogram import HdrHistogram
@@ -36,10 +35,8 @@ from ipsbench.loadgen.histograms import (
     new_histogram,
 )
 from ipsbench.loadgen.outcomes import COMPLETED, Outcome, error_message_kind, outcome_for
+from ipsbench.loadgen.request_log import RequestLog
 from ipsbench.loadgen.trials import STABLE_WINDOWS, Trial
-
-if TYPE_CHECKING:
-    from ipsbench.loadgen.request_log import RequestLog
 
 MAX_ERROR_KINDS = 64
 """Distinct (outcome, code, message) rows kept per step; further kinds are counted under one overflow row."""
@@ -174,7 +171,7 @@ class StepRecord:
         loop, its intended time, where the caller knows them: only the request log shows them)."""
         self.counts[Outcome.ABANDONED] += 1
         if self.request_log is not None:
-            self.request_log.abandoned(self, sent_ns, intended_ns)
+            self.request_log.abandoned(self.index + 1, sent_ns, intended_ns)
 
     def in_window(self, at_ns: int) -> bool:
         return self.window_start_ns <= at_ns < self.window_end_ns
@@ -187,12 +184,13 @@ class StepRecord:
         completed_in_window = self.in_window(done_ns)
         if completed_in_window:
             self.window_counts[outcome] += 1
-        latency_us = None
+        latency_us = trial_number = None
         if intended_ns is None:
             if completed_in_window:
                 latency_us = self._record_latency(self.histograms[outcome], done_ns - sent_ns)
                 if self.trials_max > 1:
-                    trial = self.trial(self.trial_of(done_ns))
+                    trial_number = self.trial_of(done_ns)
+                    trial = self.trial(trial_number)
                     trial.counts[outcome] += 1
                     trial.histogram(outcome).record_value(latency_us)
                     if outcome is Outcome.OK:
@@ -202,7 +200,8 @@ class StepRecord:
             if outcome is Outcome.OK:
                 self._record_latency(self.service_histogram, done_ns - sent_ns)
         if self.request_log is not None:
-            self.request_log.completed(self, outcome, code, sent_ns, done_ns, intended_ns, latency_us, images)
+            self.request_log.completed(self.index + 1, outcome, code, sent_ns, done_ns, intended_ns, latency_us,
+                                       images, None if trial_number is None else trial_number + 1)
         return completed_in_window
 
     def _record_latency(self, histogram: HdrHistogram, elapsed_ns: int) -> int:
@@ -400,6 +399,12 @@ class RunRecorder:
     def now_ns(self) -> int:
         return self._clock_ns()
 
+    def admit(self, now_ns: int) -> StepRecord | None:
+        """The step a request issued now belongs to, or None when nothing may be issued (between steps, or after
+        the current step's window)."""
+        step = self.current
+        return step if step is not None and step.issuing(now_ns) else None
+
     def unix_s(self, clock_ns: int) -> float:
         """Wall-clock time of a reading of this recorder's monotonic clock."""
         return self.started_unix_s + (clock_ns - self.started_ns) / 1e9
@@ -415,7 +420,7 @@ class RunRecorder:
             phase=phase, request_log=self.request_log,
         )
         if self.request_log is not None:
-            self.request_log.begin_step(step)
+            self.request_log.begin_step(step.start_ns)
         self.steps.append(step)
         self.current = step
         return step

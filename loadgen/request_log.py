@@ -20,12 +20,8 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ipsbench.loadgen.outcomes import Outcome
-
-if TYPE_CHECKING:
-    from ipsbench.loadgen.recorder import StepRecord
 
 COLUMNS = ("step", "outcome", "code", "measured", "trial", "intended_us", "sent_us", "done_us", "latency_us", "images")
 BUFFER_BYTES = 1 << 20
@@ -55,23 +51,22 @@ class RequestLog:
     def closed(self) -> bool:
         return self._file.closed
 
-    def begin_step(self, step: StepRecord) -> None:
-        """A step begins: the rows so far go to disk; the first step's start is time zero."""
+    def begin_step(self, start_ns: int) -> None:
+        """A step begins at ``start_ns``: the rows so far go to disk; the first step's start is time zero."""
         if self.zero_ns is None:
-            self.zero_ns = step.start_ns
+            self.zero_ns = start_ns
         self.flush()
 
     def completed(
-        self, step: StepRecord, outcome: Outcome, code: str, sent_ns: int, done_ns: int, intended_ns: int | None,
-        latency_us: int | None, images: int,
+        self, step: int, outcome: Outcome, code: str, sent_ns: int, done_ns: int, intended_ns: int | None,
+        latency_us: int | None, images: int, trial: int | None = None,
     ) -> None:
-        """A request that came back (or failed in the client); ``latency_us`` as recorded, None if not measured."""
-        measured = latency_us is not None
-        trial = step.trial_of(done_ns) + 1 if measured and intended_ns is None and step.trials_max > 1 else ""
-        self._row(step, outcome, code, measured, trial, intended_ns, sent_ns, done_ns, latency_us,
-                  images or self.images_per_request)
+        """A request of step ``step`` (from 1) that came back (or failed in the client); ``latency_us`` as recorded,
+        None if not measured; ``trial``: the measured window (from 1) it counted in, where the step has several."""
+        self._row(step, outcome, code, latency_us is not None, "" if trial is None else trial, intended_ns, sent_ns,
+                  done_ns, latency_us, images or self.images_per_request)
 
-    def abandoned(self, step: StepRecord, sent_ns: int | None, intended_ns: int | None) -> None:
+    def abandoned(self, step: int, sent_ns: int | None, intended_ns: int | None) -> None:
         """A request still in flight when its step or the run stopped waiting for it (times when known)."""
         self._row(step, Outcome.ABANDONED, "", False, "", intended_ns, sent_ns, None, None, self.images_per_request)
 
@@ -85,15 +80,15 @@ class RequestLog:
             self._file.close()
 
     def _row(
-        self, step: StepRecord, outcome: Outcome, code: str, measured: bool, trial: int | str,
+        self, step: int, outcome: Outcome, code: str, measured: bool, trial: int | str,
         intended_ns: int | None, sent_ns: int | None, done_ns: int | None, latency_us: int | None, images: int,
     ) -> None:
         if self._file.closed:
             return
-        if self.zero_ns is None:  # a step recorded into without begin_step (a recorder used on its own)
-            self.zero_ns = step.start_ns
+        if self.zero_ns is None:  # rows without begin_step (a recorder used on its own): the first row's send
+            self.zero_ns = sent_ns or intended_ns or 0
         self._writer.writerow((
-            step.index + 1, outcome.value, code, int(measured), trial, self._us(intended_ns), self._us(sent_ns),
+            step, outcome.value, code, int(measured), trial, self._us(intended_ns), self._us(sent_ns),
             self._us(done_ns), "" if latency_us is None else latency_us, images,
         ))
 

@@ -12,7 +12,7 @@ outright still leaves its results so far; the next run into the same folder keep
 from __future__ import annotations
 
 # locust patches the process for gevent on import; it must come first.
-from locust.env import Environment  # isort: skip
+from ipsbench.loadgen.environment import gevent_delivery, load_environment, user_class_for  # isort: skip
 
 import datetime
 import json
@@ -26,23 +26,25 @@ from pathlib import Path
 
 import gevent
 import gevent.event
+from locust.env import Environment
 
-from ipsbench.loadgen.distributed import MasterSteps
+from ipsbench.loadgen.distributed import MasterSteps, announce_steps
 from ipsbench.loadgen.progress import Progress
 from ipsbench.loadgen.recorder import RunRecorder
 from ipsbench.loadgen.report.files import write_reports
 from ipsbench.loadgen.report.schema import REPORT_JSON, VERDICT_EXIT_CODES, build_report, write_report, write_text
 from ipsbench.loadgen.request_log import RequestLogError, describe, open_request_log
-from ipsbench.loadgen.scenarios.base import DRAIN_GRACE_S, StepShape
-from ipsbench.loadgen.scenarios.build import shape_for, user_class_for
-from ipsbench.loadgen.scenarios.slo import SloSearchShape
-from ipsbench.loadgen.senders import off_the_hub
+from ipsbench.loadgen.scenarios.catalog import SCENARIOS
 from ipsbench.loadgen.scrape import SCRAPE_TIMEOUT_S, StepScrapes
+from ipsbench.loadgen.senders import off_the_hub, prompt_senders
 from ipsbench.loadgen.settings import RunSettings
+from ipsbench.loadgen.shape import DRAIN_GRACE_S, StepShape
 from ipsbench.loadgen.slo import parse_objective
 from ipsbench.loadgen.users import Workload
+from ipsbench.loadgen.watchers import StabilityJudge, WindowScraper
 from ipsbench.loadgen.worker import LocalWorkers
 from ipsbench.loadgen.workload import PreparedWorkload, SetupError, prepare_workload
+from ipsbench.server.signals import capture_signals
 
 __all__ = ["LoadRun", "RunResult", "SetupError"]
 
@@ -91,10 +93,10 @@ class LoadRun:
         self._stopped = gevent.event.Event()
         self._interrupted = gevent.event.Event()
         self._abort = gevent.event.Event()
-        self._signal_watchers: list = []
-        self._previous_handlers: dict[int, object] = {}
         self._environment: Environment | None = None
         self._shape: StepShape | None = None
+        self._judge: StabilityJudge | None = None
+        self._scraper: WindowScraper | None = None
         self._master: MasterSteps | None = None
         self._prepared: PreparedWorkload | None = None
         self._started_at = ""
@@ -106,12 +108,11 @@ class LoadRun:
     # --- lifecycle -----------------------------------------------------------------------------------------
 
     def run(self) -> RunResult:
-        self._capture_signals()
         try:
-            self.prepare()
-            self.execute()
+            with capture_signals(self._on_signal, gevent_delivery), prompt_senders():
+                self.prepare()
+                self.execute()
         finally:
-            self._restore_signals()
             self.recorder.close_request_log()  # every request has its row by now, abandoned ones included
         return self.finish()
 
@@ -131,10 +132,13 @@ class LoadRun:
 
     def execute(self) -> None:
         """Run the scenario in locust until its last step ends, or a signal stops it."""
-        self._shape = shape_for(self.settings, self.recorder)
+        planner = SCENARIOS[self.settings.scenario].planner(self.settings)
+        self._shape = StepShape(planner, self.recorder, drain_s=self.settings.steps.drain_s)
+        self._judge = StabilityJudge(self._shape)
         target = self.settings.target
         if target.metrics_url:
-            self._shape.scrapes = StepScrapes(target.metrics_url, target.model, target.model_version)
+            scrapes = StepScrapes(target.metrics_url, target.model, target.model_version)
+            self._scraper = WindowScraper(self._shape, scrapes)
         self._flusher = gevent.spawn(self._flush_periodically)
         if sys.stdout.isatty():
             self._progress = Progress(self._shape, self._live_step)
@@ -147,7 +151,9 @@ class LoadRun:
             self._flusher.kill(block=True)
             if self._progress is not None:
                 self._progress.stop()
-            self._shape.wait_scrapes(SCRAPE_TIMEOUT_S + 1.0)
+            if self._scraper is not None:
+                self._scraper.wait(SCRAPE_TIMEOUT_S + 1.0)
+            self._judge.stop()
 
     def finish(self) -> RunResult:
         """Write report.json, then the files rendered from it."""
@@ -162,7 +168,7 @@ class LoadRun:
         if self._master is not None:
             steps = self._master.merged_steps(steps)
         validity, shape = self.settings.validity, self._shape
-        search = shape.search.describe() if isinstance(shape, SloSearchShape) else None
+        search = shape.planner.search_result() if shape is not None else None
         judged = bool(validity.latency_slo) or search is not None
         workers = self._master.describe() if self._master is not None else None
         return build_report(
@@ -215,9 +221,8 @@ class LoadRun:
     def _execute_here(self) -> None:
         workload = Workload.over(self._prepared, self.settings.target)
         drain_s = self.settings.steps.drain_s
-        self._environment = Environment(
-            user_classes=[user_class_for(self.settings, workload)], shape_class=self._shape, stop_timeout=drain_s,
-            catch_exceptions=True,
+        self._environment = load_environment(
+            [user_class_for(self.settings, workload, self.recorder)], self._shape, stop_timeout=drain_s
         )
         self._environment.events.test_stop.add_listener(lambda **_: self._stopped.set())
         runner = self._environment.create_local_runner()
@@ -235,13 +240,11 @@ class LoadRun:
     def _execute_distributed(self) -> None:
         settings, drain_s = self.settings, self.settings.steps.drain_s
         self._shape.hold_at_end = True  # the run stops the test once the workers' final reports are in
-        self._environment = Environment(
-            user_classes=[user_class_for(settings, None)], shape_class=self._shape, stop_timeout=drain_s,
-            catch_exceptions=True,
-        )
+        self._environment = load_environment([user_class_for(settings, None)], self._shape, stop_timeout=drain_s)
         host, port = master_address(settings)
         runner = self._environment.create_master_runner(host, port)
         self._master = MasterSteps(runner, settings.to_dict(), self.recorder.started_ns)
+        announce_steps(runner, self._shape.events)
         self._shape.results = self._master.collect
         local = settings.processes if settings.processes > 1 else 0
         connect_host = "127.0.0.1" if host in ("0.0.0.0", "*", "") else host
@@ -276,9 +279,9 @@ class LoadRun:
 
     def _server_side(self) -> dict | None:
         """The scraped server metrics as the report takes them, or None when none were asked for."""
-        scrapes = self._shape.scrapes if self._shape is not None else None
-        if scrapes is None:
+        if self._scraper is None:
             return None
+        scrapes = self._scraper.scrapes
         return {"metrics_url": scrapes.url, "steps": scrapes.blocks, "warnings": scrapes.warnings}
 
     def _mark_start(self) -> None:
@@ -295,18 +298,6 @@ class LoadRun:
         per_step = (steps.warmup_s + steps.window_s * steps.windows_per_step + steps.drain_s + DRAIN_GRACE_S
                     + TICK_SLACK_S)
         return per_step * steps.step_count + RUN_LIMIT_MARGIN_S
-
-    def _capture_signals(self) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous_handlers[signum] = signal.getsignal(signum)
-            self._signal_watchers.append(gevent.signal_handler(signum, self._on_signal, signum))
-
-    def _restore_signals(self) -> None:
-        for watcher in self._signal_watchers:
-            watcher.cancel()
-        for signum, handler in self._previous_handlers.items():
-            signal.signal(signum, handler)
-        self._signal_watchers.clear()
 
     def _on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name

@@ -16,7 +16,8 @@ import collections
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import gevent
@@ -77,7 +78,6 @@ class Outbox:
     """
 
     def __init__(self) -> None:
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self._items: collections.deque = collections.deque()
         self._lock = thread_lock()
         self._threads = 0
@@ -126,6 +126,18 @@ class Outbox:
         """Everything appended so far, oldest first."""
         items = self._items
         return [items.popleft() for _ in range(len(items))]
+
+
+@contextmanager
+def prompt_senders() -> Iterator[None]:
+    """While the block runs (a load run, a worker, the web UI), a thread whose response arrived waits at most
+    :data:`GIL_SWITCH_INTERVAL_S` for the GIL; the interpreter's own interval is back afterwards."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
 
 
 def off_the_hub(function: Callable, *args):

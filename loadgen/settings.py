@@ -1,12 +1,23 @@
-"""Run settings, grouped in small frozen objects; each field's help text is the CLI's help text."""
+"""Run settings, grouped in small frozen objects; each field is also its command-line option
+(:mod:`ipsbench.server.flags`): the help text, default and parser are declared here once.
+
+A scenario's own step settings subclass :class:`StepSettings` in the scenario's module
+(:mod:`ipsbench.loadgen.scenarios`); every subclass is registered by name as it is defined, so settings sent to a
+worker as plain data come back as the same class.
+"""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from ipsbench.loadgen.arrivals import ARRIVALS, MAX_RATE_PER_S
+from ipsbench.loadgen.arrivals import ARRIVALS
+from ipsbench.loadgen.slo import parse_objective
+from ipsbench.server.flags import duration, option
 
 # Hard upper bounds, so a typo cannot start an unbounded run.
 MAX_CONCURRENCY = 1024
@@ -23,43 +34,55 @@ MAX_HEADERS = 32
 
 PAYLOADS = ("fp32", "uint8", "jpeg")
 """Payload encodings: fp32 and uint8 are preprocessed by the client, jpeg by the server."""
-CLOSED_LOOP_SCENARIOS = ("sweep", "offline", "single-stream", "ramp", "spike")
-OPEN_LOOP_SCENARIOS = ("rate", "trace")
-SEARCH_KINDS = ("rate", "concurrency")
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
+def header(text: str) -> tuple[str, str]:
+    """``--header KEY=VALUE``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip().lower(), value
 
 
-def help_for(settings_class: type, name: str) -> str:
-    """The help text declared on a settings field (one source for CLI help and docs)."""
-    for f in dataclasses.fields(settings_class):
-        if f.name == name:
-            return f.metadata["help"]
-    raise KeyError(f"{settings_class.__name__} has no field {name!r}")
+def host_port(text: str) -> str:
+    """``HOST:PORT``, checked (empty: not given; argparse passes string defaults through the parser too)."""
+    if not text:
+        return text
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected host:port, got {text!r}")
+    return text
+
+
+def latency_objective(text: str) -> str:
+    """``--latency-slo p99=100ms``, checked."""
+    try:
+        parse_objective(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text.strip()
 
 
 @dataclass(frozen=True)
 class TargetSettings:
     """Where the load goes, and how the connection is secured."""
 
-    target: str = field(metadata=_help("KServe v2 gRPC endpoint, host:port"))
-    model: str = field(metadata=_help("model name on the target"))
-    model_version: str = field(default="", metadata=_help("model version; empty means the server's choice"))
-    deadline_s: float = field(default=30.0, metadata=_help("deadline of every RPC (e.g. 30s, 500ms)"))
-    metrics_url: str = field(default="", metadata=_help(
+    target: str = option(help="KServe v2 gRPC endpoint, host:port")
+    model: str = option(help="model name on the target")
+    model_version: str = option("", "model version; empty means the server's choice")
+    deadline_s: float = option(30.0, "deadline of every RPC (e.g. 30s, 500ms)", flag="--deadline", parse=duration)
+    metrics_url: str = option("", (
         "the server's Prometheus endpoint (e.g. http://127.0.0.1:8002/metrics), scraped at each step's window "
         "start and end for batch size, queue/compute time and GPU power; empty: not scraped"
     ))
-    tls_ca: str = field(default="", metadata=_help(
-        "PEM file of the CA that signed the target's certificate: connect with TLS (verified)"
-    ))
-    tls_cert: str = field(default="", metadata=_help("PEM client certificate for mutual TLS (with --tls-key)"))
-    tls_key: str = field(default="", metadata=_help("PEM private key of the client certificate"))
-    headers: tuple[tuple[str, str], ...] = field(default=(), metadata=_help(
-        "gRPC metadata KEY=VALUE sent with every RPC (repeatable); values are never written to reports"
-    ))
+    tls_ca: str = option("", "PEM file of the CA that signed the target's certificate: connect with TLS (verified)",
+                         metavar="FILE")
+    tls_cert: str = option("", "PEM client certificate for mutual TLS (with --tls-key)", metavar="FILE")
+    tls_key: str = option("", "PEM private key of the client certificate", metavar="FILE")
+    headers: tuple[tuple[str, str], ...] = option(
+        (), "gRPC metadata KEY=VALUE sent with every RPC (repeatable); values are never written to reports",
+        flag="--header", parse=header, repeat=True, metavar="KEY=VALUE",
+    )
 
     def __post_init__(self) -> None:
         if not self.target or ":" not in self.target:
@@ -77,6 +100,7 @@ class TargetSettings:
         for key, _ in self.headers:
             if not key or key != key.lower() or not all(c.isalnum() or c in "-_." for c in key):
                 raise ValueError(f"header key {key!r} must be lower-case letters, digits, '-', '_' or '.'")
+        object.__setattr__(self, "headers", tuple(tuple(pair) for pair in self.headers))
 
     @property
     def tls(self) -> bool:
@@ -93,24 +117,23 @@ class TargetSettings:
 class WorkloadSettings:
     """What each request carries."""
 
-    payload: str = field(default="fp32", metadata=_help(
+    payload: str = option("fp32", (
         "request encoding: fp32 (preprocessed tensor), uint8 (resized and cropped RGB), jpeg (encoded bytes, "
-        "the server preprocesses); the input's datatype and shape come from the model's metadata"
-    ))
-    images_per_request: int = field(default=1, metadata=_help("images per request (the request's batch size)"))
-    distinct_requests: int = field(default=16, metadata=_help("distinct requests built before the run, sent in rotation"))
-    seed: int = field(default=0, metadata=_help("seed of the synthetic images and of the arrival process"))
-    images_dir: str = field(default="", metadata=_help(
+        "the server preprocesses); the input's datatype and shape come from the model's metadata, the "
+        "preprocessing from its config where it states one"
+    ), choices=PAYLOADS)
+    images_per_request: int = option(1, "images per request (the request's batch size)")
+    distinct_requests: int = option(16, "distinct requests built before the run, sent in rotation")
+    seed: int = option(0, "seed of the synthetic images and of the arrival process")
+    images_dir: str = option("", (
         "folder of JPEG/PNG images (ImageNet validation layout with synset folders gives labels); "
         "empty: synthetic ImageNet-style photos"
-    ))
-    cache_dir: str = field(default="", metadata=_help(
-        "where synthetic images are cached (default ~/.cache/ipsbench/images/<seed>-<count>)"
-    ))
-    accuracy_every: int = field(default=0, metadata=_help(
+    ), flag="--images", metavar="DIR")
+    cache_dir: str = option("", "where synthetic images are cached (default ~/.cache/ipsbench/images/<seed>-<count>)")
+    accuracy_every: int = option(0, (
         "accuracy under load, with a labelled --images folder: every Nth request asks for its top 5 classes "
         "(Triton's classification extension) and is checked against the labels; 0: off"
-    ))
+    ), metavar="N")
 
     def __post_init__(self) -> None:
         if self.payload not in PAYLOADS:
@@ -127,13 +150,20 @@ class WorkloadSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class StepSettings:
-    """Timing shared by every stepped scenario: each step warms up, is measured, then drains."""
+    """Timing shared by every stepped scenario: each step warms up, is measured, then drains. A scenario's
+    settings subclass this in the scenario's module."""
 
-    window_s: float = field(default=10.0, metadata=_help("measured window per step (e.g. 10s, 2m)"))
-    warmup_s: float = field(default=2.0, metadata=_help("warm-up per step, counted but not measured"))
-    drain_s: float = field(
-        default=10.0, metadata=_help("bound on waiting for in-flight requests after a step or on Ctrl-C")
-    )
+    registered: ClassVar[dict[str, type[StepSettings]]] = {}
+    """Every subclass by its name, for :meth:`RunSettings.from_dict`."""
+
+    window_s: float = option(10.0, "measured window per step (e.g. 10s, 2m)", flag="--duration", parse=duration)
+    warmup_s: float = option(2.0, "warm-up per step, counted but not measured", flag="--warmup", parse=duration)
+    drain_s: float = option(10.0, "bound on waiting for in-flight requests after a step or on Ctrl-C",
+                            flag="--drain", parse=duration)
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        StepSettings.registered[cls.__name__] = cls
 
     def __post_init__(self) -> None:
         if not 0 < self.window_s <= MAX_STEP_DURATION_S:
@@ -142,6 +172,11 @@ class StepSettings:
             raise ValueError(f"warm-up must be in [0, {MAX_STEP_DURATION_S:g}] s")
         if not 0 <= self.drain_s <= MAX_DEADLINE_S:
             raise ValueError(f"drain must be in [0, {MAX_DEADLINE_S:g}] s")
+
+    @property
+    def open_loop(self) -> bool:
+        """Whether requests go out at the intended times of an arrival process (latency from those times)."""
+        return False
 
     @property
     def step_count(self) -> int:
@@ -153,7 +188,28 @@ class StepSettings:
         return 1
 
 
-def _check_concurrency(levels: tuple[int, ...]) -> None:
+@dataclass(frozen=True, kw_only=True)
+class OpenLoopSettings(StepSettings):
+    """Timing and arrivals of a scenario whose requests go out on an arrival process's schedule."""
+
+    arrival: str = option("poisson", "arrival process: poisson (MLPerf Server) or constant", choices=tuple(ARRIVALS))
+    max_in_flight: int = option(256, "cap on requests in flight; an arrival held back by it is sent late")
+    interarrivals_s: tuple[float, ...] = option((), "a trace's recorded inter-arrival times, in seconds", cli=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.arrival not in (*ARRIVALS, "trace"):
+            raise ValueError(f"arrival must be one of {', '.join(ARRIVALS)}, got {self.arrival!r}")
+        if (self.arrival == "trace") != bool(self.interarrivals_s):
+            raise ValueError("a trace run needs its inter-arrival times (and only a trace run has them)")
+        check_in_flight(self.max_in_flight)
+
+    @property
+    def open_loop(self) -> bool:
+        return True
+
+
+def check_concurrency(levels: tuple[int, ...]) -> None:
     if not levels:
         raise ValueError("at least one concurrency level is needed")
     for level in levels:
@@ -161,212 +217,82 @@ def _check_concurrency(levels: tuple[int, ...]) -> None:
             raise ValueError(f"concurrency must be in [1, {MAX_CONCURRENCY}], got {level}")
 
 
-@dataclass(frozen=True, kw_only=True)
-class SweepSettings(StepSettings):
-    """Closed-loop concurrency sweep: one step per level; each level runs measured windows until the last 3
-    agree (images/sec and p99) or the trials run out (perf_analyzer's stability rule)."""
-
-    concurrency: tuple[int, ...] = field(metadata=_help("comma-separated concurrency levels, e.g. 1,2,4"))
-    stability: float = field(default=0.10, metadata=_help(
-        "the last 3 windows of a level must agree within this fraction of their mean, for images/sec and p99"
-    ))
-    max_trials: int = field(default=10, metadata=_help(
-        "measured windows per level at most before it is marked UNSTABLE (1: a single window, not judged)"
-    ))
-    phases: tuple[str, ...] = field(default=(), metadata=_help("a name per level (ramp and spike steps)"))
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_concurrency(self.concurrency)
-        if not 0 <= self.stability <= 1:
-            raise ValueError(f"stability must be in [0, 1], got {self.stability:g}")
-        if not 1 <= self.max_trials <= MAX_TRIALS:
-            raise ValueError(f"max trials must be in [1, {MAX_TRIALS}], got {self.max_trials}")
-        if self.phases and len(self.phases) != len(self.concurrency):
-            raise ValueError("one phase name per level")
-
-    @property
-    def step_count(self) -> int:
-        return len(self.concurrency)
-
-    @property
-    def windows_per_step(self) -> int:
-        return self.max_trials
-
-
-def ramp_levels(start: int, end: int, steps: int) -> tuple[tuple[int, ...], tuple[str, ...]]:
-    """``steps`` levels from ``start`` to ``end`` (evenly spaced, whole users); the last is the peak."""
-    if steps < 2:
-        return (end,), ("peak",)
-    levels = tuple(round(start + (end - start) * number / (steps - 1)) for number in range(steps))
-    return levels, (*["ramp"] * (steps - 1), "peak")
-
-
-def spike_levels(base: int, spike: int) -> tuple[tuple[int, ...], tuple[str, ...]]:
-    """Baseline, spike, then the baseline again to see whether latency recovers."""
-    return (base, spike, base), ("baseline", "spike", "recovery")
-
-
-def _check_rate(rate: float) -> None:
-    if not 0 < rate <= MAX_RATE_PER_S:
-        raise ValueError(f"rate must be in (0, {MAX_RATE_PER_S:g}] requests/s, got {rate:g}")
-
-
-@dataclass(frozen=True, kw_only=True)
-class RateSettings(StepSettings):
-    """Open-loop arrivals at fixed rates: one step per rate; latency from each request's intended send time."""
-
-    rates_per_s: tuple[float, ...] = field(metadata=_help("comma-separated arrival rates in requests/s, e.g. 20,40"))
-    arrival: str = field(default="poisson", metadata=_help("arrival process: poisson (MLPerf Server) or constant"))
-    max_in_flight: int = field(
-        default=256, metadata=_help("cap on requests in flight; an arrival held back by it is sent late")
-    )
-    interarrivals_s: tuple[float, ...] = field(default=(), metadata=_help(
-        "trace: one inter-arrival time in seconds per line, or a CSV column interarrival_s"
-    ))
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.rates_per_s:
-            raise ValueError("at least one rate is needed")
-        for rate in self.rates_per_s:
-            _check_rate(rate)
-        if self.arrival not in (*ARRIVALS, "trace"):
-            raise ValueError(f"arrival must be one of {', '.join(ARRIVALS)}, got {self.arrival!r}")
-        if (self.arrival == "trace") != bool(self.interarrivals_s):
-            raise ValueError("a trace run needs its inter-arrival times (and only a trace run has them)")
-        if not 1 <= self.max_in_flight <= MAX_IN_FLIGHT:
-            raise ValueError(f"max in flight must be in [1, {MAX_IN_FLIGHT}], got {self.max_in_flight}")
-
-    @property
-    def step_count(self) -> int:
-        return len(self.rates_per_s)
-
-
-@dataclass(frozen=True, kw_only=True)
-class SearchSettings(StepSettings):
-    """``slo``: the highest rate (or concurrency) meeting every objective, by bracketing and bisection."""
-
-    search: str = field(default="rate", metadata=_help("what to search: rate (open loop) or concurrency"))
-    low: float = field(metadata=_help("lower end of the bracket searched"))
-    high: float = field(metadata=_help("upper end of the bracket searched"))
-    max_steps: int = field(default=8, metadata=_help("measured steps at most (the bracket's two ends included)"))
-    resolution: float = field(default=0.05, metadata=_help(
-        "stop bisecting when the bracket is narrower than this fraction of its lower end (concurrency: 1)"
-    ))
-    arrival: str = field(default="poisson", metadata=_help("arrival process of a rate search"))
-    max_in_flight: int = field(default=256, metadata=_help("cap on requests in flight (rate search)"))
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.search not in SEARCH_KINDS:
-            raise ValueError(f"search must be one of {', '.join(SEARCH_KINDS)}, got {self.search!r}")
-        if self.search == "rate":
-            _check_rate(self.low)
-            _check_rate(self.high)
-        else:
-            _check_concurrency((int(self.low), int(self.high)))
-            if self.low != int(self.low) or self.high != int(self.high):
-                raise ValueError("a concurrency search needs whole numbers for --low and --high")
-        if not self.low < self.high:
-            raise ValueError(f"--low must be below --high, got {self.low:g} and {self.high:g}")
-        if not 2 <= self.max_steps <= MAX_SEARCH_STEPS:
-            raise ValueError(f"max steps must be in [2, {MAX_SEARCH_STEPS}], got {self.max_steps}")
-        if not 0 < self.resolution < 1:
-            raise ValueError(f"resolution must be in (0, 1), got {self.resolution:g}")
-        if self.arrival not in ARRIVALS:
-            raise ValueError(f"arrival must be one of {', '.join(ARRIVALS)}, got {self.arrival!r}")
-        if not 1 <= self.max_in_flight <= MAX_IN_FLIGHT:
-            raise ValueError(f"max in flight must be in [1, {MAX_IN_FLIGHT}], got {self.max_in_flight}")
-
-    @property
-    def step_count(self) -> int:
-        return self.max_steps
+def check_in_flight(max_in_flight: int) -> None:
+    if not 1 <= max_in_flight <= MAX_IN_FLIGHT:
+        raise ValueError(f"max in flight must be in [1, {MAX_IN_FLIGHT}], got {max_in_flight}")
 
 
 @dataclass(frozen=True)
 class ValiditySettings:
     """When a step counts as valid, and the service-level objectives a run is judged against."""
 
-    max_error_rate: float = field(
-        default=0.0, metadata=_help("largest share of issued requests that may end in an error (0..1)")
+    max_error_rate: float = option(0.0, "largest share of issued requests that may end in an error (0..1)")
+    latency_slo: tuple[str, ...] = option(
+        (), "latency objective PERCENTILE=DURATION over successful requests, e.g. p99=100ms (repeatable)",
+        parse=latency_objective, repeat=True, metavar="pNN=DURATION",
     )
-    latency_slo: tuple[str, ...] = field(default=(), metadata=_help(
-        "latency objective PERCENTILE=DURATION over successful requests, e.g. p99=100ms (repeatable)"
-    ))
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_error_rate <= 1.0:
             raise ValueError(f"max error rate must be in [0, 1], got {self.max_error_rate:g}")
-        from ipsbench.loadgen.slo import parse_objective  # the parser's errors are the settings' errors
-
         for text in self.latency_slo:
-            parse_objective(text)
+            parse_objective(text)  # the parser's errors are the settings' errors
+        object.__setattr__(self, "latency_slo", tuple(self.latency_slo))
 
 
-SCENARIO_SETTINGS: dict[str, type[StepSettings]] = {
-    "sweep": SweepSettings, "offline": SweepSettings, "single-stream": SweepSettings, "ramp": SweepSettings,
-    "spike": SweepSettings, "rate": RateSettings, "trace": RateSettings, "slo": SearchSettings,
-}
-"""Each scenario's settings class (the settings travel under the scenario's name)."""
-_TUPLE_FIELDS = ("concurrency", "phases", "rates_per_s", "interarrivals_s")
+@dataclass(frozen=True)
+class UiSettings:
+    """Where ``ipsbench-load ui`` serves locust's web UI."""
+
+    web_host: str = option("127.0.0.1", "address of the web UI")
+    web_port: int = option(8089, "port of the web UI")
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.web_port <= 65535:
+            raise ValueError(f"web port must be in 0..65535, got {self.web_port}")
+
+
+def default_out_dir() -> Path:
+    return Path("reports") / time.strftime("%Y%m%d-%H%M%S")
 
 
 @dataclass(frozen=True, kw_only=True)
 class RunSettings:
     """Everything one run needs: one scenario and its step settings."""
 
-    target: TargetSettings
-    workload: WorkloadSettings
-    validity: ValiditySettings
-    out_dir: Path
-    scenario: str
-    steps: StepSettings
-    processes: int = field(
-        default=1, metadata=_help("locust worker processes on this box (1: the load runs in this process)")
-    )
-    remote_workers: int = field(default=0, metadata=_help(
+    target: TargetSettings = option(cli=False)
+    workload: WorkloadSettings = option(cli=False)
+    validity: ValiditySettings = option(cli=False)
+    scenario: str = option(cli=False)
+    steps: StepSettings = option(cli=False)
+    out_dir: Path = option(None, "report folder (default: reports/<timestamp>)", flag="--out", parse=Path)
+    processes: int = option(1, "locust worker processes on this box (1: the load runs in this process)")
+    remote_workers: int = option(0, (
         "workers from other hosts to wait for (each started as: ipsbench-load worker --master HOST:PORT)"
-    ))
-    master_bind: str = field(default="", metadata=_help(
+    ), metavar="N")
+    master_bind: str = option("", (
         "host:port the master listens on for workers (default 127.0.0.1:5557 with --remote-workers; "
         "0.0.0.0:5557 in a container)"
-    ))
-    engine_bench: str = field(default="", metadata=_help(
+    ), parse=host_port, metavar="HOST:PORT")
+    engine_bench: str = option("", (
         "JSON written by ipsbench-serve bench --json, copied into the report for the engine vs end-to-end table"
-    ))
-    request_log: str = field(default="", metadata=_help(
+    ), metavar="FILE")
+    request_log: str = option("", (
         "CSV file with one row per request that ended: step, outcome, status code, whether measured, times and "
         "the latency exactly as recorded (with --processes or workers: one file per worker, e.g. "
         "requests.worker0.csv, each on its worker's host); empty: none"
-    ))
+    ), metavar="PATH")
 
     def __post_init__(self) -> None:
-        expected = SCENARIO_SETTINGS.get(self.scenario)
-        if expected is None:
-            raise ValueError(f"unknown scenario {self.scenario!r}")
-        if not isinstance(self.steps, expected):
-            raise ValueError(f"scenario {self.scenario} takes {expected.__name__}")
         if not 1 <= self.processes <= MAX_PROCESSES:
             raise ValueError(f"processes must be in [1, {MAX_PROCESSES}], got {self.processes}")
         if not 0 <= self.remote_workers <= MAX_PROCESSES:
             raise ValueError(f"remote workers must be in [0, {MAX_PROCESSES}], got {self.remote_workers}")
-
-    @property
-    def sweep(self) -> SweepSettings | None:
-        return self.steps if isinstance(self.steps, SweepSettings) else None
-
-    @property
-    def rate(self) -> RateSettings | None:
-        return self.steps if isinstance(self.steps, RateSettings) else None
-
-    @property
-    def search(self) -> SearchSettings | None:
-        return self.steps if isinstance(self.steps, SearchSettings) else None
+        object.__setattr__(self, "out_dir", Path(self.out_dir) if self.out_dir is not None else default_out_dir())
 
     @property
     def open_loop(self) -> bool:
-        return self.rate is not None or (self.search is not None and self.search.search == "rate")
+        return self.steps.open_loop
 
     @property
     def distributed(self) -> bool:
@@ -382,6 +308,7 @@ class RunSettings:
         data = dataclasses.asdict(self)
         data["out_dir"] = str(self.out_dir)
         data[self.scenario] = _listed(data.pop("steps"))
+        data["steps_settings"] = type(self.steps).__name__
         data["target"]["headers"] = [list(pair) for pair in self.target.headers]
         data["validity"]["latency_slo"] = list(self.validity.latency_slo)
         return data
@@ -389,6 +316,7 @@ class RunSettings:
     def to_report(self) -> dict:
         """Plain data for the report: header values redacted, a trace's arrivals summarized."""
         data = self.to_dict()
+        del data["steps_settings"]
         data["target"] = self.target.redacted()
         scenario = data[self.scenario]
         if scenario.get("interarrivals_s"):
@@ -397,9 +325,11 @@ class RunSettings:
 
     @classmethod
     def from_dict(cls, data: dict) -> RunSettings:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (the scenario's module must be imported: its settings class registers)."""
         scenario = data["scenario"]
-        steps = {key: tuple(value) if key in _TUPLE_FIELDS else value for key, value in data[scenario].items()}
+        steps_class = StepSettings.registered[data["steps_settings"]]
+        tuples = {f.name for f in dataclasses.fields(steps_class) if str(f.type).startswith("tuple")}
+        steps = {key: tuple(value) if key in tuples else value for key, value in data[scenario].items()}
         target = dict(data["target"])
         target["headers"] = tuple(tuple(pair) for pair in target.get("headers", ()))
         validity = dict(data["validity"])
@@ -410,7 +340,7 @@ class RunSettings:
             validity=ValiditySettings(**validity),
             out_dir=Path(data["out_dir"]),
             scenario=scenario,
-            steps=SCENARIO_SETTINGS[scenario](**steps),
+            steps=steps_class(**steps),
             processes=data["processes"],
             remote_workers=data.get("remote_workers", 0),
             master_bind=data.get("master_bind", ""),

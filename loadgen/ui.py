@@ -9,37 +9,32 @@ start and stop is announced to them, and the tab shows their reports merged."""
 from __future__ import annotations
 
 # locust patches the process for gevent on import; it must come first.
-from locust.env import Environment  # isort: skip
+from ipsbench.loadgen.environment import gevent_delivery, load_environment, user_classes  # isort: skip
 
-import argparse
 import html
 import logging
-import signal
 import sys
 from pathlib import Path
 
-import gevent
 import gevent.event
-from locust import events
 
 from ipsbench.loadgen.distributed import MasterSteps, announce_interrupt, announce_step
 from ipsbench.loadgen.recorder import RunRecorder, StepRecord
 from ipsbench.loadgen.report.schema import step_entry
-from ipsbench.loadgen.scenarios.build import user_classes
-from ipsbench.loadgen.settings import (
-    RunSettings,
-    SweepSettings,
-    TargetSettings,
-    ValiditySettings,
-    WorkloadSettings,
-)
+from ipsbench.loadgen.scenarios.sweep import SweepSettings
+from ipsbench.loadgen.senders import prompt_senders
+from ipsbench.loadgen.settings import RunSettings, TargetSettings, UiSettings, ValiditySettings, WorkloadSettings
 from ipsbench.loadgen.users import Workload
 from ipsbench.loadgen.workload import SetupError, prepare_workload
+from ipsbench.server.signals import capture_signals
 
 logger = logging.getLogger(__name__)
 
 OPEN_ENDED_S = 365 * 24 * 3600.0
 """A UI step has no planned end: it is measured until the test is stopped in the UI."""
+
+
+DEFAULT_MASTER_BIND = "127.0.0.1:5557"
 
 
 class UiSteps:
@@ -48,10 +43,6 @@ class UiSteps:
     def __init__(self) -> None:
         self.recorder = RunRecorder()
         self.master: MasterSteps | None = None
-
-    def admit(self, now_ns: int) -> StepRecord | None:
-        step = self.recorder.current
-        return step if step is not None and step.issuing(now_ns) else None
 
     def start(self, users: int) -> None:
         step = self.recorder.open_step(users, 0.0, OPEN_ENDED_S)
@@ -102,11 +93,11 @@ def _page(entries: list[dict]) -> str:
     )
 
 
-def _worker_setup(args: argparse.Namespace, target: TargetSettings) -> dict:
+def _worker_setup(target: TargetSettings, workload: WorkloadSettings) -> dict:
     """What each worker is told: the target and payload; its steps come from the UI's test starts."""
     settings = RunSettings(
         target=target,
-        workload=WorkloadSettings(payload=args.payload, images_per_request=args.images_per_request),
+        workload=workload,
         validity=ValiditySettings(),
         out_dir=Path("."),
         scenario="sweep",
@@ -115,32 +106,31 @@ def _worker_setup(args: argparse.Namespace, target: TargetSettings) -> dict:
     return settings.to_dict()
 
 
-def run_ui(args: argparse.Namespace) -> int:
+def run_ui(ui: UiSettings, target: TargetSettings, workload: WorkloadSettings, remote_workers: int = 0,
+           master_bind: str = "") -> int:
     # locust's web UI parses sys.argv as locust's own command line when it renders its page; ours is not one.
     sys.argv = sys.argv[:1]
-    target = TargetSettings(target=args.target, model=args.model, deadline_s=args.deadline)
     try:
-        prepared = prepare_workload(target, WorkloadSettings(payload=args.payload,
-                                                             images_per_request=args.images_per_request))
+        prepared = prepare_workload(target, workload)
     except SetupError as error:
         logger.error("%s", error)
         return 2
     steps = UiSteps()
     user_class = user_classes()["closed"]
-    user_class.steps = steps
-    environment = Environment(user_classes=[user_class], host=args.target, events=events, catch_exceptions=True)
+    user_class.steps = steps.recorder
+    environment = load_environment([user_class], host=target.target, shared_events=True)
     environment.events.test_start.add_listener(
         lambda **_: steps.start(environment.runner.target_user_count or 0))
     environment.events.test_stop.add_listener(lambda **_: steps.stop())
-    if args.remote_workers:
-        host, port = args.master_bind or ("127.0.0.1", 5557)
-        runner = environment.create_master_runner(host, port)
-        steps.master = MasterSteps(runner, _worker_setup(args, target), steps.recorder.started_ns)
+    if remote_workers:
+        host, _, port = (master_bind or DEFAULT_MASTER_BIND).rpartition(":")
+        runner = environment.create_master_runner(host, int(port))
+        steps.master = MasterSteps(runner, _worker_setup(target, workload), steps.recorder.started_ns)
         logger.info("workers join with: ipsbench-load worker --master %s:%d", host, runner.server.port)
     else:
         user_class.workload = Workload.over(prepared, target)
         environment.create_local_runner()
-    web_ui = environment.create_web_ui(args.web_host, args.web_port)
+    web_ui = environment.create_web_ui(ui.web_host, ui.web_port)
 
     @web_ui.app.route("/ipsbench")
     def ipsbench_page() -> str:
@@ -150,11 +140,10 @@ def run_ui(args: argparse.Namespace) -> int:
     def ipsbench_stats() -> dict:
         return {"steps": steps.figures()}
 
-    logger.info("web UI on http://%s:%d (ipsbench's figures at /ipsbench)", args.web_host, args.web_port)
+    logger.info("web UI on http://%s:%d (ipsbench's figures at /ipsbench)", ui.web_host, ui.web_port)
     stop = gevent.event.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        gevent.signal_handler(signum, stop.set)
-    stop.wait()
+    with capture_signals(lambda _signum: stop.set(), gevent_delivery), prompt_senders():
+        stop.wait()
     logger.info("stopping the web UI")
     environment.runner.quit()
     web_ui.stop()

@@ -83,15 +83,16 @@ InFlight = dict[tuple[int, int, "int | None"], list]
 
 
 class StepSource(Protocol):
-    """Says which step a request issued now belongs to (a load shape, or a worker following its master)."""
+    """Says which step a request issued now belongs to: the run's :class:`~ipsbench.loadgen.recorder.RunRecorder`
+    (a worker's records the steps its master announces)."""
 
     def admit(self, now_ns: int) -> StepRecord | None: ...
 
 
 class _KServeSender(User):
     """Sends requests from sender threads and records how each ended in its step. ``workload`` (and optionally
-    ``steps``) are set on a subclass before the run; without ``steps`` the environment's shape says which step is
-    current.
+    ``steps``) are set on a subclass before the run; without ``steps`` the environment's shape's recorder says
+    which step is current.
 
     A user's task runs one step's worth of sending: it starts its sender threads for the step it was admitted
     to, and records what they did (see :mod:`ipsbench.loadgen.senders`) until they end with the step's window. Killed
@@ -113,7 +114,7 @@ class _KServeSender(User):
         return IDLE_POLL_S if self._idle else 0.0
 
     def _admit(self) -> StepRecord | None:
-        return (self.steps or self.environment.shape_class).admit(time.perf_counter_ns())
+        return (self.steps or self.environment.shape_class.recorder).admit(time.perf_counter_ns())
 
     def _sending(self, step: StepRecord) -> bool:
         """Sender threads go on issuing into ``step`` while this is true (read from those threads)."""

@@ -9,7 +9,7 @@ after its final report).
 from __future__ import annotations
 
 # locust patches the process for gevent on import; it must come first.
-from locust.env import Environment  # isort: skip
+from ipsbench.loadgen.environment import configure_user_class, load_environment, loop_of, user_classes  # isort: skip
 
 import logging
 import os
@@ -29,8 +29,8 @@ from ipsbench.loadgen.distributed import (
     WorkerSteps,
 )
 from ipsbench.loadgen.request_log import RequestLogError, open_request_log, worker_path
-from ipsbench.loadgen.scenarios.build import configure_user_class, loop_of, user_classes
-from ipsbench.loadgen.senders import off_the_hub
+from ipsbench.loadgen.scenarios.catalog import SCENARIOS  # noqa: F401 - registers the scenarios' settings classes
+from ipsbench.loadgen.senders import off_the_hub, prompt_senders
 from ipsbench.loadgen.settings import RunSettings
 from ipsbench.loadgen.users import Workload
 from ipsbench.loadgen.workload import SetupError, prepare_workload
@@ -54,7 +54,7 @@ class Worker:
         self.exit_with_parent = exit_with_parent
         self._parent_pid = os.getppid()
         self.classes = user_classes()
-        self.environment = Environment(user_classes=list(self.classes.values()), catch_exceptions=True)
+        self.environment = load_environment(list(self.classes.values()))
         self.runner = self.environment.create_worker_runner(master_host, master_port)  # connects
         self.steps = WorkerSteps(self.runner)
         self.finished = gevent.event.Event()
@@ -62,15 +62,16 @@ class Worker:
         self.runner.register_message(FINISH_MESSAGE, self._on_finish, concurrent=True)
 
     def run(self) -> int:
-        self.runner.send_message(JOIN_MESSAGE)
-        if self.exit_with_parent:
-            gevent.spawn(self._watch_parent)
-        stopped = gevent.spawn(self.runner.greenlet.join)
-        gevent.wait([stopped, self.finished], count=1)
-        stopped.join(timeout=QUIT_WAIT_S)
-        if not stopped.ready():
-            logger.warning("no quit from the master %g s after the final report; exiting", QUIT_WAIT_S)
-            self.runner.quit()
+        with prompt_senders():
+            self.runner.send_message(JOIN_MESSAGE)
+            if self.exit_with_parent:
+                gevent.spawn(self._watch_parent)
+            stopped = gevent.spawn(self.runner.greenlet.join)
+            gevent.wait([stopped, self.finished], count=1)
+            stopped.join(timeout=QUIT_WAIT_S)
+            if not stopped.ready():
+                logger.warning("no quit from the master %g s after the final report; exiting", QUIT_WAIT_S)
+                self.runner.quit()
         self.steps.recorder.close_request_log()
         return 0
 
@@ -93,7 +94,7 @@ class Worker:
             self.runner.send_message(READY_MESSAGE, {"pid": os.getpid(), "error": str(error)})
             return
         workload = Workload.over(prepared, settings.target)
-        configure_user_class(self.classes[loop_of(settings)], settings, workload, self.steps)
+        configure_user_class(self.classes[loop_of(settings)], settings, workload, self.steps.recorder)
         self.runner.send_message(READY_MESSAGE, {"pid": os.getpid(), "error": None})
 
     def _on_finish(self, environment, msg, **_) -> None:

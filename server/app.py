@@ -27,12 +27,12 @@ from ipsbench.server.models import ModelRegistry
 from ipsbench.server.preprocess.stage import DecodePool
 from ipsbench.server.security import AdminAuth, SecurityConfigError, check_startup_policy, load_admin_token, server_credentials
 from ipsbench.server.settings import Settings
+from ipsbench.server.signals import asyncio_delivery, capture_signals
 from ipsbench.server.stats import ServerStats
 from ipsbench.server.telemetry import GpuCollector, open_gpu_collector
 
 log = logging.getLogger(__name__)
 
-HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 STOP_GRACE_S = 1.0
 """After in-flight inference is done, how long other open RPCs get before the gRPC server cancels them."""
 
@@ -89,9 +89,10 @@ class App:
 
     async def serve(self) -> int:
         """Run until a signal or :meth:`request_exit`; return the process exit code."""
-        loop = asyncio.get_running_loop()
-        for sig in HANDLED_SIGNALS:
-            loop.add_signal_handler(sig, self.request_exit, sig)
+        with capture_signals(self.request_exit, asyncio_delivery(asyncio.get_running_loop())):
+            return await self._serve()
+
+    async def _serve(self) -> int:
         code = 0
         try:
             startup = asyncio.create_task(self.startup(), name="startup")
@@ -109,8 +110,6 @@ class App:
                 await asyncio.gather(startup, return_exceptions=True)
         finally:
             code = await self.shutdown() or code
-            for sig in HANDLED_SIGNALS:
-                loop.remove_signal_handler(sig)
         return code
 
     def request_exit(self, sig: int | None = None) -> None:

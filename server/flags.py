@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ipsbench.server.durations import parse_duration_s
+from ipsbench.server.durations import format_duration_s, parse_duration_s
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "int": int, "int | None": int, "float": float, "float | None": float, "str": str, "str | None": str,
@@ -84,11 +84,14 @@ def help_for(settings_class: type, name: str) -> str:
     raise KeyError(f"{settings_class.__name__} has no field {name!r}")
 
 
-def options_of(settings_class: type, skip: Iterable[str] = ()) -> list[dataclasses.Field]:
-    """The fields of ``settings_class`` that have options, in declaration order."""
+def options_of(
+    settings_class: type, skip: Iterable[str] = (), only: Iterable[str] | None = None
+) -> list[dataclasses.Field]:
+    """The fields of ``settings_class`` that have options (``only`` these, less ``skip``), in declaration order."""
     skipped = set(skip)
+    chosen = None if only is None else set(only)
     return [f for f in dataclasses.fields(settings_class)
-            if f.metadata.get("cli", False) and f.name not in skipped]
+            if f.metadata.get("cli", False) and f.name not in skipped and (chosen is None or f.name in chosen)]
 
 
 def add_options(
@@ -96,17 +99,17 @@ def add_options(
     settings_class: type,
     *,
     skip: Iterable[str] = (),
+    only: Iterable[str] | None = None,
     defaults: Mapping[str, Any] | None = None,
-    help_suffix: Mapping[str, str] | None = None,
 ) -> None:
-    """An option per field of ``settings_class`` (``skip``: fields left out; ``defaults``: a command's own default
-    for a field, e.g. one trial for ramp; ``help_suffix``: words added to a field's help here)."""
-    for field in options_of(settings_class, skip):
+    """An option per field of ``settings_class`` (``only``: just these fields; ``skip``: fields left out;
+    ``defaults``: a command's own default for a field, e.g. one trial for ramp)."""
+    for field in options_of(settings_class, skip, only):
         meta = field.metadata
         default = _default(field)
         if defaults and field.name in defaults:
             default = defaults[field.name]
-        help_text = (meta["help"] + (help_suffix or {}).get(field.name, "")).replace("%", "%%")
+        help_text = meta["help"].replace("%", "%%")
         if meta["positional"]:
             optional = not meta["required"] and default is not _REQUIRED
             parser.add_argument(field.name, nargs="?" if optional else None, default=default if optional else None,
@@ -116,7 +119,7 @@ def add_options(
         kind = str(field.type)
         if kind in ("bool", "bool | None") and meta["parse"] is None:
             parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=default,
-                                help=help_text + _shown(default))
+                                help=help_text + _shown(field, default))
             continue
         extra: dict[str, Any] = {}
         if meta["repeat"]:
@@ -129,14 +132,16 @@ def add_options(
         parser.add_argument(
             flag, dest=field.name, type=_parser(field), required=required,
             default=None if required else default,
-            help=help_text + ("" if required or meta["repeat"] else _shown(default)), **extra,
+            help=help_text + ("" if required or meta["repeat"] else _shown(field, default)), **extra,
         )
 
 
-def values(args: argparse.Namespace, settings_class: type, skip: Iterable[str] = ()) -> dict[str, Any]:
+def values(
+    args: argparse.Namespace, settings_class: type, skip: Iterable[str] = (), only: Iterable[str] | None = None
+) -> dict[str, Any]:
     """The options of ``settings_class`` as parsed, ready for ``settings_class(**values, ...)``."""
     result = {}
-    for field in options_of(settings_class, skip):
+    for field in options_of(settings_class, skip, only):
         value = getattr(args, field.name)
         if field.metadata["repeat"]:
             value = tuple(value) if value else _default(field)
@@ -165,9 +170,11 @@ def _parser(field: dataclasses.Field) -> Callable[[str], Any]:
         raise TypeError(f"field {field.name!r} of type {kind} needs parse= to be an option") from None
 
 
-def _shown(default: Any) -> str:
+def _shown(field: dataclasses.Field, default: Any) -> str:
     if default in (None, (), "", _REQUIRED) or isinstance(default, bool) and not default:
         return ""
+    if field.metadata["parse"] is duration:
+        default = format_duration_s(default)
     if isinstance(default, tuple):
         default = ",".join(str(v) for v in default)
     return f" (default: {str(default).replace('%', '%%')})"

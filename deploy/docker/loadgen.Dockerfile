@@ -18,7 +18,10 @@ RUN python -m venv /opt/venv
 WORKDIR /src
 COPY deploy/constraints.txt deploy/constraints.txt
 COPY pyproject.toml README.md ./
+# The three role folders are one distribution (ipsbench.server, .loadgen, .export); the extra picks the dependencies.
+COPY server server
 COPY loadgen loadgen
+COPY export export
 RUN /opt/venv/bin/pip install --no-cache-dir -c deploy/constraints.txt '.[loadgen]'
 
 # -- runtime: the environment and a non-root user --

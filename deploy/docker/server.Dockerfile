@@ -24,7 +24,10 @@ RUN python3.12 -m venv /opt/venv
 WORKDIR /src
 COPY deploy/constraints.txt deploy/constraints.txt
 COPY pyproject.toml README.md ./
+# The three role folders are one distribution (ipsbench.server, .loadgen, .export); the extra picks the dependencies.
 COPY server server
+COPY loadgen loadgen
+COPY export export
 # onnxruntime-gpu replaces the CPU onnxruntime that the server extra names: both install the same module.
 RUN /opt/venv/bin/pip install --no-cache-dir -c deploy/constraints.txt '.[server]' \
     && /opt/venv/bin/pip uninstall -y onnxruntime \

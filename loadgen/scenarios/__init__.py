@@ -1,1 +1,1 @@
-"""Scenarios: locust load shapes made of measured steps."""
+"""Scenarios: the steps each ``ipsbench-load`` command runs, and the table of commands (``catalog``)."""

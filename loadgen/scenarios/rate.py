@@ -1,10 +1,11 @@
 """``rate``: open-loop arrivals at fixed rates, one measured step per rate (MLPerf Server, perf_analyzer's
-request-rate range). The shape only times the steps; :class:`ipsbench.loadgen.users.OpenLoopUser` sends on schedule.
+request-rate range); ``trace`` replays recorded inter-arrival times. The shape only times the steps;
+:class:`ipsbench.loadgen.users.OpenLoopUser` sends on schedule.
 
 From plain locust (``locust -f this_file.py --headless --host 127.0.0.1:8001``, ``--processes N`` too)::
 
     from locust import events
-    from ipsbench.loadgen.scenarios.rate import RateShape
+    from ipsbench.loadgen.shape import RateShape
     from ipsbench.loadgen.users import OpenLoopUser, Workload
 
     class Rates(RateShape):
@@ -20,33 +21,86 @@ From plain locust (``locust -f this_file.py --headless --host 127.0.0.1:8001``, 
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from ipsbench.loadgen.scenarios.base import StepPlan, StepShape
+from ipsbench.loadgen.arrivals import MAX_RATE_PER_S, read_trace
+from ipsbench.loadgen.scenarios.base import Scenario, StepPlan, StepPlanner
+from ipsbench.loadgen.settings import MAX_TRACE_ARRIVALS, OpenLoopSettings, RunSettings
+from ipsbench.server.flags import comma_list, option, values
+
+TRACE_END_SLACK_S = 0.001
+"""A trace step's window runs this long past the trace's last arrival, so that arrival falls inside it."""
 
 
-class RateShape(StepShape):
-    """Steps through ``rates_per_s``; each rate warms up for ``warmup_s``, then is measured for ``window_s``.
+def check_rate(rate: float) -> None:
+    if not 0 < rate <= MAX_RATE_PER_S:
+        raise ValueError(f"rate must be in (0, {MAX_RATE_PER_S:g}] requests/s, got {rate:g}")
 
-    Each step's rate is split evenly among ``senders`` open-loop users (default: one per locust process).
-    Usable from a locustfile by subclassing and setting the class attributes, next to a subclass of
-    :class:`~ipsbench.loadgen.users.OpenLoopUser`.
-    """
 
-    abstract = True  # for locust's picker: a locustfile runs its own subclass, not this class
-    rates_per_s: Sequence[float] = (10.0, 20.0)
-    senders: int = 0
-    phase: str | None = None
+@dataclass(frozen=True, kw_only=True)
+class RateSettings(OpenLoopSettings):
+    """Open-loop arrivals at fixed rates: one step per rate; latency from each request's intended send time."""
 
-    def __init__(self, rates_per_s: Sequence[float] | None = None, **step_timing) -> None:
-        """``step_timing``: :class:`StepShape`'s ``warmup_s``, ``window_s``, ``drain_s`` and ``recorder``."""
-        if rates_per_s is not None:
-            self.rates_per_s = tuple(rates_per_s)
-        super().__init__(**step_timing)
+    rates_per_s: tuple[float, ...] = option(
+        help="comma-separated arrival rates in requests/s, e.g. 20,40", flag="--rate",
+        parse=comma_list(float, "rate", "20,40"),
+    )
 
-    def plan(self) -> list[StepPlan]:
-        return [
-            StepPlan(users=self.senders, warmup_s=self.warmup_s, window_s=self.window_s, rate_per_s=rate,
-                     phase=self.phase)
-            for rate in self.rates_per_s
-        ]
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.rates_per_s:
+            raise ValueError("at least one rate is needed")
+        for rate in self.rates_per_s:
+            check_rate(rate)
+
+    @property
+    def step_count(self) -> int:
+        return len(self.rates_per_s)
+
+
+def rate_plans(rates_per_s: Sequence[float], warmup_s: float, window_s: float,
+               phase: str | None = None) -> list[StepPlan]:
+    """One step per rate; each step's rate is split evenly among its senders (one per locust process)."""
+    return [StepPlan(users=0, warmup_s=warmup_s, window_s=window_s, rate_per_s=rate, phase=phase)
+            for rate in rates_per_s]
+
+
+def rate_planner(settings: RunSettings) -> StepPlanner:
+    steps = settings.steps
+    phase = "trace" if steps.arrival == "trace" else None
+    return StepPlanner(rate_plans(steps.rates_per_s, steps.warmup_s, steps.window_s, phase))
+
+
+def _trace_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trace", required=True, metavar="FILE",
+                        help="one inter-arrival time in seconds per line, or a CSV column interarrival_s")
+
+
+def _trace_settings(args: argparse.Namespace) -> RateSettings:
+    """The trace's arrivals; its measured window is the trace after the warm-up."""
+    try:
+        interarrivals = read_trace(args.trace, MAX_TRACE_ARRIVALS)
+    except OSError as error:
+        raise ValueError(f"--trace {args.trace}: {error.strerror}") from None
+    total_s = sum(interarrivals)
+    if total_s <= args.warmup_s:
+        raise ValueError(f"the trace lasts {total_s:g} s, not longer than the {args.warmup_s:g} s warm-up")
+    chosen = values(args, RateSettings, skip=TRACE_SKIPS)
+    return RateSettings(**chosen, rates_per_s=(round(len(interarrivals) / total_s, 3),), arrival="trace",
+                        interarrivals_s=interarrivals, window_s=total_s - args.warmup_s + TRACE_END_SLACK_S)
+
+
+TRACE_SKIPS = ("window_s", "rates_per_s", "arrival")
+
+RATE = Scenario(
+    name="rate", help="open-loop arrivals at fixed rates", description=RateSettings.__doc__,
+    settings=RateSettings, planner=rate_planner, from_args=lambda args: RateSettings(**values(args, RateSettings)),
+)
+TRACE = Scenario(
+    name="trace", help="replay a file of inter-arrival times (open loop)",
+    description="Open-loop arrivals replayed from a trace; the measured window is the trace after the warm-up.",
+    settings=RateSettings, planner=rate_planner, skip=TRACE_SKIPS, add_arguments=_trace_arguments,
+    from_args=_trace_settings,
+)

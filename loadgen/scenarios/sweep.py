@@ -4,46 +4,132 @@ runs measured windows until the last 3 agree within ``stability`` (at most ``max
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from ipsbench.loadgen.scenarios.base import StepPlan, StepShape
+from ipsbench.loadgen.scenarios.base import Scenario, StepPlan, StepPlanner
+from ipsbench.loadgen.settings import MAX_TRIALS, RunSettings, StepSettings, check_concurrency
+from ipsbench.server.flags import comma_list, option, values
+
+MAX_RAMP_STEPS = 100
 
 
-class SweepShape(StepShape):
-    """Steps through ``concurrency`` levels; each level warms up for ``warmup_s``, then is measured in windows
-    of ``window_s`` (one window when ``max_trials`` is 1).
+@dataclass(frozen=True, kw_only=True)
+class SweepSettings(StepSettings):
+    """Closed-loop concurrency sweep: one step per level; each level runs measured windows until the last 3
+    agree (images/sec and p99) or the trials run out (perf_analyzer's stability rule)."""
 
-    Usable from a locustfile by subclassing and setting the class attributes.
-    """
+    concurrency: tuple[int, ...] = option(
+        (1, 2, 4), "comma-separated concurrency levels, e.g. 1,2,4", parse=comma_list(int, "concurrency", "1,2,4")
+    )
+    stability: float = option(0.10, (
+        "the last 3 windows of a level must agree within this fraction of their mean, for images/sec and p99"
+    ))
+    max_trials: int = option(10, (
+        "measured windows per level at most before it is marked UNSTABLE (1: a single window, not judged)"
+    ))
+    phases: tuple[str, ...] = option((), "a name per level (ramp and spike steps)", cli=False)
 
-    abstract = True  # for locust's picker: a locustfile runs its own subclass, not this class
-    concurrency: Sequence[int] = (1, 2, 4)
-    stability: float = 0.10
-    max_trials: int = 10
-    phases: Sequence[str] = ()
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_concurrency(self.concurrency)
+        if not 0 <= self.stability <= 1:
+            raise ValueError(f"stability must be in [0, 1], got {self.stability:g}")
+        if not 1 <= self.max_trials <= MAX_TRIALS:
+            raise ValueError(f"max trials must be in [1, {MAX_TRIALS}], got {self.max_trials}")
+        if self.phases and len(self.phases) != len(self.concurrency):
+            raise ValueError("one phase name per level")
 
-    def __init__(
-        self,
-        concurrency: Sequence[int] | None = None,
-        stability: float | None = None,
-        max_trials: int | None = None,
-        phases: Sequence[str] | None = None,
-        **step_timing,
-    ) -> None:
-        """``step_timing``: :class:`StepShape`'s ``warmup_s``, ``window_s``, ``drain_s`` and ``recorder``."""
-        for name, value in (("concurrency", concurrency), ("phases", phases)):
-            if value is not None:
-                setattr(self, name, tuple(value))
-        for name, value in (("stability", stability), ("max_trials", max_trials)):
-            if value is not None:
-                setattr(self, name, value)
-        super().__init__(**step_timing)
+    @property
+    def step_count(self) -> int:
+        return len(self.concurrency)
 
-    def plan(self) -> list[StepPlan]:
-        phases = list(self.phases) or [None] * len(self.concurrency)
-        return [
-            StepPlan(users=level, warmup_s=self.warmup_s, window_s=self.window_s, trials_max=self.max_trials,
-                     tolerance=self.stability, phase=phase)
-            for level, phase in zip(self.concurrency, phases)
-        ]
+    @property
+    def windows_per_step(self) -> int:
+        return self.max_trials
 
+
+def sweep_plans(
+    concurrency: Sequence[int], warmup_s: float, window_s: float, max_trials: int, stability: float,
+    phases: Sequence[str] = (),
+) -> list[StepPlan]:
+    """One step per concurrency level, measured in windows until the last 3 agree (one window: ``max_trials`` 1)."""
+    phases = list(phases) or [None] * len(concurrency)
+    return [
+        StepPlan(users=level, warmup_s=warmup_s, window_s=window_s, trials_max=max_trials, tolerance=stability,
+                 phase=phase)
+        for level, phase in zip(concurrency, phases)
+    ]
+
+
+def sweep_planner(settings: RunSettings) -> StepPlanner:
+    steps = settings.steps
+    return StepPlanner(sweep_plans(steps.concurrency, steps.warmup_s, steps.window_s, steps.max_trials,
+                                   steps.stability, steps.phases))
+
+
+def ramp_levels(start: int, end: int, steps: int) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """``steps`` levels from ``start`` to ``end`` (evenly spaced, whole users); the last is the peak."""
+    if steps < 2:
+        return (end,), ("peak",)
+    levels = tuple(round(start + (end - start) * number / (steps - 1)) for number in range(steps))
+    return levels, (*["ramp"] * (steps - 1), "peak")
+
+
+def spike_levels(base: int, spike: int) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """Baseline, spike, then the baseline again to see whether latency recovers."""
+    return (base, spike, base), ("baseline", "spike", "recovery")
+
+
+def _ramp_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from", dest="ramp_from", type=int, default=1, help="first concurrency level")
+    parser.add_argument("--to", dest="ramp_to", type=int, required=True, help="last (peak) concurrency level")
+    parser.add_argument("--steps", dest="ramp_steps", type=int, default=4, help="levels, the first and last included")
+
+
+def _ramp_settings(args: argparse.Namespace) -> SweepSettings:
+    if not 1 <= args.ramp_steps <= MAX_RAMP_STEPS:
+        raise ValueError(f"ramp steps must be in [1, {MAX_RAMP_STEPS}]")
+    levels, phases = ramp_levels(args.ramp_from, args.ramp_to, args.ramp_steps)
+    return SweepSettings(**values(args, SweepSettings, skip=("concurrency",)), concurrency=levels, phases=phases)
+
+
+def _spike_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base", type=int, default=1, help="baseline concurrency")
+    parser.add_argument("--spike", type=int, required=True, help="concurrency during the spike")
+
+
+def _spike_settings(args: argparse.Namespace) -> SweepSettings:
+    levels, phases = spike_levels(args.base, args.spike)
+    return SweepSettings(**values(args, SweepSettings, skip=("concurrency",)), concurrency=levels, phases=phases)
+
+
+SWEEP = Scenario(
+    name="sweep", help="closed-loop concurrency sweep", description=SweepSettings.__doc__,
+    settings=SweepSettings, planner=sweep_planner, from_args=lambda args: SweepSettings(**values(args, SweepSettings)),
+)
+OFFLINE = Scenario(
+    name="offline", help="maximum throughput: large requests, closed loop",
+    description="Maximum throughput with large requests (MLPerf Offline).",
+    settings=SweepSettings, planner=sweep_planner, from_args=SWEEP.from_args,
+    defaults={"concurrency": (4,), "images_per_request": 8},
+)
+SINGLE_STREAM = Scenario(
+    name="single-stream", help="one request in flight; p90 as MLPerf reports it",
+    description="One request at a time (MLPerf SingleStream); its p90 is the figure.",
+    settings=SweepSettings, planner=sweep_planner, skip=("concurrency",),
+    from_args=lambda args: SweepSettings(**values(args, SweepSettings, skip=("concurrency",)), concurrency=(1,)),
+)
+RAMP = Scenario(
+    name="ramp", help="closed-loop concurrency ramp (soak)",
+    description="Concurrency from --from to --to in --steps levels, each a measured step.",
+    settings=SweepSettings, planner=sweep_planner, skip=("concurrency",), defaults={"max_trials": 1},
+    add_arguments=_ramp_arguments, from_args=_ramp_settings,
+)
+SPIKE = Scenario(
+    name="spike", help="baseline, spike, recovery (soak)",
+    description="A baseline concurrency, a spike, then the baseline again.",
+    settings=SweepSettings, planner=sweep_planner, skip=("concurrency",), defaults={"max_trials": 1},
+    add_arguments=_spike_arguments, from_args=_spike_settings,
+)

@@ -23,11 +23,13 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # What each Dockerfile installs and copies (deploy/docker/*.Dockerfile). The server image's GPU runtimes
 # (onnxruntime-gpu, TensorRT) have no place on a CPU box: the server extra's CPU onnxruntime stands in.
 IMAGES = {
-    "server": {"extras": ("server",), "packages": ("server",)},
-    "load": {"extras": ("loadgen",), "packages": ("loadgen",)},
-    "export": {"extras": ("export",), "packages": ("server", "export")},
+    "server": {"extras": ("server",), "packages": ("server", "loadgen", "export")},
+    "load": {"extras": ("loadgen",), "packages": ("server", "loadgen", "export")},
+    "export": {"extras": ("export",), "packages": ("server", "loadgen", "export")},
 }
-MODULE_OF_PROGRAM = {"ipsbench-serve": "server", "ipsbench-load": "loadgen", "ipsbench-export": "export"}
+MODULE_OF_PROGRAM = {
+    "ipsbench-serve": "ipsbench.server", "ipsbench-load": "ipsbench.loadgen", "ipsbench-export": "ipsbench.export",
+}
 PLATFORM = {"python_version": "3.12", "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64"}
 
 
@@ -77,8 +79,9 @@ def build_image_environment(image: str, folder: Path) -> Path:
             source = site_packages / top
             if top not in ("..", "__pycache__") and source.exists() and not (folder / top).exists():
                 (folder / top).symlink_to(source)
+    (folder / "ipsbench").mkdir()  # installed as ipsbench.<role> (a namespace package)
     for package in IMAGES[image]["packages"]:
-        (folder / package).symlink_to(REPO_ROOT / package)
+        (folder / "ipsbench" / package).symlink_to(REPO_ROOT / package)
     return folder
 
 

@@ -126,7 +126,7 @@ def test_the_load_image_installs_no_pytorch(tmp_path):
     assert not distributions & {"torch", "torchvision", "onnxruntime", "onnxruntime-gpu"}
     # In the stand-in for the image's environment, the load generator imports and PyTorch does not.
     environment = build_image_environment("load", tmp_path / "load")
-    for module, expected in (("loadgen.cli", 0), ("torch", 1)):
+    for module, expected in (("ipsbench.loadgen.cli", 0), ("ipsbench.loadgen.run", 0), ("torch", 1)):
         command, env = image_command(environment, ["ipsbench-load"])
         probe = [command[0], "-S", "-c", f"import {module}"]
         result = subprocess.run(probe, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)

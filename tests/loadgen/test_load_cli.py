@@ -57,9 +57,9 @@ def test_unreachable_target_exits_2_without_a_report(tmp_path):
 
 def test_recorder_payloads_and_reports_do_not_import_locust():
     code = (
-        "import sys, loadgen.cli, loadgen.payloads, loadgen.recorder, loadgen.arrivals, loadgen.settings, "
-        "loadgen.workload, loadgen.report.schema, loadgen.report.markdown, loadgen.report.console, "
-        "loadgen.report.steps_csv, loadgen.report.files, loadgen.scrape; "
+        "import sys, ipsbench.loadgen.cli, ipsbench.loadgen.payloads, ipsbench.loadgen.recorder, ipsbench.loadgen.arrivals, "
+        "ipsbench.loadgen.settings, ipsbench.loadgen.workload, ipsbench.loadgen.report.schema, ipsbench.loadgen.scenarios.catalog, "
+        "ipsbench.loadgen.report.markdown, ipsbench.loadgen.report.console, ipsbench.loadgen.report.steps_csv, ipsbench.loadgen.report.files, ipsbench.loadgen.scrape; "
         "assert not {'locust', 'gevent'} & set(sys.modules), sorted(m for m in sys.modules if 'locust' in m)"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True, timeout=60)

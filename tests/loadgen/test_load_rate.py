@@ -78,7 +78,7 @@ def test_open_loop_latency_shows_a_stall_the_closed_loop_hides(server, start_loa
 LOCUSTFILE = '''
 from locust import events
 
-from ipsbench.loadgen.scenarios.rate import RateShape
+from ipsbench.loadgen.shape import RateShape
 from ipsbench.loadgen.users import OpenLoopUser, Workload
 
 

@@ -18,7 +18,7 @@ import gevent
 from locust import events
 
 from ipsbench.loadgen.report.schema import latency_summary
-from ipsbench.loadgen.scenarios.rate import RateShape
+from ipsbench.loadgen.shape import RateShape
 from ipsbench.loadgen.users import OpenLoopUser, Workload
 
 
