@@ -11,8 +11,6 @@ from ipsbench.export.errors import ExportError
 from ipsbench.export.settings import ExportSettings
 from ipsbench.server.flags import add_options, values
 
-USAGE_EXIT_CODE = 2
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

@@ -22,7 +22,6 @@ margin of ten. INT8 is judged by top-1 agreement only: its per-logit error depen
 MIN_TOP1_AGREEMENT = {"fp32": 1.0, "fp16": 0.9, "int8": 0.8}
 """Share of the verification images whose top-1 class must match PyTorch's."""
 VERIFY_BATCH_SIZES = (1, 4)
-VERIFY_IMAGES = 16
 
 Runner = Callable[[np.ndarray], np.ndarray]
 """One NCHW FP32 batch → the artifact's logits."""

@@ -21,7 +21,7 @@ def progress_text(step: StepRecord | None, number: int, planned: int, now_ns: in
     """One line about the step being issued into."""
     if step is None:
         return f"step {number}/{planned}: between steps"
-    load = f"{step.rate_per_s:g} requests/s" if step.rate_per_s is not None else f"concurrency {step.concurrency}"
+    load = f"{step.rate_per_s:g} requests/s" if step.open_loop else f"concurrency {step.concurrency}"
     errors = sum(step.counts[o] for o in ERRORS)
     if now_ns < step.window_start_ns:
         return f"step {number}/{planned} {load}: warming up, {step.issued} issued, {errors} errors"

@@ -110,6 +110,11 @@ class StepRecord:
             self.window_end_ns = self.window_start_ns + round(self.window_s * self.trials_max * 1e9)
         self._cpu_start_s = time.process_time()
 
+    @property
+    def open_loop(self) -> bool:
+        """Requests went out at an arrival process's intended times (latency from those times)."""
+        return self.rate_per_s is not None
+
     # --- hot path -------------------------------------------------------------------------------------------
 
     def issuing(self, now_ns: int) -> bool:

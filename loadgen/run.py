@@ -32,7 +32,8 @@ from ipsbench.loadgen.distributed import MasterSteps, announce_steps
 from ipsbench.loadgen.progress import Progress
 from ipsbench.loadgen.recorder import RunRecorder
 from ipsbench.loadgen.report.files import write_reports
-from ipsbench.loadgen.report.schema import REPORT_JSON, VERDICT_EXIT_CODES, build_report, write_report, write_text
+from ipsbench.loadgen.report.build import RunFacts, build_report
+from ipsbench.loadgen.report.schema import REPORT_JSON, VERDICT_EXIT_CODES, write_report, write_text
 from ipsbench.loadgen.request_log import RequestLogError, describe, open_request_log
 from ipsbench.loadgen.scenarios.catalog import SCENARIOS
 from ipsbench.loadgen.scrape import SCRAPE_TIMEOUT_S, StepScrapes
@@ -171,8 +172,7 @@ class LoadRun:
         search = shape.planner.search_result() if shape is not None else None
         judged = bool(validity.latency_slo) or search is not None
         workers = self._master.describe() if self._master is not None else None
-        return build_report(
-            steps=steps,
+        return build_report(steps, RunFacts(
             settings=self.settings.to_report(),
             target=self._prepared.target,
             model=self._prepared.model,
@@ -182,7 +182,7 @@ class LoadRun:
             duration_s=duration_s,
             interrupted_by=self.interrupted_by,
             max_error_rate=validity.max_error_rate,
-            workers=workers,
+            workers=workers or [],
             unix_s=self.recorder.unix_s,
             server=self._server_side(),
             objectives=[parse_objective(text) for text in validity.latency_slo] if judged else None,
@@ -191,7 +191,7 @@ class LoadRun:
             engine=self._engine,
             running=running,
             request_log=self._request_log_entry(workers),
-        )
+        ))
 
     def _request_log_entry(self, workers: list[dict] | None) -> dict | None:
         path = self.settings.request_log

@@ -20,7 +20,7 @@ import gevent.event
 
 from ipsbench.loadgen.distributed import MasterSteps, announce_interrupt, announce_step
 from ipsbench.loadgen.recorder import RunRecorder, StepRecord
-from ipsbench.loadgen.report.schema import step_entry
+from ipsbench.loadgen.report.steps import step_entry
 from ipsbench.loadgen.scenarios.sweep import SweepSettings
 from ipsbench.loadgen.senders import prompt_senders
 from ipsbench.loadgen.settings import RunSettings, TargetSettings, UiSettings, ValiditySettings, WorkloadSettings

@@ -56,7 +56,6 @@ BYTES = _TYPES[-1]
 
 BY_CONFIG: dict[int, DataType] = {t.config: t for t in _TYPES}
 BY_PROTOCOL: dict[str, DataType] = {t.protocol: t for t in _TYPES}
-BY_NUMPY: dict[np.dtype, DataType] = {t.numpy: t for t in _TYPES}
 
 
 def config_type_name(config_type: int) -> str:

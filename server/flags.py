@@ -76,14 +76,6 @@ def comma_list(kind: Callable[[str], Any], what: str, example: str) -> Callable[
     return parse
 
 
-def help_for(settings_class: type, name: str) -> str:
-    """The help text declared on a settings field (one source for CLI help and docs)."""
-    for field in dataclasses.fields(settings_class):
-        if field.name == name:
-            return field.metadata["help"]
-    raise KeyError(f"{settings_class.__name__} has no field {name!r}")
-
-
 def options_of(
     settings_class: type, skip: Iterable[str] = (), only: Iterable[str] | None = None
 ) -> list[dataclasses.Field]:

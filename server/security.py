@@ -60,10 +60,6 @@ class AdminAuth:
     def __init__(self, token: str | None) -> None:
         self._token = token.encode() if token is not None else None
 
-    @property
-    def enabled(self) -> bool:
-        return self._token is not None
-
     def check(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> None:
         if self._token is None:
             return

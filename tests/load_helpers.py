@@ -63,11 +63,18 @@ def start_load_run(
     return LoadRun(process, out, log)
 
 
-def sweep_report(steps: list, **arguments) -> dict:
-    """``build_report`` of recorded ``steps`` as a sweep of resnet18 (64x64, fp32, synthetic images) with fixed run
-    details; ``arguments`` replace any of ``build_report``'s (``max_error_rate``, ``objectives``, ``engine``...)."""
-    from ipsbench.loadgen.report.schema import build_report
+def report_from(steps: list, **facts) -> dict:
+    """The report document of recorded ``steps`` and the run facts given (``RunFacts``' fields)."""
+    from ipsbench.loadgen.report.build import RunFacts, build_report
 
+    if facts.get("workers") is None:
+        facts.pop("workers", None)
+    return build_report(steps, RunFacts(**facts))
+
+
+def sweep_report(steps: list, **arguments) -> dict:
+    """The report of recorded ``steps`` as a sweep of resnet18 (64x64, fp32, synthetic images) with fixed run
+    details; ``arguments`` replace any of ``RunFacts``' (``max_error_rate``, ``objectives``, ``engine``...)."""
     run = {
         "settings": {"target": {"deadline_s": 30.0}, "sweep": {"warmup_s": 1.0, "drain_s": 10.0}},
         "target": {"address": "127.0.0.1:8001", "server": {}},
@@ -80,7 +87,7 @@ def sweep_report(steps: list, **arguments) -> dict:
         "interrupted_by": None,
         "max_error_rate": 0.0,
     }
-    return build_report(steps=steps, **{**run, **arguments})
+    return report_from(steps, **{**run, **arguments})
 
 
 COUNT_FIELDS = ("ok", "rejected", "failed", "deadline", "cancelled", "abandoned")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ipsbench.loadgen.report.schema import has_open_loop_steps, is_open_loop
+
 DASH = "–"
 
 
@@ -54,19 +56,13 @@ def duration_words(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def open_loop(report: dict) -> bool:
-    """Whether the run's steps were open loop (rate, trace, an slo search over rates): they carry send accounting."""
-    return any(step.get("open_loop") for step in report["steps"])
-
-
 def load_header(report: dict) -> str:
     """The first column of every step table: what the step varied."""
-    return "rate/s" if any(step.get("target_rate_per_s") is not None for step in report["steps"]) else "concurrency"
+    return "rate/s" if has_open_loop_steps(report) else "concurrency"
 
 
 def load_cell(step: dict) -> str:
-    rate_per_s = step.get("target_rate_per_s")
-    return f"{rate_per_s:g}" if rate_per_s is not None else str(step["concurrency"])
+    return f"{step['target_rate_per_s']:g}" if is_open_loop(step) else str(step["concurrency"])
 
 
 def latency_cell(step: dict, name: str) -> str:
@@ -115,29 +111,6 @@ def verdict_is_good(verdict: str) -> bool:
 
 def yes_no(value: bool) -> str:
     return "yes" if value else Flag("no")
-
-
-def headline_words(report: dict) -> str | None:
-    """``p90 latency 3.21 ms over 812 successful requests (MLPerf SingleStream's figure)``: the run's headline in
-    words, or None when its scenario has none."""
-    headline = report.get("headline")
-    if not headline:
-        return None
-    name = headline["percentile"]
-    if headline.get("value_us") is None:
-        return f"{name} latency: none (no successful request in the measured window)"
-    samples = "" if headline.get("enough_samples") else f", too few to claim {name}"
-    return (f"{name} latency {ms(headline['value_us'])} ms over {headline['samples']} successful requests"
-            f"{samples} (MLPerf SingleStream's figure)")
-
-
-def request_log_words(report: dict) -> str | None:
-    """Where the per-request logs went, for a reader; None when the run wrote none."""
-    request_log = report.get("request_log")
-    if not request_log:
-        return None
-    files = ", ".join(request_log["files"]) or request_log["path"]
-    return f"Per-request log (one CSV row per request, raw timings): {files} (written by {request_log['written_by']})."
 
 
 def payload_mode(payload: dict) -> str:

@@ -7,8 +7,9 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from ipsbench.loadgen.report.cells import client_bound, headline_words, load_cell, load_header, ms, open_loop, rate
-from ipsbench.loadgen.report.schema import step_load
+from ipsbench.loadgen.report.cells import client_bound, load_cell, load_header, ms, rate
+from ipsbench.loadgen.report.schema import has_open_loop_steps, step_load
+from ipsbench.loadgen.report.sentences import headline_words
 
 CLIENT_BOUND_MARK = "!"
 MAX_TABLE_WIDTH = 400
@@ -41,7 +42,7 @@ def summary_table(report: dict) -> Table:
     verdict = "VALID" if report["valid"] else "INVALID"
     if report.get("verdict") and report["verdict"] not in ("PASS", verdict):
         verdict += f" ({report['verdict']})"
-    is_open_loop = open_loop(report)
+    is_open_loop = has_open_loop_steps(report)
     table = Table(
         title=f"{report['model']['name']} @ {report['target']['address']}: {verdict}, {report['status']}",
         box=box.SIMPLE_HEAD,
@@ -78,7 +79,7 @@ def print_summary(report: dict, markdown_path, console: Console | None = None) -
         console.print(f"headline: {headline}", markup=False)
     if any(step["latency_us"] and step["unsupported_percentiles"] for step in report["steps"]):
         console.print("* fewer samples than needed to claim this percentile")
-    if open_loop(report):
+    if has_open_loop_steps(report):
         console.print("latency from each request's intended send time; service time from its actual send")
     for step in report["steps"]:
         if client_bound(step):

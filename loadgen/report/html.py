@@ -5,20 +5,31 @@ scripts and nothing fetched (its Content-Security-Policy forbids any request), s
 from __future__ import annotations
 
 import html
-import re
 
-from ipsbench.loadgen.report.cells import Flag, TableData, headline_words, open_loop, payload_mode, verdict_is_good
-from ipsbench.loadgen.report.markdown import method_lines, setup_lines
-from ipsbench.loadgen.report.p40 import p40_table, what_numbers_mean
+from ipsbench.loadgen.report.cells import Flag, TableData, payload_mode, verdict_is_good
+from ipsbench.loadgen.report.p40 import p40_table
 from ipsbench.loadgen.report.plots import Plot, all_plots
-from ipsbench.loadgen.report.schema import check_report
+from ipsbench.loadgen.report.schema import check_report, has_open_loop_steps
+from ipsbench.loadgen.report.sentences import (
+    NO_ERRORS,
+    NO_SCRAPE,
+    NO_SLO,
+    ONE_PROCESS,
+    Code,
+    Sentence,
+    Strong,
+    headline_words,
+    method_lines,
+    setup_lines,
+    slo_search_line,
+    what_numbers_mean,
+)
 from ipsbench.loadgen.report.tables import (
     accounting_table,
     breakdown_table,
     errors_table,
     open_loop_table,
     server_table,
-    slo_search_line,
     slo_table,
     steps_table,
     workers_table,
@@ -42,14 +53,15 @@ code { background: #f6f8fa; padding: 0 0.2rem; }
 _TEXT_COLUMNS = {"message", "measured", "outcome", "code", "objective", "model", "precision", "phase", "client",
                  "stability", "report", "why", "SLO"}
 _WRAPPED_COLUMNS = {"message", "why"}
-_BOLD = re.compile(r"\*\*(.+?)\*\*")
-_CODE = re.compile(r"`(.+?)`")
 
 
-def _inline(text: str) -> str:
-    """Escape ``text``; render the Markdown emphasis and code spans our own paragraphs use."""
-    escaped = html.escape(text)
-    return _CODE.sub(r"<code>\1</code>", _BOLD.sub(r"<strong>\1</strong>", escaped))
+def _inline(sentence: Sentence) -> str:
+    """A sentence in HTML, each part escaped: strong parts in ``<strong>``, code in ``<code>``."""
+    return "".join(
+        f"<strong>{html.escape(part)}</strong>" if isinstance(part, Strong)
+        else f"<code>{html.escape(part)}</code>" if isinstance(part, Code) else html.escape(part)
+        for part in sentence
+    )
 
 
 def _table(table: TableData, table_id: str) -> str:
@@ -73,8 +85,8 @@ def _section(section_id: str, title: str, *parts: str) -> str:
     return f'<section id="{section_id}"><h2>{html.escape(title)}</h2>{"".join(parts)}</section>'
 
 
-def _note(text: str) -> str:
-    return f'<p class="note">{_inline(text)}</p>'
+def _note(sentence: Sentence) -> str:
+    return f'<p class="note">{_inline(sentence)}</p>'
 
 
 def _badge(text: str, good: bool) -> str:
@@ -118,7 +130,7 @@ def _summary(report: dict) -> str:
         if search := slo_search_line(slo):
             parts.append(f"<p>{html.escape(search)}</p>")
     else:
-        parts.append(_note("No SLO was set for this run, so there is no PASS/FAIL verdict."))
+        parts.append(_note(NO_SLO))
     return _section("summary", "Run summary", *parts)
 
 
@@ -130,7 +142,7 @@ def render_html(report: dict) -> str:
     body = [f"<h1>{html.escape(title)}</h1>", _summary(report),
             _section("steps", "Throughput and latency (successful requests, measured window)",
                      _table(steps_table(report), "steps-table"))]
-    if open_loop(report):
+    if has_open_loop_steps(report):
         body.append(_section("open-loop", "Open-loop sends (measured window)",
                              _table(open_loop_table(report), "open-loop-table")))
     body.append(_section("plots", "Plots", *(_figure(plot) for plot in plots.values())))
@@ -141,8 +153,7 @@ def render_html(report: dict) -> str:
                              _table(server_table(report), "server-table")))
     else:
         body.append(_section("time-breakdown", "Where the time went",
-                             _note("The run did not scrape the server's metrics (`--metrics-url`), so the time "
-                                   "cannot be split into client + network, queue and compute.")))
+                             _note(NO_SCRAPE)))
     if p40 := p40_table(report):
         meaning = "".join(f"<p>{_inline(paragraph)}</p>" for paragraph in what_numbers_mean(report))
         body.append(_section("p40", "Engine and end to end (P40-style)", _table(p40, "p40-table"),
@@ -151,11 +162,11 @@ def render_html(report: dict) -> str:
                          _table(accounting_table(report), "accounting-table")))
     errors = errors_table(report)
     body.append(_section("errors", "Errors by code and message",
-                         _table(errors, "errors-table") if errors else _note("No request ended in an error.")))
+                         _table(errors, "errors-table") if errors else _note(NO_ERRORS)))
     workers = workers_table(report)
     body.append(_section("workers", "Workers",
                          _table(workers, "workers-table") if workers else
-                         _note("The load ran in one process (no locust workers).")))
+                         _note(ONE_PROCESS)))
     body.append(_section("method", "Method",
                          "<ul>" + "".join(f"<li>{_inline(line)}</li>" for line in method_lines(report)) + "</ul>"))
     return (

@@ -1,12 +1,11 @@
 """The P40-style table (model × precision × batch → images/sec, p50/p99, images/sec/W), engine figures beside the
-end-to-end ones with their ratio, and the words that say what those numbers mean."""
+end-to-end ones with their ratio (the words saying what they mean are in :mod:`ipsbench.loadgen.report.sentences`)."""
 
 from __future__ import annotations
 
-from ipsbench.loadgen.report.cells import DASH, TableData, duration_words, ms, number, rate
+from ipsbench.loadgen.report.cells import DASH, TableData, ms, number, rate
 from ipsbench.loadgen.report.schema import step_load
 
-IMAGENET_VALIDATION_IMAGES = 50_000
 HEADER = ["model", "precision", "batch", "measured", "images/sec", "p50 ms", "p99 ms", "images/sec/W",
           "end to end ÷ engine"]
 
@@ -30,7 +29,8 @@ def matching_engine_row(results: list[dict], batch: float) -> dict | None:
     return min(results, key=lambda result: (abs(result["batch_size"] - batch), result["batch_size"]))
 
 
-def _precision(report: dict) -> str:
+def report_precision(report: dict) -> str:
+    """The engine's precision where the bench gave it, else the model's."""
     engine = report.get("engine") or {}
     return str(engine.get("precision") or report["model"].get("precision") or DASH)
 
@@ -51,7 +51,7 @@ def p40_table(report: dict) -> TableData | None:
     """Engine rows first, then one end-to-end row per step with throughput; None when there is neither."""
     engine = report.get("engine") or {}
     results = engine_rows(report)
-    precision = _precision(report)
+    precision = report_precision(report)
     rows = []
     for result in results:
         latency = result.get("latency_ms") or {}
@@ -81,54 +81,3 @@ def p40_table(report: dict) -> TableData | None:
     notes = ["Engine latency is one call of a whole batch; end-to-end latency is one request's, from send to "
              "response. images/sec/W: images per joule of GPU energy (blank without a GPU's power readings)."]
     return TableData(HEADER, rows, notes)
-
-
-def what_numbers_mean(report: dict, images: int = IMAGENET_VALIDATION_IMAGES) -> list[str]:
-    """Short paragraphs: forward pass only vs end to end, batch and precision, their ratio, and how long
-    ``images`` images take at the measured rates."""
-    engine = report.get("engine") or {}
-    results = engine_rows(report)
-    best_engine = max(results, key=lambda result: result["images_per_s"], default=None)
-    measured = [step for step in report["steps"] if step.get("images_per_s")]
-    best_step = max(measured, key=lambda step: step["images_per_s"], default=None)
-    paragraphs = []
-    if best_engine:
-        paragraphs.append(
-            f"**Engine** rows are the forward pass alone, inside one process (`ipsbench-serve bench`): one engine "
-            f"instance on {engine.get('device', 'the device')} ({engine.get('device_name', 'unnamed')}), "
-            f"{_precision(report)}, each call timed whole with its host-device copies, and no network, "
-            "serialization, queueing or image decoding. This is the number vendor sheets (NVIDIA's P40 inference "
-            "report, MLPerf offline) quote."
-        )
-    else:
-        paragraphs.append(
-            "**Engine** figures are absent: this run was given no `ipsbench-serve bench --json` results, so only "
-            "end-to-end rows are shown. The engine number (forward pass only, in one process) is the one vendor "
-            "sheets quote; it is always higher."
-        )
-    paragraphs.append(
-        "**End-to-end** rows are what clients got: images of successful requests that were serialized, crossed "
-        "the network as KServe v2 gRPC, waited in the server's batching queue, ran and came back, counted inside "
-        "each step's measured window (warm-up excluded); latency is per request."
-    )
-    paragraphs.append(
-        "**Batch and precision** set the engine figure: a larger batch keeps the device busier and raises "
-        "images/sec, but every image waits for its whole batch, so latency per request grows. Lower precision "
-        "(FP16, INT8) runs faster where the hardware supports it; compare rows of the same precision only."
-    )
-    if best_engine and best_step:
-        share = best_step["images_per_s"] / best_engine["images_per_s"]
-        paragraphs.append(
-            f"**The ratio**: the best end-to-end rate, {rate(best_step['images_per_s'])} images/sec "
-            f"({step_load(best_step)}), is {share:.0%} of the best engine rate, "
-            f"{rate(best_engine['images_per_s'])} images/sec (batch {best_engine['batch_size']}). The gap is the "
-            "cost of serving: client, network, serialization, queueing and preprocessing."
-        )
-    if best_step:
-        text = (f"**How long**: at {rate(best_step['images_per_s'])} images/sec end to end, the {images:,} "
-                f"ImageNet validation images take {duration_words(images / best_step['images_per_s'])}")
-        if best_engine:
-            text += (f"; at the engine's {rate(best_engine['images_per_s'])} images/sec, "
-                     f"{duration_words(images / best_engine['images_per_s'])}")
-        paragraphs.append(text + ".")
-    return paragraphs

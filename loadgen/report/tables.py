@@ -195,24 +195,3 @@ def _share(value) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return percent(value, 2)
     return DASH if value is None else str(value)
-
-
-def slo_search_line(slo: dict) -> str | None:
-    search = slo.get("search")
-    if not search:
-        return None
-    kind = search.get("kind", "load")
-    unit = " requests/s" if kind == "rate" else ""
-    bracket = search.get("bracket") or []
-    text = f"Searched by {kind}"
-    if len(bracket) == 2 and None not in bracket:
-        text += f" in [{bracket[0]:g}, {bracket[1]:g}]{unit}"
-    best = search.get("best")
-    text += f"; highest {kind} meeting every objective: {best:g}{unit}" if best is not None else \
-        f"; no {kind} met every objective"
-    steps = search.get("steps")
-    if steps:
-        text += f" ({len(steps)} steps tried)"
-    if search.get("stopped_because"):
-        text += f"; stopped: {search['stopped_because']}"
-    return text + "."

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from ipsbench.loadgen.recorder import MAX_ERROR_KINDS, error_message_kind, OVERFLOW_MESSAGE, Outcome, RunRecorder, StepRecord
-from ipsbench.loadgen.report.schema import PERCENTILES, latency_summary
+from ipsbench.loadgen.report.schema import PERCENTILES
+from ipsbench.loadgen.report.steps import latency_summary
 
 MS = 1_000_000  # ns
 

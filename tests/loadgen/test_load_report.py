@@ -5,13 +5,14 @@ import json
 
 import grpc
 import pytest
+from load_helpers import report_from
 from rich.console import Console
 
 from ipsbench.loadgen.recorder import StepRecord
 from ipsbench.loadgen.report.console import print_summary
 from ipsbench.loadgen.report.files import write_reports
 from ipsbench.loadgen.report.markdown import render_markdown
-from ipsbench.loadgen.report.schema import COUNT_FIELDS, SCHEMA_VERSION, build_report, read_report, write_report
+from ipsbench.loadgen.report.schema import COUNT_FIELDS, SCHEMA_VERSION, read_report, write_report
 
 MS = 1_000_000
 
@@ -31,7 +32,7 @@ def recorded_step(index=0, concurrency=2, ok=300, rejected=0, abandoned=0) -> St
 
 
 def report_of(steps, max_error_rate=0.0, interrupted_by=None) -> dict:
-    return build_report(
+    return report_from(
         steps=steps,
         settings={"target": {"deadline_s": 30.0}, "sweep": {"warmup_s": 1.0, "drain_s": 10.0}},
         target={"address": "127.0.0.1:8001", "server": {}},
@@ -125,7 +126,7 @@ def rate_step(index=0, rate_per_s=100.0, scheduled=200, sent=200, late_ms=0) -> 
 
 def rate_report(steps, workers=None) -> dict:
     report = report_of(steps)
-    report = build_report(
+    report = report_from(
         steps=steps,
         settings={"target": {"deadline_s": 30.0},
                   "rate": {"warmup_s": 1.0, "drain_s": 10.0, "arrival": "poisson", "max_in_flight": 256}},
@@ -206,7 +207,7 @@ def test_a_lost_worker_makes_the_run_invalid_and_is_named():
 def single_stream_report(ok: int) -> dict:
     run = {key: value for key, value in report_of([]).items() if key in (
         "settings", "target", "model", "payload", "started_at", "duration_s", "interrupted_by")}
-    report = build_report(steps=[recorded_step(0, 1, ok=ok)], **run, scenario="single-stream", max_error_rate=0.0)
+    report = report_from(steps=[recorded_step(0, 1, ok=ok)], **run, scenario="single-stream", max_error_rate=0.0)
     return json.loads(json.dumps(report))
 
 
@@ -240,7 +241,7 @@ def test_the_report_says_where_the_request_logs_went():
     assert one["files"] == ["logs/requests.csv"] and one["columns"] == list(COLUMNS)
     workers = describe("logs/requests.csv", [0, 1])
     assert workers["files"] == ["logs/requests.worker0.csv", "logs/requests.worker1.csv"]
-    report = json.loads(json.dumps(build_report(steps=[recorded_step()], **{
+    report = json.loads(json.dumps(report_from(steps=[recorded_step()], **{
         key: value for key, value in report_of([recorded_step()]).items() if key in (
             "settings", "target", "model", "payload", "scenario", "started_at", "duration_s", "interrupted_by")},
         max_error_rate=0.0, request_log=workers)))
@@ -248,3 +249,19 @@ def test_the_report_says_where_the_request_logs_went():
     assert ("Per-request log (one CSV row per request, raw timings): logs/requests.worker0.csv, "
             "logs/requests.worker1.csv (written by each worker, on its host).") in render_markdown(report)
     assert report_of([recorded_step()])["request_log"] is None
+
+
+@pytest.mark.parametrize("scenario", ["rate", "trace", "slo"])
+def test_every_open_loop_scenario_states_its_open_loop_method(scenario):
+    """A trace, or an slo search over rates, measures from intended send times as a rate run does: its report
+    says so, in the method and in every rendering."""
+    steps = [rate_step()]
+    report = json.loads(json.dumps(report_from(
+        steps, settings={"target": {"deadline_s": 30.0}, scenario: {"warmup_s": 1.0, "drain_s": 10.0}},
+        target={"address": "127.0.0.1:8001", "server": {}}, model={"name": "m", "input": {}}, payload={},
+        scenario=scenario, started_at="", duration_s=7.0, interrupted_by=None, max_error_rate=0.0,
+    )))
+    assert "intended send time" in report["method"]["open_loop"]
+    assert "- Open loop: latency from each request's intended send time" in render_markdown(report)
+    closed = json.loads(json.dumps(report_of([recorded_step()])))
+    assert closed["method"]["open_loop"] is None

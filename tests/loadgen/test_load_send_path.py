@@ -17,7 +17,7 @@ import json
 import gevent
 from locust import events
 
-from ipsbench.loadgen.report.schema import latency_summary
+from ipsbench.loadgen.report.steps import latency_summary
 from ipsbench.loadgen.shape import RateShape
 from ipsbench.loadgen.users import OpenLoopUser, Workload
 

@@ -3,7 +3,7 @@ import pytest
 
 from ipsbench.loadgen.outcomes import Outcome
 from ipsbench.loadgen.recorder import StepRecord
-from ipsbench.loadgen.report.schema import build_report
+from load_helpers import report_from
 from ipsbench.loadgen.slo import Search, min_samples, parse_objective
 from ipsbench.loadgen.stability import is_stable
 
@@ -82,7 +82,7 @@ def test_a_stability_judged_step_reports_its_last_three_windows():
     assert settled.histograms[Outcome.OK].get_min_value() == 3000  # trials 3 to 5 only
     assert settled.issued == step.issued == 50
 
-    report = build_report(
+    report = report_from(
         steps=[step], settings={}, target={}, model={}, payload={}, scenario="sweep", started_at="", duration_s=8.0,
         interrupted_by=None, max_error_rate=0.0, tolerance=0.1,
     )
@@ -97,7 +97,7 @@ def test_a_stability_judged_step_reports_its_last_three_windows():
 def test_an_unstable_step_makes_the_verdict_unstable():
     step = stability_step()
     step.stable = False
-    report = build_report(
+    report = report_from(
         steps=[step], settings={}, target={}, model={}, payload={}, scenario="sweep", started_at="", duration_s=8.0,
         interrupted_by=None, max_error_rate=0.0,
     )
@@ -115,7 +115,7 @@ def test_trials_merge_across_processes():
 
 def test_slo_verdict_refuses_a_percentile_without_enough_samples():
     step = stability_step()
-    report = build_report(
+    report = report_from(
         steps=[step], settings={}, target={}, model={}, payload={}, scenario="sweep", started_at="", duration_s=8.0,
         interrupted_by=None, max_error_rate=0.0, objectives=[parse_objective("p50=1s")],
     )
@@ -129,7 +129,7 @@ def test_slo_verdict_refuses_a_percentile_without_enough_samples():
 def test_client_bound_when_the_load_generator_is_busy():
     step = stability_step()
     step.cpu_percent = [40.0, 97.5]
-    report = build_report(
+    report = report_from(
         steps=[step], settings={}, target={}, model={}, payload={}, scenario="sweep", started_at="", duration_s=8.0,
         interrupted_by=None, max_error_rate=0.0,
     )

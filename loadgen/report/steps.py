@@ -1,0 +1,155 @@
+"""A step as the report states it: its counts, latency percentiles, throughput, open-loop sends, the client's own
+load, its SLO judgement and its validity, from the step's record."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from ipsbench.loadgen.histograms import add_histogram, new_histogram
+from ipsbench.loadgen.outcomes import COMPLETED, ERRORS, Outcome
+from ipsbench.loadgen.recorder import StepRecord
+from ipsbench.loadgen.report.schema import COUNT_FIELDS, PERCENTILES
+from ipsbench.loadgen.slo import LatencyObjective, judge, min_samples
+from ipsbench.loadgen.stability import stability_entry
+
+CLIENT_CPU_BOUND_PERCENT = 90.0
+"""A step where a load-generating process used at least this much of a core is client-bound."""
+CLIENT_BOUND_SHARE = 0.95
+"""A rate step whose sends in the window fall below this share of the scheduled arrivals is client-bound."""
+
+
+def latency_summary(histogram) -> dict | None:
+    """min/mean/percentiles/max of a histogram in microseconds, or None when it is empty."""
+    count = histogram.get_total_count()
+    if count == 0:
+        return None
+    summary = {"count": count, "min": histogram.get_min_value(), "mean": round(histogram.get_mean_value(), 1)}
+    for name, percentile in PERCENTILES:
+        summary[name] = histogram.get_value_at_percentile(percentile)
+    summary["max"] = histogram.get_max_value()
+    return summary
+
+
+def step_entry(
+    step: StepRecord,
+    max_error_rate: float,
+    unix_s: Callable[[int], float] | None = None,
+    objectives: Sequence[LatencyObjective] | None = None,
+    tolerance: float | None = None,
+    errors_invalidate: bool = True,
+) -> dict:
+    """A step as the report states it, with its validity; ``unix_s`` maps the monotonic clock to wall-clock time;
+    ``objectives`` (None: no SLO) judge it; ``tolerance``: of a stability-judged step; ``errors_invalidate``:
+    an error rate above ``max_error_rate`` makes the step invalid (in an SLO search it only fails the SLO)."""
+    windows = [step.trial_figures(number) for number in range(step.trials_used or len(step.trials))]
+    step = step.settled()
+    window_s = step.measured_window_s
+    counts = {"issued": step.issued, **{o.value: step.counts[o] for o in Outcome}}
+    all_completed = new_histogram()
+    for outcome in COMPLETED:
+        add_histogram(all_completed, step.histograms[outcome])
+    latency = latency_summary(step.histograms[Outcome.OK])
+    ok_in_window = step.window_counts[Outcome.OK]
+    errors = sum(step.counts[o] for o in ERRORS)
+    open_loop = step.open_loop
+    measured = latency["count"] if latency else 0
+    entry = {
+        "index": step.index,
+        "concurrency": None if open_loop else step.concurrency,
+        "target_rate_per_s": step.rate_per_s,
+        "warmup_s": step.warmup_s,
+        "planned_window_s": step.window_s,
+        "window_s": round(window_s, 6),
+        "window_start_unix": round(unix_s(step.window_start_ns), 3) if unix_s else None,
+        "window_end_unix": round(unix_s(step.window_end_ns), 3) if unix_s else None,
+        "interrupted": step.interrupted,
+        **counts,
+        "identity_holds": step.identity_holds(),
+        "errors_total": errors,
+        "error_rate": round(errors / step.issued, 6) if step.issued else 0.0,
+        "errors": [
+            {
+                "outcome": outcome, "code": code, "message": message, "count": kind.count,
+                "first_s": round(kind.first_ns / 1e9, 3), "last_s": round(kind.last_ns / 1e9, 3),
+            }
+            for (outcome, code, message), kind in sorted(step.errors.items(), key=lambda kv: -kv[1].count)
+        ],
+        "window_requests": {o.value: step.window_counts[o] for o in COMPLETED},
+        "images_ok": step.window_images_ok,
+        "images_per_s": round(step.window_images_ok / window_s, 3) if window_s > 0 else None,
+        "requests_per_s": round(ok_in_window / window_s, 3) if window_s > 0 else None,
+        "latency_us": latency,
+        "latency_all_us": latency_summary(all_completed),
+        "unsupported_percentiles": [name for name, p in PERCENTILES if measured < min_samples(p)],
+        "latencies_clamped": step.latencies_clamped,
+        "service_time_us": latency_summary(step.service_histogram) if open_loop else None,
+        "open_loop": open_loop_entry(step, window_s) if open_loop else None,
+        "phase": step.phase,
+        "stability": None if step.trials_max <= 1 else stability_entry(
+            windows, step.stable, step.trials_used or len(step.trials), tolerance if tolerance is not None else 0.10
+        ),
+    }
+    entry["client"] = client_entry(step, entry["open_loop"])
+    entry["slo"] = None
+    if objectives is not None:
+        judged = judge(list(objectives), step.histograms[Outcome.OK], entry["error_rate"], step.issued,
+                       max_error_rate)
+        entry["slo"] = {"met": all(o["met"] for o in judged), "objectives": judged}
+    reasons = step_invalid_reasons(entry, max_error_rate if errors_invalidate else 1.0)
+    entry["valid"] = not reasons
+    entry["invalid_reasons"] = reasons
+    return entry
+
+
+def client_entry(step: StepRecord, open_loop: dict | None) -> dict:
+    """The load generator watching itself: its busiest process's CPU and whether it kept up."""
+    cpu = max(step.cpu_percent) if step.cpu_percent else None
+    reasons = []
+    if cpu is not None and cpu >= CLIENT_CPU_BOUND_PERCENT:
+        busiest = step.cpu_percent.index(cpu)
+        who = f"load-generating process {busiest}" if len(step.cpu_percent) > 1 else "the load generator"
+        reasons.append(f"{who} used {cpu:g}% of a core (at least {CLIENT_CPU_BOUND_PERCENT:g}%)")
+    if open_loop and open_loop["client_bound"]:
+        reasons.append(
+            f"sent {open_loop['sent']} of {open_loop['scheduled']} scheduled requests in the window "
+            f"(below {CLIENT_BOUND_SHARE:.0%})"
+        )
+    return {"cpu_percent": cpu, "cpu_percent_per_process": list(step.cpu_percent), "client_bound": bool(reasons),
+            "reasons": reasons}
+
+
+def open_loop_entry(step: StepRecord, window_s: float) -> dict:
+    """What the sender did against what the arrival process asked for, in the measured window."""
+    lateness = step.lateness_histogram
+    sent_share = step.window_sends / step.scheduled if step.scheduled else 0.0
+    return {
+        "senders": step.concurrency,
+        "scheduled": step.scheduled,
+        "sent": step.window_sends,
+        "scheduled_rate_per_s": round(step.scheduled / window_s, 3) if window_s > 0 else None,
+        "achieved_send_rate_per_s": round(step.window_sends / window_s, 3) if window_s > 0 else None,
+        "late_sends": step.late_sends,
+        "not_sent": step.not_sent,
+        "send_lateness_us": None if lateness.get_total_count() == 0 else {
+            "p50": lateness.get_value_at_percentile(50.0),
+            "p99": lateness.get_value_at_percentile(99.0),
+            "max": lateness.get_max_value(),
+        },
+        "client_bound": window_s > 0 and sent_share < CLIENT_BOUND_SHARE,
+    }
+
+
+def step_invalid_reasons(entry: dict, max_error_rate: float) -> list[str]:
+    reasons = []
+    accounted = sum(entry[name] for name in COUNT_FIELDS[1:])
+    if entry["issued"] != accounted:
+        reasons.append(f"issued {entry['issued']} != accounted {accounted}")
+    if entry["window_s"] <= 0:
+        reasons.append("stopped before its measured window")
+    elif entry["window_requests"]["ok"] == 0:
+        reasons.append("no successful request in the measured window")
+    if entry["error_rate"] > max_error_rate:
+        reasons.append(f"error rate {entry['error_rate']:.2%} above the allowed {max_error_rate:.2%}")
+    return reasons
+
+
