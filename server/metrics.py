@@ -75,6 +75,10 @@ _PENDING = (
     "nv_inference_pending_request_count",
     "Instantaneous number of pending requests awaiting execution per-model.",
 )
+_INFLIGHT = (
+    "ipsbench_inflight_requests",
+    "Requests in the server now per model: being validated or preprocessed, queued, or executing",
+)
 _BATCH = ("ipsbench_batch_size", "Batch sizes executed (samples per engine call)")
 _UNKNOWN = (
     "ipsbench_unknown_model_requests_total",
@@ -126,6 +130,10 @@ class ServerCollector(Collector):
         for stats in models:
             pending.add_sample(_PENDING[0], _labels(stats), stats.pending_count)
         yield pending
+        inflight = Metric(*_INFLIGHT, "gauge")
+        for stats in models:
+            inflight.add_sample(_INFLIGHT[0], _labels(stats), stats.inflight)
+        yield inflight
         batch = HistogramMetricFamily(*_BATCH, labels=["model", "version"])
         for stats in models:
             sizes = sorted((size, b.compute_infer.count) for size, b in list(stats.batches.items()))

@@ -52,7 +52,6 @@ class LoadedModel:
             self.stats,
             allow_timeout_override=spec.batching.dynamic and queue_policy.allow_timeout_override,
         )
-        self.inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._output_index = {name: i for i, name in enumerate(spec.output_names)}
@@ -61,17 +60,22 @@ class LoadedModel:
     def ready(self) -> bool:
         return self.batcher.alive
 
+    @property
+    def inflight(self) -> int:
+        """Requests of this version in the server now (the count a shutdown or an unload waits on)."""
+        return self.stats.inflight
+
     @contextmanager
     def serving(self) -> Iterator[Served]:
         """Around one request: counted in flight, and its outcome recorded in the statistics."""
-        self.inflight += 1
+        self.stats.inflight += 1
         self._idle.clear()
         try:
             with recording(self.stats) as served:
                 yield served
         finally:
-            self.inflight -= 1
-            if self.inflight == 0:
+            self.stats.inflight -= 1
+            if self.stats.inflight == 0:
                 self._idle.set()
 
     async def wait_idle(self) -> None:

@@ -85,6 +85,8 @@ class ModelStats:
     """Batches executed."""
     pending_count: int = 0
     """Requests waiting in the queue now."""
+    inflight: int = 0
+    """Requests in the server now: being validated or preprocessed, queued, or executing."""
     success: Duration = field(default_factory=Duration)
     fail: Duration = field(default_factory=Duration)
     failures: dict[str, Duration] = field(default_factory=lambda: {r: Duration() for r in FAILURE_REASONS})

@@ -42,6 +42,36 @@ class LoadRun:
                 pytest.fail(f"ipsbench-load did not log {text!r} within {timeout} s:\n{self.stderr()}")
             time.sleep(0.05)
 
+    def partial_report(self) -> dict | None:
+        """The report.json as the run last rewrote it (every few seconds while it goes on), or None."""
+        try:
+            return json.loads((self.out / "report.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def wait_for_report(self, predicate, what: str, timeout: float = 120.0) -> dict:
+        """Block until the partial report satisfies ``predicate`` (or fail after ``timeout``); return it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            report = self.partial_report()
+            if report is not None and predicate(report):
+                return report
+            if self.process.poll() is not None:
+                pytest.fail(f"ipsbench-load exited ({self.process.returncode}) before {what}:\n{self.stderr()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"ipsbench-load did not reach {what} within {timeout} s:\n{self.stderr()}")
+            time.sleep(0.1)
+
+    def wait_in_window(self, step: int = 0, ok: int = 1) -> dict:
+        """Block until step ``step`` (from 0) has ``ok`` successful requests in its measured window, as the partial
+        report shows: the run is then measuring, whatever the load on the machine."""
+
+        def measuring(report: dict) -> bool:
+            steps = report.get("steps") or []
+            return len(steps) > step and (steps[step].get("window_requests") or {}).get("ok", 0) >= ok
+
+        return self.wait_for_report(measuring, f"step {step + 1}'s measured window")
+
     def close(self) -> None:
         """Kill the process if it is still running, and reap it."""
         if self.process.poll() is None:

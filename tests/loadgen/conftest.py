@@ -1,5 +1,6 @@
 """Fixtures for the load generator's tests."""
 import os
+from pathlib import Path
 
 import pytest
 from load_helpers import LoadRun, start_load_run
@@ -19,8 +20,12 @@ def start_load(tmp_path):
         if scenario in CLOSED_LOOP and "--max-trials" not in args:
             args = (*args, "--max-trials", "1")
         index = len(runs)
-        run = start_load_run(tmp_path / f"report{index}", tmp_path / f"load{index}.log", scenario, target, model,
-                             *args, env=env)
+        out = tmp_path / f"report{index}"
+        if "--out" in args:  # the test's own folder: where the run's reports are read from
+            position = args.index("--out")
+            out = Path(args[position + 1])
+            args = (*args[:position], *args[position + 2:])
+        run = start_load_run(out, tmp_path / f"load{index}.log", scenario, target, model, *args, env=env)
         runs.append(run)
         return run
 

@@ -323,8 +323,7 @@ def test_slo_stability_and_client_flags_are_rendered(sweep_out):
 
 def test_an_interrupted_run_still_writes_the_html_report(server, start_load):
     run = start_load(server.grpc_url, "--concurrency", "2", "--warmup", "300ms", "--duration", "30s")
-    run.wait_for_log("step 1/1", timeout=60)
-    time.sleep(1.0)  # into the measured window
+    run.wait_in_window()
     run.process.send_signal(signal.SIGTERM)
     assert run.finish(timeout=30) == 143, run.stdout + run.stderr()
     html = (run.out / "report.html").read_text()

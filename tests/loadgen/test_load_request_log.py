@@ -78,11 +78,11 @@ def test_closed_loop_percentiles_are_within_one_percent_of_the_raw_timings(serve
     log = tmp_path / "logs" / "requests.csv"
     run = start_load(server.grpc_url, "--concurrency", "1,2", "--duration", "700ms", "--max-trials", "3",
                      "--stability", "1.0", "--request-log", str(log), *QUICK)
-    # Three windows per level, so that the log's trial column is what picks the report's figures; whether this
-    # noisy machine's windows agree (exit 0) or not (UNSTABLE, exit 1) does not matter here.
-    assert run.finish(timeout=90) in (0, 1), run.stdout + run.stderr()
+    # Three windows per level, so that the log's trial column is what picks the report's figures; a tolerance of
+    # 100 % makes any three windows with successes agree, so the level is stable after its third window.
+    assert run.finish(timeout=90) == 0, run.stdout + run.stderr()
     report = run.report()
-    assert report["valid"]
+    assert report["valid"] and report["verdict"] == "PASS"
     assert_accounted(report)
     assert report["settings"]["request_log"] == str(log)
     assert report["request_log"]["files"] == [str(log)] and report["request_log"]["columns"] == COLUMNS
@@ -179,14 +179,12 @@ def test_sigterm_still_leaves_a_row_for_every_issued_request(server, start_load,
     log = tmp_path / "requests.csv"
     run = start_load(server.grpc_url, "--concurrency", "4", "--warmup", "300ms", "--duration", "30s",
                      "--drain", "0s", "--request-log", str(log))
-    run.wait_for_log("step 1/1", timeout=60)
-    time.sleep(1.5)  # into the measured window on purpose
+    run.wait_in_window()  # into the measured window on purpose
     # The server stops answering, so the requests in flight at the signal are abandoned (no drain) and must still
     # have their rows.
     server.process.send_signal(signal.SIGSTOP)
     try:
-        time.sleep(0.3)
-        run.process.send_signal(signal.SIGTERM)
+        run.process.send_signal(signal.SIGTERM)  # each user has its request in flight at a stopped server
         assert run.finish(timeout=60) == 143, run.stdout + run.stderr()
     finally:
         server.process.send_signal(signal.SIGCONT)

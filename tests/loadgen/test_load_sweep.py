@@ -79,8 +79,7 @@ def test_requests_failing_in_the_server_are_counted_failed_by_code(tmp_path, sta
 def test_server_killed_mid_run_is_counted_and_invalid(model_repository, start_server, start_load):
     target = start_server(model_repository)
     run = start_load(target.grpc_url, "--concurrency", "2,2", *SHORT)
-    run.wait_for_log("step 1/2", timeout=60)
-    time.sleep(1.0)  # mid-step on purpose
+    run.wait_in_window()  # mid-step on purpose
     target.process.kill()
     assert run.finish(timeout=60) == 2, run.stdout + run.stderr()
 
@@ -97,8 +96,7 @@ def test_server_killed_mid_run_is_counted_and_invalid(model_repository, start_se
 @pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_mid_run_still_writes_a_complete_report(server, start_load, signum, exit_code):
     run = start_load(server.grpc_url, "--concurrency", "2,4", "--warmup", "500ms", "--duration", "30s")
-    run.wait_for_log("step 1/2", timeout=60)
-    time.sleep(1.5)  # into the measured window on purpose
+    run.wait_in_window()  # into the measured window on purpose
     run.process.send_signal(signum)
     assert run.finish(timeout=30) == exit_code, run.stdout + run.stderr()
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from load_helpers import LoadRun, assert_accounted, start_load_run  # noqa: F401 - re-exported to the tests
+from waiting import wait_until  # noqa: F401 - re-exported to the tests
 from onnx_test_models import SLOW_ITERATIONS_PER_MS, busy_output, save_test_model
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
@@ -147,14 +148,6 @@ def rss_bytes(pid: int) -> int:
 
 def open_fds(pid: int) -> int:
     return len(list(Path(f"/proc/{pid}/fd").iterdir()))
-
-
-def wait_until(predicate, timeout_s: float = 10.0, what: str = "condition", interval_s: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(interval_s)
 
 
 def server_flags() -> str:
