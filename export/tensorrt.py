@@ -71,6 +71,26 @@ class _Calibrator:
         return EntropyCalibrator()
 
 
+def _set_precision(trt, torch, builder, config, settings: BuildSettings, input_name: str,
+                   sample_shape: tuple[int, ...], cache_dir: Path, calibration_images: np.ndarray | None) -> None:
+    """The builder flags (and for INT8 the calibration profile and calibrator) of ``settings.precision``."""
+    if settings.precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)  # INT8 layers fall back to FP16, not FP32, where INT8 has no kernel
+    if settings.precision == "int8":
+        if calibration_images is None or len(calibration_images) < settings.calibration_batch_size:
+            raise ValueError(
+                f"INT8 needs at least {settings.calibration_batch_size} calibration images (--calibration-images DIR)"
+            )
+        config.set_flag(trt.BuilderFlag.INT8)
+        calibration_profile = builder.create_optimization_profile()
+        shape = (settings.calibration_batch_size, *sample_shape)
+        calibration_profile.set_shape(input_name, shape, shape, shape)
+        config.set_calibration_profile(calibration_profile)
+        config.int8_calibrator = _Calibrator.create(
+            trt, torch, calibration_images, settings.calibration_batch_size, cache_dir / CALIBRATION_CACHE
+        )
+
+
 def build_engine(
     onnx_path: Path,
     plan_path: Path,
@@ -111,21 +131,8 @@ def build_engine(
     timing_cache = config.create_timing_cache(timing_path.read_bytes() if timing_path.is_file() else b"")
     config.set_timing_cache(timing_cache, ignore_mismatch=False)
 
-    if settings.precision in ("fp16", "int8"):
-        config.set_flag(trt.BuilderFlag.FP16)  # INT8 layers fall back to FP16, not FP32, where INT8 has no kernel
-    if settings.precision == "int8":
-        if calibration_images is None or len(calibration_images) < settings.calibration_batch_size:
-            raise ValueError(
-                f"INT8 needs at least {settings.calibration_batch_size} calibration images (--calibration-images DIR)"
-            )
-        config.set_flag(trt.BuilderFlag.INT8)
-        calibration_profile = builder.create_optimization_profile()
-        shape = (settings.calibration_batch_size, *sample_shape)
-        calibration_profile.set_shape(input_name, shape, shape, shape)
-        config.set_calibration_profile(calibration_profile)
-        config.int8_calibrator = _Calibrator.create(
-            trt, torch, calibration_images, settings.calibration_batch_size, cache_dir / CALIBRATION_CACHE
-        )
+    _set_precision(trt, torch, builder, config, settings, input_name, sample_shape, cache_dir,
+                   calibration_images)
 
     if progress:
         progress(f"building the TensorRT {settings.precision} engine (batch 1..{settings.max_batch_size}, opt {opt})")

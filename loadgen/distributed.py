@@ -23,6 +23,7 @@ from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner
 
 from ipsbench.loadgen.outcomes import Outcome
 from ipsbench.loadgen.recorder import RunRecorder, StepRecord
+from ipsbench.loadgen.step_encoding import decode_step, encode_step, merge_step
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ class WorkerSteps:
     def _on_report_to_master(self, client_id: str, data: dict, **_) -> None:
         changed = [step for step in self.recorder.steps if self.final or self._sent.get(step.index) != _signature(step)]
         data[REPORT_KEY] = {"pid": os.getpid(), "final": self.final, "answered": self._answered,
-                            "steps": [step.encode() for step in changed]}
+                            "steps": [encode_step(step) for step in changed]}
         self._sent.update((step.index, _signature(step)) for step in changed)
 
 
@@ -219,9 +220,9 @@ class MasterSteps:
             if not snapshots:
                 merged.append(step)
                 continue
-            into = StepRecord.decode(snapshots[0], start_ns=step.start_ns)
+            into = decode_step(snapshots[0], start_ns=step.start_ns)
             for snapshot in snapshots[1:]:
-                into.merge_encoded(snapshot)
+                merge_step(into, snapshot)
             # The master judged the step's trials; workers lost before they heard it may not say so.
             into.trials_used, into.stable, into.phase = step.trials_used, step.stable, step.phase
             if step.trials_used:

@@ -6,7 +6,7 @@ Latencies (microseconds, from ``time.perf_counter_ns()``) go into one HDR histog
 requests that completed inside the step's measured window, timed from their send. Open loop: requests whose
 *intended* send time fell inside the window, timed from that intended time (no coordinated omission), with the
 service time (from the actual send) and each send's lateness in histograms of their own. A step's state
-encodes to plain data and merges with another worker's state for the same step (counts add, histograms add).
+encodes to plain data and merges with another worker's state for the same step (:mod:`ipsbench.loadgen.step_encoding`).
 
 A closed-loop step judged for stability splits its measured window into trials of ``window_s`` each (at most
 ``trials_max``); each trial keeps its own counts and histograms, and once the step is ended after trial k its
@@ -29,9 +29,7 @@ from hdrh.histogram import HdrHistogram
 from ipsbench.loadgen.histograms import (
     HIGHEST_LATENCY_US,
     LOWEST_LATENCY_US,
-    add_encoded,
     add_histogram,
-    encode_histogram,
     new_histogram,
 )
 from ipsbench.loadgen.outcomes import COMPLETED, Outcome, error_message_kind, outcome_for
@@ -301,90 +299,6 @@ class StepRecord:
 
     def identity_holds(self) -> bool:
         return self.issued == sum(self.counts.values())
-
-    # --- encoding and merging (for distributed runs) --------------------------------------------------------
-
-    def encode(self) -> dict:
-        """Plain data (JSON- and msgpack-safe) for sending this step's state elsewhere."""
-        return {
-            "index": self.index,
-            "concurrency": self.concurrency,
-            "rate_per_s": self.rate_per_s,
-            "warmup_s": self.warmup_s,
-            "window_s": self.window_s,
-            "measured_window_s": self.measured_window_s,
-            "interrupted": self.interrupted,
-            "issued": self.issued,
-            "counts": {o.value: n for o, n in self.counts.items()},
-            "window_counts": {o.value: n for o, n in self.window_counts.items()},
-            "window_images_ok": self.window_images_ok,
-            "latencies_clamped": self.latencies_clamped,
-            "histograms": {o.value: encode_histogram(h) for o, h in self.histograms.items()},
-            "errors": [[*key, kind.count, kind.first_ns, kind.last_ns] for key, kind in self.errors.items()],
-            "open_loop": [self.scheduled, self.window_sends, self.late_sends, self.not_sent],
-            "service_histogram": encode_histogram(self.service_histogram),
-            "lateness_histogram": encode_histogram(self.lateness_histogram),
-            "trials_max": self.trials_max,
-            "trials": [trial.encode() for trial in self.trials],
-            "trials_used": self.trials_used,
-            "stable": self.stable,
-            "phase": self.phase,
-            "cpu_percent": list(self.cpu_percent),
-            "accuracy": list(self.accuracy),
-        }
-
-    @classmethod
-    def decode(cls, data: dict, start_ns: int = 0) -> StepRecord:
-        """Inverse of :meth:`encode`; the decoded step is placed at ``start_ns`` on the local clock."""
-        window_start_ns = start_ns + round(data["warmup_s"] * 1e9)
-        step = cls(
-            index=data["index"],
-            concurrency=data["concurrency"],
-            rate_per_s=data["rate_per_s"],
-            warmup_s=data["warmup_s"],
-            window_s=data["window_s"],
-            start_ns=start_ns,
-            window_end_ns=window_start_ns + round(data["measured_window_s"] * 1e9),
-            interrupted=data["interrupted"],
-            trials_max=data.get("trials_max", 1),
-            trials_used=data.get("trials_used"),
-            stable=data.get("stable"),
-            phase=data.get("phase"),
-        )
-        step.cpu_percent = []
-        step.merge_encoded(data)
-        return step
-
-    def merge_encoded(self, data: dict) -> None:
-        """Add another recorder's encoded state for the same step."""
-        if data["index"] != self.index:
-            raise ValueError(f"cannot merge step {data['index']} into step {self.index}")
-        self.issued += data["issued"]
-        for name, n in data["counts"].items():
-            self.counts[Outcome(name)] += n
-        for name, n in data["window_counts"].items():
-            self.window_counts[Outcome(name)] += n
-        self.window_images_ok += data["window_images_ok"]
-        self.latencies_clamped += data["latencies_clamped"]
-        for name, encoded in data["histograms"].items():
-            add_encoded(self.histograms[Outcome(name)], encoded)
-        add_encoded(self.service_histogram, data["service_histogram"])
-        add_encoded(self.lateness_histogram, data["lateness_histogram"])
-        scheduled, window_sends, late_sends, not_sent = data["open_loop"]
-        self.scheduled += scheduled
-        self.window_sends += window_sends
-        self.late_sends += late_sends
-        self.not_sent += not_sent
-        for outcome, code, message, count, first_ns, last_ns in data["errors"]:
-            kind = self.errors.setdefault((outcome, code, message), ErrorKind(first_ns=first_ns, last_ns=last_ns))
-            kind.count += count
-            kind.first_ns = min(kind.first_ns, first_ns)
-            kind.last_ns = max(kind.last_ns, last_ns)
-        self.interrupted = self.interrupted or data["interrupted"]
-        for number, trial in enumerate(data.get("trials", ())):
-            self.trial(number).merge_encoded(trial)
-        self.cpu_percent = [*self.cpu_percent, *data.get("cpu_percent", ())]
-        self.accuracy = [mine + theirs for mine, theirs in zip(self.accuracy, data.get("accuracy", (0, 0, 0)))]
 
 
 class RunRecorder:

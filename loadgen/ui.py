@@ -23,6 +23,7 @@ from ipsbench.loadgen.recorder import RunRecorder, StepRecord
 from ipsbench.loadgen.report.steps import step_entry
 from ipsbench.loadgen.scenarios.sweep import SweepSettings
 from ipsbench.loadgen.senders import prompt_senders
+from ipsbench.loadgen.step_encoding import decode_step, encode_step
 from ipsbench.loadgen.settings import RunSettings, TargetSettings, UiSettings, ValiditySettings, WorkloadSettings
 from ipsbench.loadgen.users import Workload
 from ipsbench.loadgen.workload import SetupError, prepare_workload
@@ -69,7 +70,7 @@ class UiSteps:
 
 def _as_of(step: StepRecord, now_ns: int) -> StepRecord:
     """A running step's figures so far: the same record with its window ending now."""
-    view = StepRecord.decode(step.encode(), start_ns=step.start_ns)
+    view = decode_step(encode_step(step), start_ns=step.start_ns)
     view.window_end_ns = max(now_ns, view.window_start_ns)
     return view
 

@@ -27,6 +27,7 @@ from ipsbench.server.flags import comma_list, duration, option
 from ipsbench.server.backends.registry import get_backend
 from ipsbench.server.loader import load_instance, warmup_batches
 from ipsbench.server.model_spec import ModelSpec
+from ipsbench.server.preprocess.recipe import is_preprocess_parameter
 from ipsbench.server.repository.scan import ModelLoadError, load_model_source
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,12 @@ def run_bench(settings: BenchSettings, on_result=None) -> BenchResult:
             device=info.device,
             device_name=device_name(info.device),
             precision=info.precision,
-            parameters={key: value.string_value for key, value in spec.config.parameters.items()},
+            # The engine's own parameters: the bench times the engine, never the preprocessing recipe.
+            parameters={
+                key: value.string_value
+                for key, value in spec.config.parameters.items()
+                if not is_preprocess_parameter(key)
+            },
             input_shapes={name: list(tensor.metadata_shape) for name, tensor in engine.inputs.items()},
             duration_s=settings.duration_s,
             warmup_s=settings.warmup_s,

@@ -67,13 +67,7 @@ def step_entry(
         "identity_holds": step.identity_holds(),
         "errors_total": errors,
         "error_rate": round(errors / step.issued, 6) if step.issued else 0.0,
-        "errors": [
-            {
-                "outcome": outcome, "code": code, "message": message, "count": kind.count,
-                "first_s": round(kind.first_ns / 1e9, 3), "last_s": round(kind.last_ns / 1e9, 3),
-            }
-            for (outcome, code, message), kind in sorted(step.errors.items(), key=lambda kv: -kv[1].count)
-        ],
+        "errors": error_entries(step),
         "window_requests": {o.value: step.window_counts[o] for o in COMPLETED},
         "images_ok": step.window_images_ok,
         "images_per_s": round(step.window_images_ok / window_s, 3) if window_s > 0 else None,
@@ -90,15 +84,32 @@ def step_entry(
         ),
     }
     entry["client"] = client_entry(step, entry["open_loop"])
-    entry["slo"] = None
-    if objectives is not None:
-        judged = judge(list(objectives), step.histograms[Outcome.OK], entry["error_rate"], step.issued,
-                       max_error_rate)
-        entry["slo"] = {"met": all(o["met"] for o in judged), "objectives": judged}
+    entry["slo"] = slo_entry(step, objectives, entry["error_rate"], max_error_rate)
     reasons = step_invalid_reasons(entry, max_error_rate if errors_invalidate else 1.0)
     entry["valid"] = not reasons
     entry["invalid_reasons"] = reasons
     return entry
+
+
+def error_entries(step: StepRecord) -> list[dict]:
+    """The step's errors by (outcome, status code, message), most frequent first, with when each was first and last
+    seen."""
+    return [
+        {
+            "outcome": outcome, "code": code, "message": message, "count": kind.count,
+            "first_s": round(kind.first_ns / 1e9, 3), "last_s": round(kind.last_ns / 1e9, 3),
+        }
+        for (outcome, code, message), kind in sorted(step.errors.items(), key=lambda kv: -kv[1].count)
+    ]
+
+
+def slo_entry(step: StepRecord, objectives: Sequence[LatencyObjective] | None, error_rate: float,
+              max_error_rate: float) -> dict | None:
+    """The step judged against the latency objectives (None: the run has no SLO)."""
+    if objectives is None:
+        return None
+    judged = judge(list(objectives), step.histograms[Outcome.OK], error_rate, step.issued, max_error_rate)
+    return {"met": all(o["met"] for o in judged), "objectives": judged}
 
 
 def client_entry(step: StepRecord, open_loop: dict | None) -> dict:

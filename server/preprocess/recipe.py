@@ -102,6 +102,11 @@ class Front:
         }
 
 
+def is_preprocess_parameter(key: str) -> bool:
+    """Whether a config parameter belongs to the preprocessing recipe or front (not to the engine)."""
+    return key == PARAMETER_PREFIX or key.startswith(PARAMETER_PREFIX + ".")
+
+
 def front_name(model: str, kind: str) -> str:
     """The repository name of ``model``'s front of ``kind``: ``resnet50`` + ``jpeg`` → ``resnet50_jpeg``."""
     return f"{model}_{kind}"
@@ -110,7 +115,7 @@ def front_name(model: str, kind: str) -> str:
 def read_parameters(parameters: Mapping[str, str]) -> tuple[Recipe | None, Front | None]:
     """The recipe a config states (None: it states none) and, for a front, the front; :class:`RecipeError` naming
     the parameter for anything malformed. ``parameters``: the config's parameters as strings."""
-    values = {key: value.strip() for key, value in parameters.items() if key.startswith(PARAMETER_PREFIX)}
+    values = {key: value.strip() for key, value in parameters.items() if is_preprocess_parameter(key)}
     if not values:
         return None, None
     kind = values.pop(PARAMETER_PREFIX, None)

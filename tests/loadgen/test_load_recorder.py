@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from ipsbench.loadgen.recorder import MAX_ERROR_KINDS, error_message_kind, OVERFLOW_MESSAGE, Outcome, RunRecorder, StepRecord
+from ipsbench.loadgen.step_encoding import decode_step, encode_step, merge_step
 from ipsbench.loadgen.report.schema import PERCENTILES
 from ipsbench.loadgen.report.steps import latency_summary
 
@@ -121,8 +122,8 @@ def test_encoded_steps_merge_like_one_recorder():
             step.record_issued()
             step.record_error(grpc.StatusCode.UNAVAILABLE, "Exceeds maximum queue size", 2_000 * MS, 2_001 * MS)
 
-    merged = StepRecord.decode(first.encode())
-    merged.merge_encoded(second.encode())
+    merged = decode_step(encode_step(first))
+    merge_step(merged, encode_step(second))
 
     assert merged.issued == whole.issued and merged.counts == whole.counts
     assert merged.window_counts == whole.window_counts and merged.window_images_ok == whole.window_images_ok
@@ -130,7 +131,7 @@ def test_encoded_steps_merge_like_one_recorder():
     assert latency_summary(merged.histograms[Outcome.OK]) == latency_summary(whole.histograms[Outcome.OK])
     assert {k: v.count for k, v in merged.errors.items()} == {k: v.count for k, v in whole.errors.items()}
     with pytest.raises(ValueError, match="cannot merge step"):
-        merged.merge_encoded({**first.encode(), "index": 3})
+        merge_step(merged, {**encode_step(first), "index": 3})
 
 
 def test_request_ids_in_error_messages_do_not_split_error_rows():
@@ -193,8 +194,8 @@ def test_open_loop_state_encodes_and_merges():
         step.record_ok((1_500 + late_ms) * MS, 1_600 * MS, images=1, intended_ns=1_500 * MS)
         step.record_not_sent(2_900 * MS)
         step.record_not_sent(500 * MS)  # due in the warm-up: not one of the window's arrivals
-    merged = StepRecord.decode(first.encode())
-    merged.merge_encoded(second.encode())
+    merged = decode_step(encode_step(first))
+    merge_step(merged, encode_step(second))
     assert merged.rate_per_s == 10.0
     assert (merged.scheduled, merged.window_sends, merged.late_sends, merged.not_sent) == (2, 2, 1, 2)
     assert merged.service_histogram.get_total_count() == 2
@@ -205,8 +206,8 @@ def test_merging_an_empty_histogram_keeps_the_minimum():
     busy, idle = step_with_window(), step_with_window()
     busy.record_issued()
     busy.record_ok(2_000 * MS, 2_007 * MS, images=1)
-    merged = StepRecord.decode(busy.encode())
-    merged.merge_encoded(idle.encode())
+    merged = decode_step(encode_step(busy))
+    merge_step(merged, encode_step(idle))
     assert merged.histograms[Outcome.OK].get_min_value() == pytest.approx(7_000, rel=1e-3)
 
 

@@ -3,6 +3,7 @@ import pytest
 
 from ipsbench.loadgen.outcomes import Outcome
 from ipsbench.loadgen.recorder import StepRecord
+from ipsbench.loadgen.step_encoding import decode_step, encode_step, merge_step
 from load_helpers import report_from
 from ipsbench.loadgen.slo import Search, min_samples, parse_objective
 from ipsbench.loadgen.stability import is_stable
@@ -106,8 +107,8 @@ def test_an_unstable_step_makes_the_verdict_unstable():
 
 def test_trials_merge_across_processes():
     one, other = stability_step(), stability_step()
-    merged = StepRecord.decode(one.encode(), start_ns=0)
-    merged.merge_encoded(other.encode())
+    merged = decode_step(encode_step(one), start_ns=0)
+    merge_step(merged, encode_step(other))
     rate, p99 = merged.trial_figures(4)
     assert rate == 40.0 and p99 == pytest.approx(5000, rel=1e-3)
     assert merged.settled().window_counts[Outcome.OK] == 60
