@@ -31,13 +31,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from ipsbench.server.preprocess.decode import DecodeLimits, decode_rgb
+from ipsbench.server.preprocess.recipe import Recipe
+from ipsbench.server.preprocess.transform import Normalizer, center_crop_resized
 
-from ipsbench.server.preprocess.decode import DecodeLimits, decode_rgb  # noqa: E402
-from ipsbench.server.preprocess.transform import Normalizer, center_crop_resized  # noqa: E402
-
-RESIZE, CROP = 256, 224
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+RECIPE = Recipe.imagenet(224)  # resize 256, crop 224, ImageNet mean/std: what an exported model states by default
+RESIZE, CROP = RECIPE.resize, RECIPE.crop
 ROUND_S = 0.5
 LIMITS = DecodeLimits(max_pixels=40_000_000, max_bytes=10 * 1024 * 1024)
 # (label, decoder, downscale while decoding)
@@ -79,7 +78,7 @@ def time_path(images: list[bytes], decoder: str, downscale: bool, whole: bool, s
     """(images processed, elapsed seconds) running one path over ``images`` for about ``seconds`` (at least once).
 
     ``whole`` False times decoding alone; True the whole preprocessing of the server's ``jpeg`` front."""
-    normalizer = Normalizer.from_mean_std(MEAN, STD)
+    normalizer = Normalizer.for_recipe(RECIPE)
     out = np.empty((3, CROP, CROP), dtype=np.float32)
     shorter = RESIZE if downscale else None
     done = 0
@@ -91,7 +90,7 @@ def time_path(images: list[bytes], decoder: str, downscale: bool, whole: bool, s
                 return done, time.perf_counter() - start
             decoded = decode_rgb(data, LIMITS, shorter, decoder)
             if whole:
-                cropped = center_crop_resized(decoded.image, RESIZE, CROP, decoded.original_size)
+                cropped = center_crop_resized(decoded.image, RESIZE, CROP, decoded.original_size, RECIPE.interpolation)
                 normalizer.hwc_to_chw(np.asarray(cropped), out)
             else:
                 decoded.image.load()

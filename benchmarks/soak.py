@@ -37,10 +37,9 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+from ipsbench.server.durations import parse_duration_s
 
-from ipsbench.server.durations import parse_duration_s  # noqa: E402 - after the path is set
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 GRPC_LINE = re.compile(r"gRPC listening on (?P<host>[^\s]+):(?P<port>\d+)$")
 READY_LINE = "ipsbench-serve: ready"

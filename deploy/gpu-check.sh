@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check: on a GPU box with no network, export → ipsbench-serve on the GPU → engine bench →
 # ipsbench-load sweep → one P40-style table (engine and end-to-end images/sec, latency, GPU utilization, power).
-# Runs from the repository root with the project importable (installed, or PYTHONPATH=.). Stops everything it starts.
+# Runs from the repository root, with ipsbench installed or not (then its three role folders are linked into a
+# temporary ipsbench/ package on PYTHONPATH). Stops everything it starts.
 set -euo pipefail
 
 MODEL=${MODEL:-resnet50}
@@ -32,6 +33,15 @@ except ImportError:
     sys.exit("PyTorch is not installed")
 sys.exit(0 if torch.cuda.is_available() else 1)
 EOF
+
+# Not installed: link the role folders as ipsbench.server/.loadgen/.export, the names they install under.
+if ! "$PYTHON" -c 'import ipsbench.server' 2>/dev/null; then
+  shim=$(mktemp -d)
+  mkdir "$shim/ipsbench"
+  for role in server loadgen export; do ln -s "$PWD/$role" "$shim/ipsbench/$role"; done
+  export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}"
+  "$PYTHON" -c 'import ipsbench.server' || die "cannot import ipsbench.server from $PWD (run from the repository root)"
+fi
 
 # The best GPU backend installed here: a TensorRT engine when TensorRT imports, else ONNX Runtime's CUDA provider
 # when onnxruntime-gpu is installed, else PyTorch on CUDA (TorchScript, channels-last, CUDA graphs). INT8 needs TensorRT.
