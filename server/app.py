@@ -17,6 +17,8 @@ from importlib import metadata
 import grpc
 from prometheus_client import CollectorRegistry
 
+from ipsbench.server.admission import ByteBudget
+from ipsbench.server.allocator import map_large_blocks
 from ipsbench.server.control import ModelControl
 from ipsbench.server.core import InferenceCore
 from ipsbench.server.errors import without_paths
@@ -85,6 +87,7 @@ class App:
     # -- entry point -----------------------------------------------------------------------------------------------
 
     def run(self) -> int:
+        map_large_blocks()  # before the first request's buffers: see server/allocator.py
         return asyncio.run(self.serve())
 
     async def serve(self) -> int:
@@ -153,6 +156,8 @@ class App:
             log.info("gRPC over TLS%s", " with client certificates required" if settings.grpc_tls_client_auth else "")
         if admin_token is not None:
             log.info("admin RPCs (repository load/unload, log and trace settings) need the admin credential")
+        log.info("holding at most %d MiB of inference requests at once (--max-inflight-mb)",
+                 settings.max_inflight_bytes // (1024 * 1024))
         if not await self._load_models():
             return False
         self.core.mark_loaded()
@@ -209,7 +214,8 @@ class App:
             ],
             maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
         )
-        InferenceServicer(self.core, self.control, admin).add_to_server(server)
+        budget = ByteBudget(settings.max_inflight_bytes, self.server_stats)
+        InferenceServicer(self.core, self.control, admin, budget).add_to_server(server)
         self.health.add_to_server(server)
         address = f"{_url_host(settings.host)}:{settings.grpc_port}"
         try:

@@ -18,7 +18,7 @@ from ipsbench.server.dataplane import (
     InputTensor,
     OutputTensor,
 )
-from ipsbench.server.errors import invalid_argument
+from ipsbench.server.errors import invalid_argument, quoted
 from ipsbench.server.model_spec import ModelSpec
 from ipsbench.server.stats import Duration, ModelStats
 from ipsbench.server.wire import encode_infer_response, raw_contents
@@ -61,7 +61,8 @@ def infer_options_from_grpc(message: service_pb2.ModelInferRequest) -> InferOpti
     classification = None
     for output in message.outputs:
         if output.parameters and CLASSIFICATION_PARAMETER in output.parameters:
-            count = _int_parameter(output.parameters[CLASSIFICATION_PARAMETER], f"output '{output.name}' classification")
+            what = f"output '{quoted(output.name)}' classification"
+            count = _int_parameter(output.parameters[CLASSIFICATION_PARAMETER], what)
             if count:
                 if classification is None:
                     classification = {}

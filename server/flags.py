@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ipsbench.server.durations import format_duration_s, parse_duration_s
 
-_PARSERS: dict[str, Callable[[str], Any]] = {
-    "int": int, "int | None": int, "float": float, "float | None": float, "str": str, "str | None": str,
-    "Path": Path, "Path | None": Path,
-}
 _REQUIRED = dataclasses.MISSING
 
 
@@ -35,21 +32,114 @@ def option(
     required: bool = False,
     cli: bool = True,
     default_factory: Callable[[], Any] | None = None,
+    bounds: tuple[float | None, float | None] | None = None,
 ) -> Any:
     """A settings field that is also a command-line option.
 
     ``flag``: the option's name when it is not the field's (``window_s`` → ``--duration``); ``parse``: turns the
     text into the value (default: from the field's type); ``repeat``: the option may be given several times (a
     tuple); ``positional``: an argument without ``--``; ``required``: the command line must give it even though
-    the dataclass has a default; ``cli`` False: a setting without an option.
+    the dataclass has a default; ``cli`` False: a setting without an option; ``bounds``: (lowest, highest)
+    allowed value of a number, either None for no bound (checked when parsed and by :func:`check_bounds`).
     """
     metadata = {"help": help, "flag": flag, "parse": parse, "choices": tuple(choices) if choices else None,
-                "metavar": metavar, "repeat": repeat, "positional": positional, "required": required, "cli": cli}
+                "metavar": metavar, "repeat": repeat, "positional": positional, "required": required, "cli": cli,
+                "bounds": bounds}
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     if default is _REQUIRED:
         return dataclasses.field(metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def finite_float(text: str) -> float:
+    """A number option's value: a finite float (``nan`` and ``inf`` are refused, as no setting means them)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def integer(text: str) -> int:
+    """An integer option's value."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+
+
+def existing_directory(text: str) -> Path:
+    """A path option that must name a directory that exists."""
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a directory" if path.exists() else f"{text!r} does not exist")
+    return path
+
+
+def readable_file(text: str) -> Path:
+    """A path option that must name a regular file this process can read."""
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file" if path.exists() else f"{text!r} does not exist")
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot read {text!r}: {error.strerror or error}") from None
+    return path
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "int": integer, "int | None": integer, "float": finite_float, "float | None": finite_float,
+    "str": str, "str | None": str, "Path": Path, "Path | None": Path,
+}
+"""How an option's text becomes its field's value, by the field's type (unless the field says ``parse=``)."""
+
+
+def bounds_text(bounds: tuple[float | None, float | None]) -> str:
+    low, high = bounds
+    if high is None:
+        return f">= {low:g}"
+    if low is None:
+        return f"<= {high:g}"
+    return f"in {low:g}..{high:g}"
+
+
+def out_of_bounds(value: Any, bounds: tuple[float | None, float | None] | None) -> bool:
+    if bounds is None or value is None:
+        return False
+    low, high = bounds
+    return (low is not None and value < low) or (high is not None and value > high)
+
+
+def check_bounds(settings: Any) -> None:
+    """``ValueError`` naming the option of the first field of ``settings`` outside its declared bounds (for
+    settings built without the command line; the parser refuses the same values with a usage error)."""
+    for field in dataclasses.fields(settings):
+        bounds = field.metadata.get("bounds")
+        value = getattr(settings, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{_flag(field)} must be a finite number, got {value}")
+        if out_of_bounds(value, bounds):
+            raise ValueError(f"{_flag(field)} must be {bounds_text(bounds)}, got {value:g}")
+
+
+def _flag(field: dataclasses.Field) -> str:
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+def _bounded(parse: Callable[[str], Any], bounds: tuple[float | None, float | None]) -> Callable[[str], Any]:
+    def checked(text: str) -> Any:
+        value = parse(text)
+        if out_of_bounds(value, bounds):
+            raise argparse.ArgumentTypeError(f"must be {bounds_text(bounds)}, got {text}")
+        return value
+
+    checked.__name__ = getattr(parse, "__name__", "value")
+    return checked
 
 
 def duration(text: str) -> float:
@@ -151,15 +241,16 @@ def _default(field: dataclasses.Field) -> Any:
 
 def _parser(field: dataclasses.Field) -> Callable[[str], Any]:
     parse = field.metadata["parse"]
-    if parse is not None:
-        return parse
-    kind = str(field.type)
-    if field.metadata["repeat"]:
-        kind = "str"
-    try:
-        return _PARSERS[kind]
-    except KeyError:
-        raise TypeError(f"field {field.name!r} of type {kind} needs parse= to be an option") from None
+    if parse is None:
+        kind = str(field.type)
+        if field.metadata["repeat"]:
+            kind = "str"
+        try:
+            parse = _PARSERS[kind]
+        except KeyError:
+            raise TypeError(f"field {field.name!r} of type {kind} needs parse= to be an option") from None
+    bounds = field.metadata.get("bounds")
+    return _bounded(parse, bounds) if bounds else parse
 
 
 def _shown(field: dataclasses.Field, default: Any) -> str:

@@ -14,11 +14,14 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator
+from typing import NamedTuple
 
 import grpc
+from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from ipsbench.server import convert
+from ipsbench.server.admission import ByteBudget
 from ipsbench.server.control import ModelControl
 from ipsbench.server.core import EXTENSIONS, SERVER_NAME, InferenceCore
 from ipsbench.server.errors import ServerError, new_request_id, unimplemented
@@ -29,11 +32,31 @@ log = logging.getLogger(__name__)
 
 SERVICE = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 STREAM_MAX_OUTSTANDING = 1024
-"""Requests of one stream in flight at once; the stream stops reading (gRPC flow control) beyond this."""
+"""Requests of one stream read and not yet answered to the client (executing, or their responses waiting to be
+written) at once; the stream stops reading (gRPC flow control) beyond this."""
 
 
 def _internal_message(name: str, request_id: str) -> str:
     return f"internal server error (request id {request_id})"
+
+
+class Unparseable(NamedTuple):
+    """What a request deserializer hands the RPC for bytes that are no message of its type."""
+
+    error: str
+
+
+def tolerant(message_class):
+    """A request deserializer that never raises: gRPC's own would log a traceback and answer UNKNOWN; the RPC
+    answers INTERNAL (a request that cannot be parsed) in one log line instead, as ModelInfer does."""
+
+    def deserialize(data: bytes):
+        try:
+            return message_class.FromString(data)
+        except DecodeError as exc:
+            return Unparseable(f"cannot parse the request: {exc}")
+
+    return deserialize
 
 
 def rpc(method):
@@ -43,6 +66,8 @@ def rpc(method):
     @functools.wraps(method)
     async def wrapper(self, request, context: grpc.aio.ServicerContext):
         try:
+            if isinstance(request, Unparseable):
+                raise ServerError(grpc.StatusCode.INTERNAL, request.error)
             return await method(self, request, context)
         except ServerError as exc:
             log.debug("%s -> %s: %s", name, exc.code.name, exc.message)
@@ -58,10 +83,11 @@ def rpc(method):
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, core: InferenceCore, control: ModelControl, admin: AdminAuth) -> None:
+    def __init__(self, core: InferenceCore, control: ModelControl, admin: AdminAuth, budget: ByteBudget) -> None:
         self._core = core
         self._control = control
         self._admin = admin
+        self._budget = budget
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         """Register every RPC of the service, the inference ones with the zero-copy request decoder."""
@@ -83,7 +109,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             else:
                 handlers[method.name] = grpc.unary_unary_rpc_method_handler(
                     behaviour,
-                    request_deserializer=getattr(service_pb2, method.input_type.name).FromString,
+                    request_deserializer=tolerant(getattr(service_pb2, method.input_type.name)),
                     response_serializer=response_class.SerializeToString,
                 )
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
@@ -158,10 +184,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         if request.error:
             raise ServerError(grpc.StatusCode.INTERNAL, request.error)
         message = request.message
-        response = await self._core.infer(
-            convert.infer_request_from_grpc(message, request.raw), convert.infer_options_from_grpc(message)
-        )
-        return convert.infer_response_to_wire(response)
+        with self._budget.holding(request.size):
+            response = await self._core.infer(
+                convert.infer_request_from_grpc(message, request.raw), convert.infer_options_from_grpc(message)
+            )
+            return convert.infer_response_to_wire(response)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[InferRequestWire], context: grpc.aio.ServicerContext
@@ -175,10 +202,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         """Requests read whose response has not been taken from ``responses`` yet."""
 
         async def answer(request: InferRequestWire) -> None:
-            try:
-                responses.put_nowait(await self._stream_response(request))
-            finally:
-                slots.release()
+            responses.put_nowait(await self._stream_response(request))
 
         async def read() -> None:
             nonlocal outstanding
@@ -201,6 +225,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                     reading = False
                     continue
                 outstanding -= 1
+                # A slot is free once its response leaves, not once it is computed: a client that never reads
+                # its responses stops the stream's reading instead of piling responses up in the server.
+                slots.release()
                 yield item
         finally:
             reader.cancel()
@@ -212,10 +239,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         try:
             if wire.error:
                 raise ServerError(grpc.StatusCode.INTERNAL, wire.error)
-            response = await self._core.infer(
-                convert.infer_request_from_grpc(request, wire.raw), convert.infer_options_from_grpc(request)
-            )
-            return service_pb2.ModelStreamInferResponse(infer_response=convert.infer_response_to_grpc(response))
+            with self._budget.holding(wire.size):
+                response = await self._core.infer(
+                    convert.infer_request_from_grpc(request, wire.raw), convert.infer_options_from_grpc(request)
+                )
+                return service_pb2.ModelStreamInferResponse(infer_response=convert.infer_response_to_grpc(response))
         except ServerError as exc:
             log.debug("ModelStreamInfer request %r -> %s: %s", request.id[:64], exc.code.name, exc.message)
             message = exc.message

@@ -79,6 +79,14 @@ _INFLIGHT = (
     "ipsbench_inflight_requests",
     "Requests in the server now per model: being validated or preprocessed, queued, or executing",
 )
+_INFLIGHT_BYTES = (
+    "ipsbench_inflight_request_bytes",
+    "Bytes of the inference requests the server holds now (bounded by --max-inflight-mb)",
+)
+_REFUSED_FOR_BYTES = (
+    "ipsbench_requests_refused_for_bytes_total",
+    "Inference requests answered RESOURCE_EXHAUSTED because they would exceed --max-inflight-mb",
+)
 _BATCH = ("ipsbench_batch_size", "Batch sizes executed (samples per engine call)")
 _UNKNOWN = (
     "ipsbench_unknown_model_requests_total",
@@ -149,7 +157,13 @@ class ServerCollector(Collector):
             yield family
         unknown = Metric(*_UNKNOWN, "counter")
         unknown.add_sample(_UNKNOWN[0], {}, self._server.unknown_model_requests)
+        inflight_bytes = Metric(*_INFLIGHT_BYTES, "gauge")
+        inflight_bytes.add_sample(_INFLIGHT_BYTES[0], {}, self._server.inflight_request_bytes)
+        refused = Metric(*_REFUSED_FOR_BYTES, "counter")
+        refused.add_sample(_REFUSED_FOR_BYTES[0], {}, self._server.requests_refused_for_bytes)
         yield unknown
+        yield inflight_bytes
+        yield refused
 
 
 def _labels(stats: ModelStats) -> dict[str, str]:

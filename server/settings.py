@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ipsbench.server.flags import option
+from ipsbench.server.admission import default_inflight_bytes
+from ipsbench.server.flags import check_bounds, existing_directory, option, readable_file
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 MODEL_CONTROL_MODES = ("none", "explicit")
@@ -20,15 +21,26 @@ class Settings:
     model_repository: Path = option(
         None,
         "Model repository in Triton's layout: <repo>/<model>/config.pbtxt and <repo>/<model>/<version>/.",
-        required=True,
+        required=True, parse=existing_directory,
     )
     host: str = option("127.0.0.1", "Address the gRPC and metrics servers bind to; 0.0.0.0 accepts remote clients.")
-    grpc_port: int = option(8001, "gRPC (KServe v2) port; 0 picks a free port.")
-    metrics_port: int = option(8002, "Prometheus metrics port; 0 picks a free port.")
+    grpc_port: int = option(8001, "gRPC (KServe v2) port; 0 picks a free port.", bounds=(0, 65535))
+    metrics_port: int = option(8002, "Prometheus metrics port; 0 picks a free port.", bounds=(0, 65535))
     allow_metrics: bool = option(True, "Serve Prometheus metrics on --metrics-port.")
-    grpc_max_message_mb: int = option(64, "Largest gRPC message received or sent, in MiB.")
-    grpc_max_concurrent_rpcs: int = option(4096, "Concurrent RPCs accepted before gRPC answers RESOURCE_EXHAUSTED.")
-    grace_period_s: float = option(30.0, "On SIGTERM/SIGINT, how long in-flight requests may take to finish.")
+    # gRPC takes message limits as a C int: 2047 MiB is the largest that fits.
+    grpc_max_message_mb: int = option(64, "Largest gRPC message received or sent, in MiB.", bounds=(1, 2047))
+    grpc_max_concurrent_rpcs: int = option(
+        4096, "Concurrent RPCs accepted before gRPC answers RESOURCE_EXHAUSTED.", bounds=(1, 1_000_000)
+    )
+    max_inflight_mb: int | None = option(
+        None,
+        "Total MiB of inference requests the server holds at once; a request that would exceed it is answered "
+        "RESOURCE_EXHAUSTED before it is validated or copied (default: a quarter of this machine's memory).",
+        bounds=(1, None),
+    )
+    grace_period_s: float = option(
+        30.0, "On SIGTERM/SIGINT, how long in-flight requests may take to finish.", bounds=(0, 86_400)
+    )
     exit_on_error: bool = option(
         True, "Exit non-zero when a model fails to load (Triton's default); when off, serve the other models."
     )
@@ -46,11 +58,14 @@ class Settings:
         "File holding the admin credential. When set (or when the environment variable "
         f"{ADMIN_TOKEN_ENV} is), the repository load/unload and log/trace settings RPCs need the metadata header "
         "'authorization: Bearer <token>'; inference, health, metadata and statistics do not.",
+        parse=readable_file,
     )
-    grpc_tls_cert: Path | None = option(None, "PEM certificate chain of the server; with --grpc-tls-key, serve TLS only.")
-    grpc_tls_key: Path | None = option(None, "PEM private key of --grpc-tls-cert.")
+    grpc_tls_cert: Path | None = option(
+        None, "PEM certificate chain of the server; with --grpc-tls-key, serve TLS only.", parse=readable_file
+    )
+    grpc_tls_key: Path | None = option(None, "PEM private key of --grpc-tls-cert.", parse=readable_file)
     grpc_tls_root_certs: Path | None = option(
-        None, "PEM CA certificates that client certificates are checked against (mutual TLS)."
+        None, "PEM CA certificates that client certificates are checked against (mutual TLS).", parse=readable_file
     )
     grpc_tls_client_auth: bool = option(
         False, "Require a client certificate signed by --grpc-tls-root-certs (mutual TLS)."
@@ -63,6 +78,12 @@ class Settings:
     @property
     def grpc_max_message_bytes(self) -> int:
         return self.grpc_max_message_mb * 1024 * 1024
+
+    @property
+    def max_inflight_bytes(self) -> int:
+        if self.max_inflight_mb is None:
+            return default_inflight_bytes(self.grpc_max_message_bytes)
+        return self.max_inflight_mb * 1024 * 1024
 
     @property
     def is_loopback(self) -> bool:
@@ -85,16 +106,7 @@ class Settings:
             if value is not None:
                 object.__setattr__(self, name, Path(value))
         object.__setattr__(self, "load_model", tuple(self.load_model or ()))
-        for name in ("grpc_port", "metrics_port"):
-            port = getattr(self, name)
-            if not 0 <= port <= 65535:
-                raise ValueError(f"{name} must be in 0..65535, got {port}")
-        if self.grpc_max_message_mb <= 0:
-            raise ValueError("grpc_max_message_mb must be > 0")
-        if self.grpc_max_concurrent_rpcs <= 0:
-            raise ValueError("grpc_max_concurrent_rpcs must be > 0")
-        if self.grace_period_s < 0:
-            raise ValueError("grace_period_s must be >= 0")
+        check_bounds(self)
         if self.model_control_mode not in MODEL_CONTROL_MODES:
             raise ValueError(f"model_control_mode must be one of {list(MODEL_CONTROL_MODES)}")
         if self.log_format not in LOG_FORMATS:

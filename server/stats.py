@@ -162,3 +162,6 @@ class ServerStats:
     """Counts that belong to no loaded model (their labels would come from request fields)."""
 
     unknown_model_requests: int = 0
+    inflight_request_bytes: int = 0
+    """Bytes of the inference requests being served now (:mod:`ipsbench.server.admission`)."""
+    requests_refused_for_bytes: int = 0

@@ -13,26 +13,37 @@ import numpy as np
 
 from ipsbench.server import datatypes
 from ipsbench.server.dataplane import InferRequest, InputTensor, ModelInputs
-from ipsbench.server.errors import invalid_argument
+from ipsbench.server.errors import invalid_argument, quoted
 from ipsbench.server.model_spec import ModelSpec, TensorSpec, dims_text
 
 
 def _names(names) -> str:
-    return "[" + ",".join(f"'{n}'" for n in names) + "]"
+    return quoted("[" + ",".join(f"'{n}'" for n in names) + "]")
+
+
+def _shape(shape) -> str:
+    """A client's shape as a message repeats it: Triton's ``[1,3,224,224]``, cut to a bounded prefix."""
+    return quoted(dims_text(shape))
 
 
 def validate_request(spec: ModelSpec, request: InferRequest) -> ModelInputs:
     """Arrays ready for the batcher, or :class:`ServerError` INVALID_ARGUMENT naming the first problem."""
     model = spec.name
+    # Each output is built once per name it is asked by: a name asked twice would be built (and copied) twice,
+    # so a small request repeating one name could make the server allocate its output thousands of times.
+    asked: set[str] = set()
     for output in request.outputs:
         if output not in spec.outputs:
-            raise invalid_argument(f"unexpected inference output '{output}' for model '{model}'")
+            raise invalid_argument(f"unexpected inference output '{quoted(output)}' for model '{model}'")
+        if output in asked:
+            raise invalid_argument(f"output '{quoted(output)}' already requested for model '{model}'")
+        asked.add(output)
     tensors: dict[str, InputTensor] = {}
     for tensor in request.inputs:
         if tensor.name not in spec.inputs:
-            raise invalid_argument(f"unexpected inference input '{tensor.name}' for model '{model}'")
+            raise invalid_argument(f"unexpected inference input '{quoted(tensor.name)}' for model '{model}'")
         if tensor.name in tensors:
-            raise invalid_argument(f"input '{tensor.name}' already exists in request for model '{model}'")
+            raise invalid_argument(f"input '{quoted(tensor.name)}' already exists in request for model '{model}'")
         tensors[tensor.name] = tensor
     if len(tensors) < len(spec.required_inputs) or any(n not in tensors for n in spec.required_inputs):
         missing = [n for n in spec.required_inputs if n not in tensors]
@@ -71,7 +82,7 @@ def _to_array(spec: ModelSpec, expected: TensorSpec, tensor: InputTensor, batch_
     datatype = expected.datatype
     if tensor.datatype != datatype.protocol:
         raise invalid_argument(
-            f"inference input '{tensor.name}' data-type is '{tensor.datatype}', "
+            f"inference input '{tensor.name}' data-type is '{quoted(tensor.datatype)}', "
             f"but model '{model}' expects '{datatype.protocol}'"
         )
     shape = tuple(int(d) for d in tensor.shape)
@@ -79,12 +90,12 @@ def _to_array(spec: ModelSpec, expected: TensorSpec, tensor: InputTensor, batch_
     if any(d < 0 for d in shape):
         raise invalid_argument(
             f"All input dimensions should be specified for input '{tensor.name}' for model '{model}', "
-            f"got {dims_text(shape)}"
+            f"got {_shape(shape)}"
         )
     if len(dims) != len(expected.dims) or any(c != -1 and c != d for c, d in zip(expected.dims, dims)):
         raise invalid_argument(
             f"unexpected shape for input '{tensor.name}' for model '{model}'. "
-            f"Expected {expected.full_dims_text}, got {dims_text(shape)}"
+            f"Expected {expected.full_dims_text}, got {_shape(shape)}"
         )
     if datatype.is_bytes:
         return _bytes_array(tensor, model, shape)

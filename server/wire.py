@@ -40,6 +40,8 @@ class InferRequestWire:
     raw: Sequence[bytes | memoryview]
     error: str = ""
     """Why the request could not be parsed (``message`` is then empty)."""
+    size: int = 0
+    """Bytes of the serialized request, as received."""
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -62,10 +64,10 @@ def decode_infer_request(data: bytes) -> InferRequestWire:
             raw, rest = _split_raw(data)
         except _Malformed:
             message = service_pb2.ModelInferRequest.FromString(data)
-            return InferRequestWire(message, list(message.raw_input_contents))
-        return InferRequestWire(service_pb2.ModelInferRequest.FromString(rest), raw)
+            return InferRequestWire(message, list(message.raw_input_contents), size=len(data))
+        return InferRequestWire(service_pb2.ModelInferRequest.FromString(rest), raw, size=len(data))
     except DecodeError as exc:
-        return InferRequestWire(service_pb2.ModelInferRequest(), (), f"cannot parse the request: {exc}")
+        return InferRequestWire(service_pb2.ModelInferRequest(), (), f"cannot parse the request: {exc}", len(data))
 
 
 def _split_raw(data: bytes) -> tuple[list[memoryview], bytes]:

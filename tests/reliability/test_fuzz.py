@@ -97,6 +97,42 @@ def test_fuzz_structured_infer_requests_get_ok_or_a_client_error(stub, request):
         _assert_clean_answer(error, CLIENT_ERRORS)
 
 
+DETAILS_BOUND = 1024
+"""However long a request's fields, the error text stays short (client text is quoted as a bounded prefix)."""
+
+
+@st.composite
+def amplifying_requests(draw) -> service_pb2.ModelInferRequest:
+    """Requests whose repeated or oversized fields would multiply work or an error's length: an output or input
+    named many times, names and datatypes thousands of characters long, shapes of thousands of dimensions."""
+    request = infer_request("affine", np.ones((draw(st.integers(1, 8)), 4), np.float32))
+    long_text = st.integers(200, 5000).map(lambda n: "x" * n)
+    if draw(st.booleans()):
+        for _ in range(draw(st.integers(2, 500))):
+            request.outputs.add(name=draw(st.sampled_from(["output", "nope"]) | long_text))
+    if draw(st.booleans()):
+        for _ in range(draw(st.integers(1, 50))):
+            request.inputs.append(request.inputs[0])
+            request.raw_input_contents.append(request.raw_input_contents[0])
+    if draw(st.booleans()):
+        request.inputs[0].name = draw(long_text)
+    if draw(st.booleans()):
+        request.inputs[0].datatype = draw(long_text)
+    if draw(st.booleans()):
+        request.inputs[0].shape.extend([draw(st.integers(0, 3))] * draw(st.integers(1, 3000)))
+    return request
+
+
+@settings(FUZZ, max_examples=60)
+@given(request=amplifying_requests())
+def test_fuzz_repeated_and_oversized_fields_get_a_short_client_error(stub, request):
+    try:
+        stub.ModelInfer(request, timeout=CALL_TIMEOUT_S)
+    except grpc.RpcError as error:
+        _assert_clean_answer(error, CLIENT_ERRORS - {grpc.StatusCode.RESOURCE_EXHAUSTED})
+        assert len(error.details() or "") < DETAILS_BOUND
+
+
 VALID = infer_request("affine", np.arange(8, dtype=np.float32).reshape(2, 4), id="fuzz").SerializeToString()
 
 
