@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ipsbench-load", description="Load a KServe v2 gRPC inference server and report images/sec and latency.",
         epilog="Exit codes: 0 valid and every SLO met; 1 SLO FAIL or UNSTABLE; 2 INVALID (accounting or errors, "
-               "or the run could not start) and usage errors; 130 SIGINT, 143 SIGTERM (reports still written).",
+               "or the run could not start, --out unwritable included) and usage errors; 3 the report could not be "
+               "written into --out at the end (written to the folder named on stderr instead); 130 SIGINT, "
+               "143 SIGTERM (reports still written).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for scenario in SCENARIOS.values():

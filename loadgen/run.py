@@ -6,7 +6,8 @@ their step state from locust's worker reports. SIGINT/SIGTERM during ``execute()
 for in-flight requests, count the rest ABANDONED, and the report is still written; a second signal stops waiting.
 While it runs, a partial ``report.json`` (status ``running``) is rewritten every few seconds, so a run killed
 outright still leaves its results so far; the next run into the same folder keeps that file aside, marked
-``incomplete``.
+``incomplete``. ``--out`` is checked before anything is sent; if writing there fails at the end anyway, the report goes to a
+fallback folder (:mod:`ipsbench.loadgen.report.destination`) and the exit code is 3.
 """
 
 from __future__ import annotations
@@ -31,9 +32,14 @@ from locust.env import Environment
 from ipsbench.loadgen.distributed import MasterSteps, announce_steps
 from ipsbench.loadgen.progress import Progress
 from ipsbench.loadgen.recorder import RunRecorder
-from ipsbench.loadgen.report.files import write_reports
 from ipsbench.loadgen.report.build import RunFacts, build_report
-from ipsbench.loadgen.report.schema import REPORT_JSON, VERDICT_EXIT_CODES, write_report, write_text
+from ipsbench.loadgen.report.destination import (
+    DestinationError,
+    check_out_dir,
+    keep_unfinished_report,
+    write_reports_somewhere,
+)
+from ipsbench.loadgen.report.schema import VERDICT_EXIT_CODES, write_report
 from ipsbench.loadgen.request_log import RequestLogError, describe, open_request_log
 from ipsbench.loadgen.scenarios.catalog import SCENARIOS
 from ipsbench.loadgen.scrape import SCRAPE_TIMEOUT_S, StepScrapes
@@ -65,6 +71,9 @@ FLUSH_INTERVAL_S = 2.0
 """How often the partial report.json is rewritten while the run goes on (at most 5 s apart)."""
 DEFAULT_MASTER_PORT = 5557
 SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+REPORT_NOT_WRITTEN_EXIT_CODE = 3
+"""The report could not be written into ``--out`` and went to the fallback folder named on stderr (first of all
+exit codes: whatever the verdict, the report is not where it was asked for)."""
 RUN_LIMIT = "run time limit"
 """``interrupted_by`` when the run outlived its planned length by more than the margin (exit code 1)."""
 
@@ -72,12 +81,16 @@ RUN_LIMIT = "run time limit"
 @dataclass(frozen=True)
 class RunResult:
     report: dict
-    json_path: Path
-    markdown_path: Path
+    json_path: Path | None
+    markdown_path: Path | None
     interrupted_by: str | None
+    unwritten: str | None = None
+    """Why the report is not in ``--out`` (None: it is)."""
 
     @property
     def exit_code(self) -> int:
+        if self.unwritten:
+            return REPORT_NOT_WRITTEN_EXIT_CODE
         if self.interrupted_by:
             return SIGNAL_EXIT_CODES.get(self.interrupted_by, 1)
         return VERDICT_EXIT_CODES[self.report["verdict"]]
@@ -119,7 +132,12 @@ class LoadRun:
 
     def prepare(self) -> None:
         """Ask the target about the model and serialize the requests (each worker does so again for itself), and
-        open the per-request log where this process records requests (a master's workers open their own)."""
+        open the per-request log where this process records requests (a master's workers open their own). Checks
+        ``--out`` first, before anything is asked or sent."""
+        try:
+            check_out_dir(self.settings.out_dir)
+        except DestinationError as error:
+            raise SetupError(str(error)) from error
         self._engine = read_engine_bench(self.settings.engine_bench)
         self._prepared = off_the_hub(prepare_workload, self.settings.target, self.settings.workload)
         keep_unfinished_report(self.settings.out_dir)
@@ -157,10 +175,10 @@ class LoadRun:
             self._judge.stop()
 
     def finish(self) -> RunResult:
-        """Write report.json, then the files rendered from it."""
+        """Write report.json, then the files rendered from it (elsewhere if ``--out`` cannot take them)."""
         report = self.build(running=False)
-        json_path, markdown_path = write_reports(report, self.settings.out_dir)
-        return RunResult(report, json_path, markdown_path, self.interrupted_by)
+        written = write_reports_somewhere(report, self.settings.out_dir)
+        return RunResult(report, written.json_path, written.markdown_path, self.interrupted_by, written.failure)
 
     def build(self, running: bool) -> dict:
         """The report document as things stand (``running``: a partial one written while the run goes on)."""
@@ -200,13 +218,20 @@ class LoadRun:
         return describe(path, None if workers is None else [worker["index"] for worker in workers])
 
     def _flush_periodically(self) -> None:
+        failed = ""  # said once per distinct failure, not every few seconds
         while True:
             gevent.sleep(FLUSH_INTERVAL_S)
             if not self._started_ns:
                 continue
             try:
                 write_report(self.build(running=True), self.settings.out_dir)
-            except Exception:  # a failed flush must not end the run; the final report is written anyway
+                failed = ""
+            except OSError as error:  # a failed flush must not end the run; the final report is tried anyway
+                if str(error) != failed:
+                    logger.warning("could not write the partial report into %s: %s; the run goes on",
+                                   self.settings.out_dir, error)
+                failed = str(error)
+            except Exception:
                 logger.exception("could not write the partial report")
 
     def _live_step(self):
@@ -345,23 +370,3 @@ def read_engine_bench(path: str) -> dict | None:
     if not isinstance(data, dict):
         raise SetupError(f"--engine-bench {path}: expected a JSON object")
     return data
-
-
-def keep_unfinished_report(out_dir: Path) -> Path | None:
-    """A report.json left ``running`` by a run that never finished (killed) is kept aside, marked incomplete,
-    before this run writes its own; returns where it went."""
-    path = out_dir / REPORT_JSON
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(report, dict) or report.get("status") != "running":
-        return None
-    report["status"] = "incomplete"
-    report["incomplete_reason"] = "the run that wrote it ended without finishing its report (killed?)"
-    stamp = "".join(c for c in str(report.get("started_at", "")) if c.isalnum()) or "unknown"
-    kept = out_dir / f"report.incomplete-{stamp}.json"
-    write_text(kept, json.dumps(report, indent=2) + "\n")
-    path.unlink()
-    logger.warning("%s was left by an unfinished run; kept as %s, marked incomplete", path, kept.name)
-    return kept

@@ -100,4 +100,5 @@ def print_summary(report: dict, markdown_path, console: Console | None = None) -
         console.print(f"{len(workers)} worker processes" + (f", {lost} lost" if lost else ""))
     for reason in report["invalid_reasons"]:
         console.print(f"invalid: {reason}", markup=False)
-    console.print(f"report: {markdown_path}", markup=False, soft_wrap=True)
+    where = markdown_path if markdown_path is not None else "not written to any folder (report.json printed above)"
+    console.print(f"report: {where}", markup=False, soft_wrap=True)
