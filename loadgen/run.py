@@ -4,9 +4,9 @@ Lifecycle: ``run()`` → ``prepare()`` → ``execute()`` → ``finish()``. ``exe
 this process, or (``processes`` > 1) as a locust master over worker processes it starts on this box, merging
 their step state from locust's worker reports. SIGINT/SIGTERM during ``execute()`` stop issuing, wait (bounded)
 for in-flight requests, count the rest ABANDONED, and the report is still written; a second signal stops waiting.
-While it runs, a partial ``report.json`` (status ``running``) is rewritten every few seconds, so a run killed
-outright still leaves its results so far; the next run into the same folder keeps that file aside, marked
-``incomplete``. ``--out`` is checked before anything is sent; if writing there fails at the end anyway, the report goes to a
+While it runs, a partial ``report.json`` (status ``incomplete``, verdict ``INCOMPLETE``) is rewritten every few
+seconds, so a run killed outright still leaves its results so far; the next run into the same folder keeps that file
+aside. ``--out`` is checked before anything is sent; if writing there fails at the end anyway, the report goes to a
 fallback folder (:mod:`ipsbench.loadgen.report.destination`) and the exit code is 3.
 """
 

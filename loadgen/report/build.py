@@ -6,7 +6,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ipsbench.loadgen.recorder import LATE_TOLERANCE_US, StepRecord
-from ipsbench.loadgen.report.schema import COUNT_FIELDS, PERCENTILES, SCHEMA_VERSION, is_open_loop, step_load
+from ipsbench.loadgen.report.schema import (
+    COUNT_FIELDS,
+    INCOMPLETE,
+    PERCENTILES,
+    SCHEMA_VERSION,
+    is_open_loop,
+    step_load,
+)
 from ipsbench.loadgen.report.steps import CLIENT_BOUND_SHARE, CLIENT_CPU_BOUND_PERCENT, step_entry
 from ipsbench.loadgen.slo import LatencyObjective, min_samples, worst
 from ipsbench.loadgen.trials import STABLE_WINDOWS
@@ -44,6 +51,11 @@ SLO_METHOD = (
     "a latency objective is met when the percentile of successful requests' latency in the measured window is "
     "at most its target and the window holds at least 100 / (1 - p) samples; the error-rate objective over all "
     "requests the step issued"
+)
+
+PARTIAL_REASON = (
+    "a partial report, rewritten every few seconds while the run goes on: the run had not ended when it was written "
+    "(if it is still here, the run was killed), so it states no verdict"
 )
 
 
@@ -94,11 +106,11 @@ def build_report(steps: list[StepRecord], run: RunFacts) -> dict:
     unstable = [entry["index"] for entry in entries
                 if entry["stability"] is not None and not entry["stability"]["stable"] and not entry["interrupted"]]
     slo = slo_block(entries, run.search) if run.judged else None
-    return {
+    document = {
         "schema_version": SCHEMA_VERSION,
         "tool": "ipsbench-load",
         "scenario": run.scenario,
-        "status": "running" if run.running else "interrupted" if run.interrupted_by else "complete",
+        "status": "interrupted" if run.interrupted_by else "complete",
         "interrupted_by": run.interrupted_by,
         "valid": not reasons,
         "invalid_reasons": reasons,
@@ -123,6 +135,17 @@ def build_report(steps: list[StepRecord], run: RunFacts) -> dict:
         "workers": run.workers,
         "request_log": run.request_log,
     }
+    return unjudged(document) if run.running else document
+
+
+def unjudged(document: dict) -> dict:
+    """A partial report as the run writes it while it goes on: incomplete, with no run-level judgement (valid,
+    stable, the verdict, the SLO's verdict) until the run has ended, so a report left by a killed run claims none."""
+    document.update(status="incomplete", incomplete_reason=PARTIAL_REASON, valid=None, stable=None,
+                    verdict=INCOMPLETE)
+    if document["slo"] is not None:
+        document["slo"] = {**document["slo"], "verdict": INCOMPLETE}
+    return document
 
 
 def step_entries(steps: list[StepRecord], run: RunFacts) -> list[dict]:

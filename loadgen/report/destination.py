@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ipsbench.loadgen.report.files import REPORT_HTML, STEPS_CSV, write_reports
-from ipsbench.loadgen.report.schema import REPORT_JSON, REPORT_MD, write_text
+from ipsbench.loadgen.report.schema import REPORT_JSON, REPORT_MD, UNFINISHED_STATUSES, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -80,14 +80,15 @@ def write_reports_somewhere(report: dict, out_dir: Path) -> Written:
 
 
 def keep_unfinished_report(out_dir: Path) -> Path | None:
-    """A report.json left ``running`` by a run that never finished (killed) is kept aside, marked incomplete,
-    before this run writes its own; returns where it went."""
+    """A report.json left unfinished (status ``incomplete``, or ``running`` from earlier versions) by a run that
+    never wrote its final report (killed) is kept aside, marked incomplete, before this run writes its own;
+    returns where it went."""
     path = out_dir / REPORT_JSON
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(report, dict) or report.get("status") != "running":
+    if not isinstance(report, dict) or report.get("status") not in UNFINISHED_STATUSES:
         return None
     report["status"] = "incomplete"
     report["incomplete_reason"] = "the run that wrote it ended without finishing its report (killed?)"

@@ -14,11 +14,17 @@ SCHEMA_VERSION = 3
 """2: open-loop (rate) steps, workers of distributed runs, warnings. 3: stability windows, the client's own
 CPU, SLO objectives and the search, phases, the engine bench, payload modes, verdict, running/incomplete; later
 added to 3, both optional for readers (None when absent): ``headline`` (the run's one figure where its scenario
-has one, e.g. single-stream's p90) and ``request_log`` (where the per-request logs went)."""
+has one, e.g. single-stream's p90) and ``request_log`` (where the per-request logs went). A partial report (written
+while the run goes on) has status ``incomplete``, an ``incomplete_reason``, verdict ``INCOMPLETE`` (its SLO's too)
+and ``valid`` / ``stable`` null: the run-level judgements are stated by the final report only."""
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 VERDICT_EXIT_CODES = {"PASS": 0, "FAIL": 1, "UNSTABLE": 1, "INVALID": 2}
 """Exit code of a run that ended on its own, by its verdict."""
+INCOMPLETE = "INCOMPLETE"
+"""The verdict of a partial report: the run had not ended, so it reached none."""
+UNFINISHED_STATUSES = ("incomplete", "running")
+"""Statuses of a report.json whose run never wrote its final report (``running``: what earlier versions wrote)."""
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p95", 95.0), ("p99", 99.0), ("p99.9", 99.9))
 COUNT_FIELDS = ("issued", "ok", "rejected", "failed", "deadline", "cancelled", "abandoned")
 

@@ -161,17 +161,18 @@ def test_trace_replays_its_inter_arrival_times(server, start_load, tmp_path):
 
 
 def test_a_killed_run_leaves_a_partial_report_marked_incomplete_by_the_next(server, start_load, tmp_path):
-    """L06: the partial report.json is rewritten while the run goes on; SIGKILL leaves it "running"; the next
-    run into the same folder keeps it aside as incomplete."""
+    """L06: the partial report.json is rewritten while the run goes on; SIGKILL leaves it incomplete, with no
+    verdict; the next run into the same folder keeps it aside."""
     out = tmp_path / "same"
     killed = start_load(server.grpc_url, "--concurrency", "1", "--duration", "30s", "--out", str(out), *QUICK)
     killed.wait_for_log("step 1/1", timeout=60)
-    killed.wait_for_report(lambda r: r["status"] == "running" and r["steps"] and r["steps"][0]["issued"] > 0,
+    killed.wait_for_report(lambda r: r["status"] == "incomplete" and r["steps"] and r["steps"][0]["issued"] > 0,
                            "a partial report with requests in it")
     killed.process.kill()
     killed.finish(timeout=10)
     partial = json.loads((out / "report.json").read_text())
-    assert partial["status"] == "running" and partial["steps"][0]["issued"] > 0
+    assert partial["status"] == "incomplete" and partial["verdict"] == "INCOMPLETE"
+    assert partial["steps"][0]["issued"] > 0
 
     again = start_load(server.grpc_url, "--concurrency", "1", "--duration", "500ms", "--out", str(out), *QUICK)
     assert again.finish(timeout=60) == 0, again.stdout + again.stderr()

@@ -7,6 +7,7 @@ L01, L02, L04, L07, L12 and L14 are covered by tests/loadgen (see docs/reliabili
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import signal
@@ -100,27 +101,45 @@ def test_L05_sigterm_writes_every_report_including_html(server, start_load):
 FLUSH_BOUND_S = 5.0
 
 
+def _unjudged(report: dict) -> bool:
+    """A partial report that claims nothing it has not reached: incomplete, verdict INCOMPLETE (its SLO's too), no
+    validity or stability, no PASS or FAIL anywhere in it."""
+    text = json.dumps(report)
+    return (report["status"] == "incomplete" and report["verdict"] == "INCOMPLETE" and report["valid"] is None
+            and report["stable"] is None and report["slo"]["verdict"] == "INCOMPLETE"
+            and '"PASS"' not in text and '"FAIL"' not in text)
+
+
 def test_L06_sigkill_leaves_a_partial_report_the_next_run_marks_incomplete(server, start_load, tmp_path):
     out = tmp_path / "shared-out"
+    slo = ("--latency-slo", "p99=10s")  # the partial ones must not say whether the run meets it
     run = start_load("sweep", server.grpc_url, "image8", "--concurrency", "2", "--warmup", "0s",
-                     "--duration", "60s", "--drain", "5s", *ONE_WINDOW, out=out)
-    run.wait_for_report(lambda r: r["status"] == "running" and r["totals"]["ok"] > 0,
+                     "--duration", "60s", "--drain", "5s", *ONE_WINDOW, *slo, out=out)
+    seen = []
+
+    def partial_with_successes(report: dict) -> bool:
+        seen.append(report)
+        return report["totals"]["ok"] > 0
+
+    run.wait_for_report(partial_with_successes,
                         f"a partial report with successes (rewritten at most {FLUSH_BOUND_S:g} s apart)")
+    assert all(_unjudged(report) for report in seen), [(r["status"], r["verdict"]) for r in seen]  # from the first
     run.process.send_signal(signal.SIGKILL)
     run.finish(timeout=30)
     partial = run.report()
-    assert partial["status"] == "running", partial["status"]
+    assert _unjudged(partial), (partial["status"], partial["verdict"], partial["valid"], partial["slo"])
+    assert "killed" in partial["incomplete_reason"]
     assert partial["steps"] and partial["steps"][0]["issued"] > 0 and partial["totals"]["ok"] > 0
 
     again = start_load("sweep", server.grpc_url, "image8", "--concurrency", "1", *SHORT, *ONE_WINDOW, out=out)
     assert again.finish(timeout=120) == 0, again.stdout + again.stderr()
-    assert again.report()["status"] == "complete"
+    final = again.report()
+    assert final["status"] == "complete" and final["verdict"] == "PASS" and final["valid"] is True
+    assert final["stable"] is True and "incomplete_reason" not in final  # a final report as before
     kept = sorted(out.glob("report.incomplete*.json"))
     assert len(kept) == 1, sorted(p.name for p in out.iterdir())
-    import json
-
     incomplete = json.loads(kept[0].read_text())
-    assert incomplete["status"] == "incomplete"
+    assert incomplete["status"] == "incomplete" and incomplete["verdict"] == "INCOMPLETE"
     assert incomplete["totals"]["ok"] == partial["totals"]["ok"]
 
 
