@@ -1,6 +1,10 @@
 """Where a run's images come from: a folder (ImageNet's validation layout with synset folders gives labels, any
 folder of JPEG/PNG gives unlabelled images), or synthetic ImageNet-style photos cached on disk.
 
+A folder's files are decoded in full before the run, with the server's decoder and default limits, whatever the
+payload mode: one that does not decode (truncated, not an image, too large) is skipped with its reason, so no
+request carries an image the server must refuse.
+
 The synthetic set depends only on the seed, so a cached file is reused as is; files are written atomically, so
 processes sharing a cache never read half a file."""
 
@@ -18,14 +22,14 @@ import simplejpeg
 from PIL import Image
 
 from ipsbench.loadgen.images import synthetic_image
+from ipsbench.server.preprocess.decode import ImageDecodeError, ImageTooLargeError, decode_rgb
+from ipsbench.server.preprocess.image import DEFAULT_LIMITS
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-MAX_IMAGE_FILE_BYTES = 10 * 1024 * 1024
-"""Larger files are skipped (the server refuses bigger encoded images too)."""
-MAX_IMAGE_PIXELS = 40_000_000
-"""Decoding refuses images with more pixels (decompression bombs)."""
+MAX_IMAGE_PIXELS = DEFAULT_LIMITS.max_pixels
+"""Decoding refuses images with more pixels (decompression bombs), as the server does by default."""
 
 
 class ImageSourceError(ValueError):
@@ -109,37 +113,52 @@ def image_files(folder: Path) -> tuple[list[tuple[Path, int | None]], int]:
     return files, len(classes)
 
 
-def folder_source(folder: str | Path, count: int) -> tuple[list[SourceImage], int]:
-    """Up to ``count`` images of ``folder`` (spread over its classes in a stable order), and its class count."""
-    files, classes = image_files(Path(folder))
+@dataclass(frozen=True)
+class FolderImages:
+    """The usable images read from a folder, its class count, and the files skipped as unusable."""
+
+    images: list[SourceImage]
+    classes: int
+    skipped: tuple[tuple[str, str], ...] = ()
+    """(name relative to the folder, why), in the folder's order."""
+
+    @property
+    def read(self) -> int:
+        """Files read: the usable ones and the skipped ones."""
+        return len(self.images) + len(self.skipped)
+
+
+def folder_source(folder: str | Path, count: int) -> FolderImages:
+    """Up to ``count`` images of ``folder`` (spread over its classes in a stable order), each decoded in full within
+    the server's decode limits: a file that does not decode (truncated, not an image, too large) is skipped with
+    its reason. ImageSourceError when the folder has no image file at all."""
+    folder = Path(folder)
+    files, classes = image_files(folder)
     step = max(len(files) // count, 1)
-    chosen = files[::step][:count]
-    images = []
-    for path, label in chosen:
-        if path.stat().st_size > MAX_IMAGE_FILE_BYTES:
-            logger.warning("skipping %s: larger than %d bytes", path, MAX_IMAGE_FILE_BYTES)
-            continue
-        encoded = path.read_bytes()
+    images, skipped = [], []
+    for path, label in files[::step][:count]:
+        name = str(path.relative_to(folder))
         try:
-            height, width = decode_header(encoded)
-        except Exception as error:  # any decoder error: the file is not a usable image
-            raise ImageSourceError(f"{path}: not a readable JPEG or PNG ({error})") from None
-        images.append(SourceImage(encoded, width, height, label, str(path.relative_to(folder))))
-    if not images:
-        raise ImageSourceError(f"no usable images in {folder}")
-    return images, classes
+            encoded, width, height = _usable_image(path)
+        except (ImageDecodeError, ImageTooLargeError) as error:
+            skipped.append((name, str(error)))
+            continue
+        except OSError as error:
+            skipped.append((name, f"cannot be read: {error.strerror or error}"))
+            continue
+        images.append(SourceImage(encoded, width, height, label, name))
+    return FolderImages(images, classes, tuple(skipped))
 
 
-def decode_header(encoded: bytes) -> tuple[int, int]:
-    """(height, width) of an encoded JPEG or PNG without decoding its pixels."""
-    import io
-
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-    with Image.open(io.BytesIO(encoded), formats=["JPEG", "PNG"]) as image:
-        width, height = image.size
-    if width * height > MAX_IMAGE_PIXELS:
-        raise ImageSourceError(f"{width}x{height} exceeds {MAX_IMAGE_PIXELS} pixels")
-    return height, width
+def _usable_image(path: Path) -> tuple[bytes, int, int]:
+    """The bytes, width and height of an image file that decodes completely within the server's default decode
+    limits (downscaled while decoding, so a large JPEG costs little); the decoder's errors otherwise."""
+    size = path.stat().st_size
+    if size > DEFAULT_LIMITS.max_bytes:
+        raise ImageTooLargeError(f"file is {size} bytes, over the limit of {DEFAULT_LIMITS.max_bytes} bytes")
+    encoded = path.read_bytes()
+    width, height = decode_rgb(encoded, DEFAULT_LIMITS, shorter_side=1).original_size
+    return encoded, width, height
 
 
 def describe_sizes(sizes: Iterable[tuple[int, int]]) -> dict[str, int]:

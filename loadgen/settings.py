@@ -129,6 +129,10 @@ class WorkloadSettings:
         "folder of JPEG/PNG images (ImageNet validation layout with synset folders gives labels); "
         "empty: synthetic ImageNet-style photos"
     ), flag="--images", metavar="DIR")
+    strict_images: bool = option(False, (
+        "refuse the run when an --images file does not decode (truncated, not an image, over the decode limits) "
+        "instead of skipping it with a warning"
+    ))
     cache_dir: str = option("", "where synthetic images are cached (default ~/.cache/ipsbench/images/<seed>-<count>)")
     accuracy_every: int = option(0, (
         "accuracy under load, with a labelled --images folder: every Nth request asks for its top 5 classes "
@@ -144,6 +148,8 @@ class WorkloadSettings:
             raise ValueError(f"distinct requests must be in [1, {MAX_DISTINCT_REQUESTS}]")
         if self.accuracy_every < 0:
             raise ValueError("accuracy-every must be 0 (off) or a positive number of requests")
+        if self.strict_images and not self.images_dir:
+            raise ValueError("--strict-images checks an --images folder; none was given")
         if self.accuracy_every and not self.images_dir:
             raise ValueError("accuracy under load needs a labelled --images folder")
 

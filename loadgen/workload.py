@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 
 from ipsbench.loadgen.client import TargetError, channel_credentials, describe_model, open_channel
-from ipsbench.loadgen.image_sources import ImageSourceError, folder_source, synthetic_source
+from ipsbench.loadgen.image_sources import FolderImages, ImageSourceError, folder_source, synthetic_source
 from ipsbench.loadgen.images import JPEG_QUALITY
 from ipsbench.loadgen.payloads import (
     MAX_IMAGE_POOL,
@@ -24,6 +24,9 @@ from ipsbench.server.preprocess.recipe import Recipe
 from ipsbench.loadgen.settings import TargetSettings, WorkloadSettings
 
 logger = logging.getLogger(__name__)
+
+NAMED_SKIPPED_IMAGES = 3
+"""Skipped images named in the warning and the report; the rest are counted."""
 
 
 class SetupError(RuntimeError):
@@ -44,6 +47,10 @@ class PreparedWorkload:
     """Classes of a labelled image folder (0: unlabelled or synthetic)."""
     check_every: int = 0
     """Accuracy under load: every this many requests is a checked one (0: none)."""
+    skipped: tuple[tuple[str, str], ...] = ()
+    """Files of the image folder skipped as unusable: (name, why)."""
+    images_read: int = 0
+    """Files of the image folder read, the skipped ones included (0: synthetic images)."""
 
     def payload_description(self, workload: WorkloadSettings) -> dict:
         folder = bool(workload.images_dir)
@@ -63,6 +70,9 @@ class PreparedWorkload:
             "labelled": self.classes > 0,
             "accuracy_every": workload.accuracy_every or None,
             "description": f"{images}; {how}",
+            "images_read": self.images_read if folder else None,
+            "skipped_images": len(self.skipped),
+            "skipped_image_examples": [f"{name}: {why}" for name, why in self.skipped[:NAMED_SKIPPED_IMAGES]],
         }
 
 
@@ -85,12 +95,13 @@ def prepare_workload(target: TargetSettings, workload: WorkloadSettings) -> Prep
         )
     logger.info("model %s input %s %s %s", target.model, spec.name, spec.datatype, list(spec.shape))
     count = min(workload.distinct_requests * workload.images_per_request, MAX_IMAGE_POOL)
-    classes = 0
+    folder = FolderImages([], 0)
     try:
         check_mode(workload.payload, spec)
         recipe = None if workload.payload == "jpeg" else model_recipe(spec, info.config)
         if workload.images_dir:
-            pool, classes = folder_source(workload.images_dir, count)
+            folder = usable_folder_images(workload, count)
+            pool = folder.images
         else:
             pool = synthetic_source(workload.seed, count, workload.cache_dir or None)
         payloads = build_payloads(
@@ -99,6 +110,7 @@ def prepare_workload(target: TargetSettings, workload: WorkloadSettings) -> Prep
         )
     except (PayloadError, ImageSourceError) as error:
         raise SetupError(f"model {target.model!r}: {error}") from error
+    classes = folder.classes
     if workload.accuracy_every:
         if not classes:
             raise SetupError(f"accuracy under load needs labelled images (synset folders) in {workload.images_dir}")
@@ -119,4 +131,30 @@ def prepare_workload(target: TargetSettings, workload: WorkloadSettings) -> Prep
         recipe=recipe,
         classes=classes,
         check_every=workload.accuracy_every,
+        skipped=folder.skipped,
+        images_read=folder.read,
     )
+
+
+def usable_folder_images(workload: WorkloadSettings, count: int) -> FolderImages:
+    """The ``--images`` folder's usable images. Unusable files are skipped with a warning naming the first few;
+    with ``--strict-images`` the first one refuses the run, as does a folder with none usable (ImageSourceError)."""
+    folder = folder_source(workload.images_dir, count)
+    if not folder.skipped:
+        return folder
+    (first, why), *_ = folder.skipped
+    if workload.strict_images:
+        raise ImageSourceError(
+            f"--strict-images: {workload.images_dir}/{first} is not a usable image ({why}); "
+            f"{len(folder.skipped)} of {folder.read} images read are unusable"
+        )
+    named = "; ".join(f"{name} ({reason})" for name, reason in folder.skipped[:NAMED_SKIPPED_IMAGES])
+    more = len(folder.skipped) - NAMED_SKIPPED_IMAGES
+    named += f" (and {more} more)" if more > 0 else ""
+    if not folder.images:
+        raise ImageSourceError(
+            f"none of the {folder.read} images read from {workload.images_dir} is usable: {named}"
+        )
+    logger.warning("skipped %d of %d images of %s that do not decode: %s",
+                   len(folder.skipped), folder.read, workload.images_dir, named)
+    return folder

@@ -66,6 +66,18 @@ def request_log_words(report: dict) -> str | None:
     return f"Per-request log (one CSV row per request, raw timings): {files} (written by {request_log['written_by']})."
 
 
+def skipped_images_words(payload: dict) -> str | None:
+    """How many of the folder's images were skipped as unusable, naming the first few; None when none was."""
+    skipped = payload.get("skipped_images")
+    if not skipped:
+        return None
+    examples = list(payload.get("skipped_image_examples") or ())
+    if skipped > len(examples):
+        examples.append(f"{skipped - len(examples)} more")
+    return (f"{skipped} of {payload.get('images_read')} images skipped: they do not decode within the decode limits"
+            f" ({'; '.join(examples)}).")
+
+
 def _payload_words(payload: dict) -> str:
     words = f"payload {payload_mode(payload)}, {payload.get('images_per_request', 1)} image(s) per request"
     if payload.get("distinct_requests") is not None:
@@ -90,6 +102,8 @@ def setup_lines(report: dict) -> list[Sentence]:
                       f": {server['name']} {server.get('version', '')}".rstrip() + "."))
     lines.append(("Model ", Code(model["name"]), " input ", Code(str(model_input.get("name"))),
                   f" {model_input.get('datatype')} {model_input.get('shape')}; {_payload_words(report['payload'])}."))
+    if skipped := skipped_images_words(report["payload"]):
+        lines.append((skipped,))
     warmup_s, drain_s = scenario_settings.get("warmup_s"), scenario_settings.get("drain_s")
     timing = (f"Each step: {warmup_s:g} s warm-up (counted, not measured), then the measured window"
               if warmup_s is not None else "Each step: the measured window")

@@ -48,14 +48,15 @@ def test_synthetic_images_are_cached_and_read_back_unchanged(tmp_path):
 
 
 def test_an_imagenet_layout_folder_gives_labels_in_sorted_synset_order(tmp_path):
-    images, classes = folder_source(imagenet_folder(tmp_path / "val"), count=6)
-    assert classes == 2 and [image.label for image in images] == [0, 0, 0, 1, 1, 1]
+    read = folder_source(imagenet_folder(tmp_path / "val"), count=6)
+    images, classes = read.images, read.classes
+    assert not read.skipped and classes == 2 and [image.label for image in images] == [0, 0, 0, 1, 1, 1]
     assert images[0].name.endswith(".PNG") and images[0].rgb().shape == (90, 120, 3)
     flat = tmp_path / "flat"
     flat.mkdir()
     Image.new("RGB", (50, 40)).save(flat / "a.jpg")
-    unlabelled, classes = folder_source(flat, count=4)
-    assert classes == 0 and [image.label for image in unlabelled] == [None]
+    flat_read = folder_source(flat, count=4)
+    assert flat_read.classes == 0 and [image.label for image in flat_read.images] == [None]
 
 
 def test_uint8_requests_carry_resized_and_cropped_rgb(tmp_path):
