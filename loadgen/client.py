@@ -11,6 +11,8 @@ MODEL_INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 MIN_MESSAGE_BYTES = 64 * 1024 * 1024
 """Smallest send/receive message limit; raised for requests larger than a quarter of it."""
 METADATA_DEADLINE_S = 10.0
+MAX_SAID_CHARS = 200
+"""A target's error message is quoted up to this many characters."""
 
 
 class TargetError(RuntimeError):
@@ -91,11 +93,16 @@ def describe_model(
     try:
         server = stub.ServerMetadata(service_pb2.ServerMetadataRequest(), **call)
         ready = stub.ModelReady(service_pb2.ModelReadyRequest(name=model, version=version), **call)
-        if not ready.ready:
-            raise TargetError(f"model {model!r} is not ready on the target")
+    except grpc.RpcError as error:
+        raise TargetError(said(error)) from error
+    try:
+        # Asked even when the model is not ready: an unknown model or version is only not ready to ModelReady
+        # (KServe v2), ModelMetadata says which.
         model_metadata = stub.ModelMetadata(service_pb2.ModelMetadataRequest(name=model, version=version), **call)
     except grpc.RpcError as error:
-        raise TargetError(f"{error.code().name}: {error.details()}") from error
+        raise TargetError(f"the target answered ModelMetadata with {said(error)}") from error
+    if not ready.ready:
+        raise TargetError(f"model {model!r} is not ready on the target (ModelReady says false)")
     return ModelInfo(
         metadata=model_metadata,
         config=_model_config(stub, model, version, call),
@@ -111,5 +118,14 @@ def _model_config(
     except grpc.RpcError as error:
         if error.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.NOT_FOUND):
             return None
-        raise TargetError(f"ModelConfig: {error.code().name}: {error.details()}") from error
+        raise TargetError(f"ModelConfig: {said(error)}") from error
     return response.config
+
+
+def said(error: grpc.RpcError) -> str:
+    """What the target answered: its status code and its message, cut to ``MAX_SAID_CHARS``."""
+    code = error.code() or grpc.StatusCode.UNKNOWN
+    details = error.details() or ""
+    if len(details) > MAX_SAID_CHARS:
+        details = details[:MAX_SAID_CHARS] + "…"
+    return f"{code.name}: {details}" if details else code.name
