@@ -1,4 +1,5 @@
-"""The live progress line in the terminal while a run goes on: current step, images/sec, p99, errors.
+"""The live progress line in the terminal while a run goes on: current step, images/sec, p99, errors (and how many
+of them found no server: a dead target shows at once).
 
 Only shown when stdout is a terminal (a pipe or file gets the final table alone)."""
 
@@ -22,9 +23,11 @@ def progress_text(step: StepRecord | None, number: int, planned: int, now_ns: in
     if step is None:
         return f"step {number}/{planned}: between steps"
     load = f"{step.rate_per_s:g} requests/s" if step.open_loop else f"concurrency {step.concurrency}"
-    errors = sum(step.counts[o] for o in ERRORS)
+    errors = f"{sum(step.counts[o] for o in ERRORS)} errors"
+    if unreachable := step.counts[Outcome.UNREACHABLE]:
+        errors += f" ({unreachable} unreachable)"
     if now_ns < step.window_start_ns:
-        return f"step {number}/{planned} {load}: warming up, {step.issued} issued, {errors} errors"
+        return f"step {number}/{planned} {load}: warming up, {step.issued} issued, {errors}"
     elapsed_s = (min(now_ns, step.window_end_ns) - step.window_start_ns) / 1e9
     rate = step.window_images_ok / elapsed_s if elapsed_s > 0 else 0.0
     histogram = step.histograms[Outcome.OK]
@@ -32,7 +35,7 @@ def progress_text(step: StepRecord | None, number: int, planned: int, now_ns: in
     trial = ""
     if step.trials_max > 1:
         trial = f" window {int(elapsed_s // step.window_s) + 1}/{step.trials_max}"
-    return f"step {number}/{planned} {load}{trial}: {rate:,.1f} images/s, p99 {p99}, {errors} errors"
+    return f"step {number}/{planned} {load}{trial}: {rate:,.1f} images/s, p99 {p99}, {errors}"
 
 
 class Progress:

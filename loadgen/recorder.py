@@ -1,7 +1,7 @@
 """Per-step accounting of every issued request: outcome counts, errors, and HDR latency histograms.
 
 Each request belongs to the step it was issued in and ends in exactly one outcome, so
-``issued == ok + rejected + failed + deadline + cancelled + abandoned`` can be checked per step.
+``issued == ok + rejected + unreachable + failed + deadline + cancelled + abandoned`` can be checked per step.
 Latencies (microseconds, from ``time.perf_counter_ns()``) go into one HDR histogram per outcome. Closed loop:
 requests that completed inside the step's measured window, timed from their send. Open loop: requests whose
 *intended* send time fell inside the window, timed from that intended time (no coordinated omission), with the
@@ -131,9 +131,11 @@ class StepRecord:
             self.window_images_ok += images
 
     def record_error(
-        self, code: grpc.StatusCode, message: str, sent_ns: int, done_ns: int, intended_ns: int | None = None
+        self, code: grpc.StatusCode, message: str, sent_ns: int, done_ns: int, intended_ns: int | None = None,
+        debug: str = "",
     ) -> None:
-        outcome = outcome_for(code)
+        """A request that ended with a non-OK status (``debug``: grpcio's debug error string, where it has one)."""
+        outcome = outcome_for(code, message, debug)
         self._completed(outcome, sent_ns, done_ns, intended_ns, code=code.name)
         self._note_error(outcome, code.name, message, done_ns)
 

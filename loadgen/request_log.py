@@ -1,8 +1,8 @@
 """The per-request log (``--request-log PATH``): one CSV row per request that ended, for checking the report's
 figures against raw timings and for post-processing (as perf_analyzer's ``--profile-export-file`` is).
 
-Columns (:data:`COLUMNS`): the step (1-based, as the report numbers steps); the outcome (ok, rejected, failed,
-deadline, cancelled, abandoned); the gRPC status code name (empty for ok; ``CLIENT`` for a failure in the client
+Columns (:data:`COLUMNS`): the step (1-based, as the report numbers steps); the outcome (ok, rejected, unreachable,
+failed, deadline, cancelled, abandoned); the gRPC status code name (empty for ok; ``CLIENT`` for a failure in the client
 itself, as the report's error table has it); whether the request was measured, i.e. its latency went into the step's
 histograms by the recorder's own rule (closed loop: completed inside the measured window; open loop: intended inside
 it); for a closed-loop step judged for stability, the measured window (trial, from 1) it counted in, since the report

@@ -20,6 +20,7 @@ from locust.user.users import LOCUST_STATE_STOPPING
 
 from ipsbench.loadgen.arrivals import arrival_process, trace
 from ipsbench.loadgen.client import channel_credentials, model_infer_bytes, open_channel, parse_infer_response
+from ipsbench.loadgen.outcomes import debug_text
 from ipsbench.loadgen.payloads import top_classes
 from ipsbench.loadgen.recorder import StepRecord
 from ipsbench.loadgen.senders import DRAIN_PERIOD_S, Completed, Issued, Outbox, Scheduled, sleep_until, thread_lock
@@ -212,7 +213,8 @@ class _KServeSender(User):
                 step.record_top_classes(labels, done.top if done.top is not None else [[] for _ in labels])
         elif isinstance(error, grpc.RpcError):
             code = error.code() or grpc.StatusCode.UNKNOWN
-            step.record_error(code, error.details() or "", done.sent_ns, done.done_ns, done.intended_ns)
+            step.record_error(code, error.details() or "", done.sent_ns, done.done_ns, done.intended_ns,
+                              debug_text(error))
         else:
             step.record_client_error(error, done.sent_ns, done.done_ns, done.intended_ns)
         # Let locust's own statistics and UI see the request (ipsbench's numbers come from the recorder).

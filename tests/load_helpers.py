@@ -120,11 +120,11 @@ def sweep_report(steps: list, **arguments) -> dict:
     return report_from(steps, **{**run, **arguments})
 
 
-COUNT_FIELDS = ("ok", "rejected", "failed", "deadline", "cancelled", "abandoned")
+COUNT_FIELDS = ("ok", "rejected", "unreachable", "failed", "deadline", "cancelled", "abandoned")
 
 
 def assert_accounted(report: dict) -> None:
-    """ISSUED = OK + REJECTED + FAILED + DEADLINE + CANCELLED + ABANDONED on every step (each of which issued
+    """ISSUED = OK + REJECTED + UNREACHABLE + FAILED + DEADLINE + CANCELLED + ABANDONED on every step (each of which issued
     something) and in the totals."""
     assert report["steps"], report
     for step in report["steps"]:

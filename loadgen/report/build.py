@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from ipsbench.loadgen.outcomes import IDENTITY
 from ipsbench.loadgen.recorder import LATE_TOLERANCE_US, StepRecord
 from ipsbench.loadgen.report.schema import (
     COUNT_FIELDS,
@@ -206,7 +207,7 @@ def method_block(run: RunFacts, entries: list[dict]) -> dict:
         "latency": LATENCY_METHOD,
         "throughput": THROUGHPUT_METHOD,
         "percentile_min_samples": {name: min_samples(p) for name, p in PERCENTILES},
-        "accounting": "issued = ok + rejected + failed + deadline + cancelled + abandoned, per step",
+        "accounting": f"{IDENTITY}, per step",
         "open_loop": (
             f"{OPEN_LOOP_LATENCY_METHOD}; a send more than {LATE_TOLERANCE_US / 1000:g} ms after its intended "
             f"time is late; client-bound below {CLIENT_BOUND_SHARE:.0%} of the scheduled sends"

@@ -10,11 +10,13 @@ import json
 import os
 from pathlib import Path
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """2: open-loop (rate) steps, workers of distributed runs, warnings. 3: stability windows, the client's own
 CPU, SLO objectives and the search, phases, the engine bench, payload modes, verdict, running/incomplete; later
 added to 3, both optional for readers (None when absent): ``headline`` (the run's one figure where its scenario
-has one, e.g. single-stream's p90) and ``request_log`` (where the per-request logs went). A partial report (written
+has one, e.g. single-stream's p90) and ``request_log`` (where the per-request logs went). 4: the ``unreachable``
+count (UNAVAILABLE from the transport: no server answered), so ``rejected`` is the server's admission control
+alone; the payload's ``images_read``, ``skipped_images`` and ``skipped_image_examples``. A partial report (written
 while the run goes on) has status ``incomplete``, an ``incomplete_reason``, verdict ``INCOMPLETE`` (its SLO's too)
 and ``valid`` / ``stable`` null: the run-level judgements are stated by the final report only."""
 REPORT_JSON = "report.json"
@@ -26,7 +28,7 @@ INCOMPLETE = "INCOMPLETE"
 UNFINISHED_STATUSES = ("incomplete", "running")
 """Statuses of a report.json whose run never wrote its final report (``running``: what earlier versions wrote)."""
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p95", 95.0), ("p99", 99.0), ("p99.9", 99.9))
-COUNT_FIELDS = ("issued", "ok", "rejected", "failed", "deadline", "cancelled", "abandoned")
+COUNT_FIELDS = ("issued", "ok", "rejected", "unreachable", "failed", "deadline", "cancelled", "abandoned")
 
 
 def is_open_loop(step: dict) -> bool:

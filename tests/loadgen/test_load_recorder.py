@@ -48,6 +48,8 @@ def test_every_outcome_is_counted_and_the_identity_holds():
     outcomes = [
         (None, None),
         (grpc.StatusCode.UNAVAILABLE, "Exceeds maximum queue size"),
+        (grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:9: "
+                                      "Failed to connect to remote host: Connection refused"),
         (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"),
         (grpc.StatusCode.CANCELLED, "Cancelled"),
         (grpc.StatusCode.INVALID_ARGUMENT, "unexpected shape for input 'input'"),
@@ -64,16 +66,16 @@ def test_every_outcome_is_counted_and_the_identity_holds():
     step.record_issued()
     step.record_abandoned()
 
-    assert step.issued == 8
+    assert step.issued == 9
     assert {o: step.counts[o] for o in Outcome} == {
-        Outcome.OK: 1, Outcome.REJECTED: 1, Outcome.DEADLINE: 1, Outcome.CANCELLED: 1,
+        Outcome.OK: 1, Outcome.REJECTED: 1, Outcome.UNREACHABLE: 1, Outcome.DEADLINE: 1, Outcome.CANCELLED: 1,
         Outcome.FAILED: 3, Outcome.ABANDONED: 1,
     }
     assert step.identity_holds()
     codes = {(outcome, code): kind.count for (outcome, code, _), kind in step.errors.items()}
     assert codes == {
-        ("rejected", "UNAVAILABLE"): 1, ("deadline", "DEADLINE_EXCEEDED"): 1, ("cancelled", "CANCELLED"): 1,
-        ("failed", "INVALID_ARGUMENT"): 1, ("failed", "INTERNAL"): 1, ("failed", "CLIENT"): 1,
+        ("rejected", "UNAVAILABLE"): 1, ("unreachable", "UNAVAILABLE"): 1, ("deadline", "DEADLINE_EXCEEDED"): 1,
+        ("cancelled", "CANCELLED"): 1, ("failed", "INVALID_ARGUMENT"): 1, ("failed", "INTERNAL"): 1, ("failed", "CLIENT"): 1,
     }
     step.record_issued()  # issued but never resolved: the identity no longer holds
     assert not step.identity_holds()

@@ -29,6 +29,8 @@ from reliability_helpers import (
 )
 from tritonclient.grpc import service_pb2_grpc
 
+from ipsbench.server.errors import LOADING_MESSAGE
+
 SHORT = ("--warmup", "0s", "--duration", "1s", "--drain", "5s")
 ONE_WINDOW = ("--max-trials", "1")
 WORKER_PIDS = re.compile(r"started (\d+) worker processes: ([\d, ]+)")
@@ -74,8 +76,12 @@ def test_L03_target_restart_mid_run_reconnects_and_success_resumes(repository, s
     assert report["status"] == "complete"  # the load generator itself carried on to the end
     assert_accounted(report)
     first, second = report["steps"][0], report["steps"][-1]
-    outage = [e for e in first["errors"] if e["code"] == "UNAVAILABLE"]
-    assert outage and first["rejected"] > 0
+    outage = [e for e in first["errors"] if e["outcome"] == "unreachable"]
+    assert outage and all(e["code"] == "UNAVAILABLE" for e in outage)  # no server answered: not admission control
+    assert first["unreachable"] == sum(e["count"] for e in outage)
+    # The restarted server refuses while it loads its models: that is admission control, in the server's words.
+    refused = [e for e in first["errors"] if e["outcome"] == "rejected"]
+    assert all(e["message"] == LOADING_MESSAGE for e in refused), first["errors"]
     assert outage[0]["first_s"] <= outage[0]["last_s"]  # the gap, with its timestamps
     assert second["index"] != first["index"] and second["ok"] > 0 and second["errors_total"] == 0
 
