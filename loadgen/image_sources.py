@@ -115,7 +115,7 @@ def image_files(folder: Path) -> tuple[list[tuple[Path, int | None]], int]:
 
 @dataclass(frozen=True)
 class FolderImages:
-    """The usable images read from a folder, its class count, and the files skipped as unusable."""
+    """The usable images read from a folder (or generated), its class count, and the files skipped as unusable."""
 
     images: list[SourceImage]
     classes: int

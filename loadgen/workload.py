@@ -50,7 +50,7 @@ class PreparedWorkload:
     skipped: tuple[tuple[str, str], ...] = ()
     """Files of the image folder skipped as unusable: (name, why)."""
     images_read: int = 0
-    """Files of the image folder read, the skipped ones included (0: synthetic images)."""
+    """Files of the image folder read, the skipped ones included."""
 
     def payload_description(self, workload: WorkloadSettings) -> dict:
         folder = bool(workload.images_dir)
@@ -95,24 +95,18 @@ def prepare_workload(target: TargetSettings, workload: WorkloadSettings) -> Prep
         )
     logger.info("model %s input %s %s %s", target.model, spec.name, spec.datatype, list(spec.shape))
     count = min(workload.distinct_requests * workload.images_per_request, MAX_IMAGE_POOL)
-    folder = FolderImages([], 0)
     try:
         check_mode(workload.payload, spec)
         recipe = None if workload.payload == "jpeg" else model_recipe(spec, info.config)
-        if workload.images_dir:
-            folder = usable_folder_images(workload, count)
-            pool = folder.images
-        else:
-            pool = synthetic_source(workload.seed, count, workload.cache_dir or None)
+        source = image_pool(workload, count)
         payloads = build_payloads(
             target.model, target.model_version, spec, workload.payload,
-            workload.images_per_request, workload.distinct_requests, pool, recipe,
+            workload.images_per_request, workload.distinct_requests, source.images, recipe,
         )
     except (PayloadError, ImageSourceError) as error:
         raise SetupError(f"model {target.model!r}: {error}") from error
-    classes = folder.classes
     if workload.accuracy_every:
-        if not classes:
+        if not source.classes:
             raise SetupError(f"accuracy under load needs labelled images (synset folders) in {workload.images_dir}")
         if not info.metadata.outputs:
             raise SetupError(f"model {target.model!r} declares no output to classify")
@@ -129,11 +123,18 @@ def prepare_workload(target: TargetSettings, workload: WorkloadSettings) -> Prep
             "input": spec.to_dict(), "max_batch_size": info.max_batch_size,
         },
         recipe=recipe,
-        classes=classes,
+        classes=source.classes,
         check_every=workload.accuracy_every,
-        skipped=folder.skipped,
-        images_read=folder.read,
+        skipped=source.skipped,
+        images_read=source.read,
     )
+
+
+def image_pool(workload: WorkloadSettings, count: int) -> FolderImages:
+    """Up to ``count`` source images: the ``--images`` folder's usable ones, else the synthetic set."""
+    if workload.images_dir:
+        return usable_folder_images(workload, count)
+    return FolderImages(synthetic_source(workload.seed, count, workload.cache_dir or None), classes=0)
 
 
 def usable_folder_images(workload: WorkloadSettings, count: int) -> FolderImages:
