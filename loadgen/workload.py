@@ -156,6 +156,6 @@ def usable_folder_images(workload: WorkloadSettings, count: int) -> FolderImages
         raise ImageSourceError(
             f"none of the {folder.read} images read from {workload.images_dir} is usable: {named}"
         )
-    logger.warning("skipped %d of %d images of %s that do not decode: %s",
-                   len(folder.skipped), folder.read, workload.images_dir, named)
+    logger.warning("skipped %d of %d images of %s as unusable (they do not decode, or exceed the decode limits): "
+                   "%s", len(folder.skipped), folder.read, workload.images_dir, named)
     return folder

@@ -74,8 +74,8 @@ def skipped_images_words(payload: dict) -> str | None:
     examples = list(payload.get("skipped_image_examples") or ())
     if skipped > len(examples):
         examples.append(f"{skipped - len(examples)} more")
-    return (f"{skipped} of {payload.get('images_read')} images skipped: they do not decode within the decode limits"
-            f" ({'; '.join(examples)}).")
+    return (f"{skipped} of {payload.get('images_read')} images skipped as unusable (they do not decode, or exceed "
+            f"the decode limits): {'; '.join(examples)}.")
 
 
 def _payload_words(payload: dict) -> str:
