@@ -37,6 +37,7 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from ipsbench.loadgen.report.schema import COUNT_FIELDS
 from ipsbench.server.durations import parse_duration_s
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -358,10 +359,8 @@ def run_soak(options: argparse.Namespace) -> dict:
             exit_code = server.stop()
     memory = summarize(sampler.samples, min(options.warmup, options.duration / 2), options.rss_bound_mb)
     step_rows = [
-        {"index": s["index"], "issued": s["issued"], "ok": s["ok"], "rejected": s["rejected"], "failed": s["failed"],
-         "deadline": s["deadline"], "cancelled": s["cancelled"], "abandoned": s["abandoned"],
-         "identity_holds": s["issued"] == sum(s[k] for k in ("ok", "rejected", "failed", "deadline", "cancelled",
-                                                              "abandoned")),
+        {"index": s["index"], **{name: s[name] for name in COUNT_FIELDS},
+         "identity_holds": s["issued"] == sum(s[name] for name in COUNT_FIELDS[1:]),
          "requests_per_s": s["requests_per_s"], "p99_ms": (s["latency_us"] or {}).get("p99", 0) / 1000}
         for s in report.get("steps", [])
     ]
@@ -400,10 +399,10 @@ def print_summary(result: dict) -> None:
     print(f"\nsoak of {result['duration_s']:g} s at {result['rate_requests_per_s']} requests/s "
           f"(70% of {result['capacity_requests_per_s']:.1f})")
     print(f"restarts: {result['restarts']}   killed clients: {result['killed_clients']}")
-    print("step  issued      ok  rejected  failed  deadline  cancelled  abandoned  identity  req/s    p99 ms")
+    print("step  " + "  ".join(f"{name:>{max(len(name), 6)}}" for name in COUNT_FIELDS) + "  identity  req/s    p99 ms")
     for row in result["steps"]:
-        print(f"{row['index']:>4}  {row['issued']:>6}  {row['ok']:>6}  {row['rejected']:>8}  {row['failed']:>6}  "
-              f"{row['deadline']:>8}  {row['cancelled']:>9}  {row['abandoned']:>9}  {str(row['identity_holds']):>8}  "
+        counts = "  ".join(f"{row[name]:>{max(len(name), 6)}}" for name in COUNT_FIELDS)
+        print(f"{row['index']:>4}  {counts}  {str(row['identity_holds']):>8}  "
               f"{row['requests_per_s'] or 0:>5.1f}  {row['p99_ms']:>8.1f}")
     for kind, codes in sorted(result["faults"].items()):
         print(f"fault {kind:<14} {dict(sorted(codes.items()))}")
