@@ -74,12 +74,14 @@ class StepRecord:
     scheduled: int = 0
     """Open loop: arrivals whose intended send time fell inside the measured window."""
     window_sends: int = 0
-    """Open loop: requests actually sent inside the measured window."""
+    """Open loop: of the scheduled arrivals, those sent (on time or late, inside the window or just after it)."""
     late_sends: int = 0
     """Open loop: of those, sent more than ``LATE_TOLERANCE_US`` after their intended time."""
     not_sent: int = 0
-    """Open loop: of the scheduled arrivals, those never sent because issuing ended first (the in-flight cap
-    held them back)."""
+    """Open loop: of the scheduled arrivals, those never sent: the in-flight cap was reached, or issuing ended
+    first. Every scheduled arrival ends up sent or not sent."""
+    capped: int = 0
+    """Open loop: of those not sent, the ones that found the in-flight cap's worth of requests in flight."""
     service_histogram: HdrHistogram = field(default_factory=new_histogram)
     lateness_histogram: HdrHistogram = field(default_factory=new_histogram)
     window_end_ns: int = 0
@@ -152,17 +154,20 @@ class StepRecord:
             self.scheduled += 1
 
     def record_send(self, intended_ns: int, sent_ns: int) -> None:
-        """Open loop: a request due at ``intended_ns`` went out at ``sent_ns``."""
-        if self.in_window(sent_ns):
+        """Open loop: a request due at ``intended_ns`` went out at ``sent_ns`` (counted when it was due in the
+        window, as its scheduling was)."""
+        if self.in_window(intended_ns):
             self.window_sends += 1
             lateness_us = max(0, (sent_ns - intended_ns) // 1000)
             self.late_sends += lateness_us > LATE_TOLERANCE_US
             self.lateness_histogram.record_value(min(lateness_us, HIGHEST_LATENCY_US))
 
-    def record_not_sent(self, intended_ns: int) -> None:
-        """Open loop: the arrival due at ``intended_ns`` was never sent (issuing ended first)."""
+    def record_not_sent(self, intended_ns: int, capped: bool = False) -> None:
+        """Open loop: the arrival due at ``intended_ns`` was never sent: ``capped``, the in-flight cap was
+        reached; else issuing ended first."""
         if self.in_window(intended_ns):
             self.not_sent += 1
+            self.capped += capped
 
     def record_top_classes(self, labels, top_classes) -> None:
         """A checked response: each image's top classes against its label."""

@@ -62,11 +62,13 @@ class Completed(NamedTuple):
 
 
 class Scheduled(NamedTuple):
-    """Open loop: an arrival was due at ``intended_ns``; ``sent`` False: it was never sent."""
+    """Open loop: an arrival was due at ``intended_ns``; ``sent`` False: it was never sent, ``capped`` True
+    because the in-flight cap's worth of requests were still in flight (else the step stopped first)."""
 
     step: object
     intended_ns: int
     sent: bool = True
+    capped: bool = False
 
 
 class Outbox:

@@ -199,7 +199,7 @@ class OpenLoopSettings(StepSettings):
     """Timing and arrivals of a scenario whose requests go out on an arrival process's schedule."""
 
     arrival: str = option("poisson", "arrival process: poisson (MLPerf Server) or constant", choices=tuple(ARRIVALS))
-    max_in_flight: int = option(256, "cap on requests in flight; an arrival held back by it is sent late")
+    max_in_flight: int = option(256, "cap on requests in flight; an arrival that finds it reached is not sent (counted, and the step invalid)")
     interarrivals_s: tuple[float, ...] = option((), "a trace's recorded inter-arrival times, in seconds", cli=False)
 
     def __post_init__(self) -> None:

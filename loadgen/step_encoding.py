@@ -25,7 +25,7 @@ def encode_step(step: StepRecord) -> dict:
         "latencies_clamped": step.latencies_clamped,
         "histograms": {o.value: encode_histogram(h) for o, h in step.histograms.items()},
         "errors": [[*key, kind.count, kind.first_ns, kind.last_ns] for key, kind in step.errors.items()],
-        "open_loop": [step.scheduled, step.window_sends, step.late_sends, step.not_sent],
+        "open_loop": [step.scheduled, step.window_sends, step.late_sends, step.not_sent, step.capped],
         "service_histogram": encode_histogram(step.service_histogram),
         "lateness_histogram": encode_histogram(step.lateness_histogram),
         "trials_max": step.trials_max,
@@ -75,11 +75,12 @@ def merge_step(step: StepRecord, data: dict) -> None:
         add_encoded(step.histograms[Outcome(name)], encoded)
     add_encoded(step.service_histogram, data["service_histogram"])
     add_encoded(step.lateness_histogram, data["lateness_histogram"])
-    scheduled, window_sends, late_sends, not_sent = data["open_loop"]
+    scheduled, window_sends, late_sends, not_sent, capped = data["open_loop"]
     step.scheduled += scheduled
     step.window_sends += window_sends
     step.late_sends += late_sends
     step.not_sent += not_sent
+    step.capped += capped
     for outcome, code, message, count, first_ns, last_ns in data["errors"]:
         kind = step.errors.setdefault((outcome, code, message), ErrorKind(first_ns=first_ns, last_ns=last_ns))
         kind.count += count

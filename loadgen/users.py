@@ -21,9 +21,10 @@ from locust.user.users import LOCUST_STATE_STOPPING
 from ipsbench.loadgen.arrivals import arrival_process, trace
 from ipsbench.loadgen.client import channel_credentials, model_infer_bytes, open_channel, parse_infer_response
 from ipsbench.loadgen.outcomes import debug_text
+from ipsbench.loadgen.open_loop import Arrivals
 from ipsbench.loadgen.payloads import top_classes
 from ipsbench.loadgen.recorder import StepRecord
-from ipsbench.loadgen.senders import DRAIN_PERIOD_S, Completed, Issued, Outbox, Scheduled, sleep_until, thread_lock
+from ipsbench.loadgen.senders import DRAIN_PERIOD_S, Completed, Issued, Outbox
 from ipsbench.loadgen.settings import TargetSettings, WorkloadSettings
 from ipsbench.loadgen.workload import PreparedWorkload, prepare_workload
 
@@ -31,13 +32,6 @@ logger = logging.getLogger(__name__)
 
 IDLE_POLL_S = 0.02
 """How often an idle user (between steps) looks for a step to issue into."""
-SCHEDULE_SLICE_S = 0.05
-"""An open-loop scheduler waiting for its next arrival (or an idle sender) wakes at least this often to notice
-an interruption."""
-FIRST_OPEN_LOOP_THREADS = 4
-"""Sender threads an open-loop user starts with; more join while arrivals find them all busy."""
-OVERDUE_NS = 100_000
-"""An arrival claimed this long after it was due found every sender thread busy: another one joins."""
 REQUEST_TYPE = "grpc"
 REQUEST_NAME = "ModelInfer"
 
@@ -119,7 +113,11 @@ class _KServeSender(User):
 
     def _sending(self, step: StepRecord) -> bool:
         """Sender threads go on issuing into ``step`` while this is true (read from those threads)."""
-        return time.perf_counter_ns() < step.window_end_ns and self._state != LOCUST_STATE_STOPPING
+        return time.perf_counter_ns() < step.window_end_ns and not self._stopping()
+
+    def _stopping(self) -> bool:
+        """locust is stopping this user (read from sender threads)."""
+        return self._state == LOCUST_STATE_STOPPING
 
     def _next_request(self) -> tuple[bytes, int | None]:
         """The next request, and its index among the distinct ones when it is a checked one."""
@@ -202,7 +200,7 @@ class _KServeSender(User):
             else:
                 step.record_scheduled(item.intended_ns)
                 if not item.sent:
-                    step.record_not_sent(item.intended_ns)
+                    step.record_not_sent(item.intended_ns, capped=item.capped)
 
     def _record_completed(self, done: Completed) -> None:
         step, error, workload = done.step, done.error, self.workload
@@ -260,11 +258,10 @@ class KServeUser(_KServeSender):
 class OpenLoopUser(_KServeSender):
     """Open loop: sends at the intended times of an arrival process, whether or not earlier requests are done.
 
-    The user's sender threads take turns at the arrival process: a thread that is free claims the next arrival,
-    sleeps until it is due and sends it. When a thread claims an arrival already overdue (every thread was busy),
-    another thread joins, up to ``max_in_flight`` shared among the step's senders; at that cap an arrival goes
-    out as soon as a thread frees, late, and its latency still counts from its intended time. Arrivals still
-    held back when the window ends (or the step is interrupted) are counted as not sent.
+    A scheduler thread hands each arrival, when it is due, to an idle sender thread of a pool that grows ahead of
+    demand (see :mod:`ipsbench.loadgen.open_loop`), up to ``max_in_flight`` requests in flight shared among the
+    step's senders. An arrival that finds that many already in flight is not sent and counted so; so are the
+    window's arrivals left when the step is stopped early.
     """
 
     abstract = True
@@ -285,7 +282,8 @@ class OpenLoopUser(_KServeSender):
         if not self._idle:
             self._last_step = step.index
             cap = max(1, math.ceil(self.max_in_flight / max(step.concurrency, 1)))
-            arrivals = _Arrivals(self, step, self._schedule(step), cap)
+            arrivals = Arrivals(step, self._schedule(step), cap, send=self._send, stopping=self._stopping,
+                                next_request=self._next_request, open_channel=self.workload.open_channel)
             self._run_senders(step, arrivals.start)
 
     def _schedule(self, step: StepRecord) -> Iterator[int]:
@@ -298,64 +296,3 @@ class OpenLoopUser(_KServeSender):
     def _process_index(self) -> int:
         runner = self.environment.runner
         return max(runner.worker_index, 0) if isinstance(runner, WorkerRunner) else 0
-
-
-class _Arrivals:
-    """One open-loop user's arrival process for one step, claimed in turn by its sender threads."""
-
-    def __init__(self, user: OpenLoopUser, step: StepRecord, schedule: Iterator[int], cap: int) -> None:
-        self.user, self.step, self.cap = user, step, cap
-        self._schedule = schedule
-        self._lock = thread_lock()
-        self._threads = 0
-        self._over = False
-
-    def start(self, outbox: Outbox) -> None:
-        self._threads = min(self.cap, FIRST_OPEN_LOOP_THREADS)
-        for _ in range(self._threads):
-            outbox.start(self._follow, outbox)
-
-    def _follow(self, outbox: Outbox) -> None:
-        """A sender thread: claim an arrival, sleep until it is due, send it; until the arrivals are over."""
-        user, step = self.user, self.step
-
-        def keep_waiting() -> bool:
-            return user._sending(step) and not outbox.closed
-
-        with user.workload.open_channel() as channel:
-            infer = model_infer_bytes(channel)
-            while (arrival := self._claim(outbox)) is not None:
-                intended_ns, next_request = arrival
-                if not sleep_until(intended_ns, keep_waiting, SCHEDULE_SLICE_S):
-                    outbox.put(Scheduled(step, intended_ns, sent=False))
-                    continue  # the next claim finds the window over
-                outbox.put(Scheduled(step, intended_ns))
-                if not user._send(outbox, step, infer, next_request, intended_ns):
-                    return
-
-    def _claim(self, outbox: Outbox) -> tuple[int, tuple[bytes, int | None]] | None:
-        """The next arrival and its request; None when the arrivals are over (the window ended, the step was
-        interrupted or the user stopped), after counting those the window held as not sent."""
-        step, grow = self.step, False
-        with self._lock:
-            if self._over:
-                return None
-            intended_ns = next(self._schedule, None)
-            if intended_ns is None or intended_ns >= step.window_end_ns:
-                self._over = True
-                return None
-            now_ns = time.perf_counter_ns()
-            if not self.user._sending(step) or outbox.closed:
-                self._over = True  # the window ended with every thread busy: the rest is never sent
-                for not_sent_ns in itertools.chain((intended_ns,), self._schedule):
-                    if not_sent_ns >= step.window_end_ns:
-                        break
-                    outbox.put(Scheduled(step, not_sent_ns, sent=False))
-                return None
-            if now_ns - intended_ns > OVERDUE_NS and self._threads < self.cap:
-                self._threads += 1
-                grow = True
-            next_request = self.user._next_request()
-        if grow:
-            outbox.start(self._follow, outbox)
-        return intended_ns, next_request

@@ -178,6 +178,20 @@ def test_open_loop_latency_counts_from_the_intended_time_and_service_time_from_t
     assert step.identity_holds()
 
 
+def test_L21_every_arrival_of_the_window_is_counted_sent_or_not_sent():
+    """An arrival due just before the window closes and sent just after it is still one of the window's sends;
+    one due in the warm-up and sent in the window is not: scheduled = sent + not sent, arrival by arrival."""
+    step = open_loop_step()  # window: [1 s, 3 s)
+    for intended, sent in ((2_999, 3_004), (990, 1_001), (1_500, 1_500)):
+        step.record_scheduled(intended * MS)
+        step.record_send(intended * MS, sent * MS)
+    step.record_scheduled(2_000 * MS)
+    step.record_not_sent(2_000 * MS, capped=True)
+    assert (step.scheduled, step.window_sends, step.not_sent, step.capped) == (3, 2, 1, 1)
+    assert step.scheduled == step.window_sends + step.not_sent
+    assert step.late_sends == 1  # 5 ms after its time
+
+
 def test_open_loop_errors_are_timed_from_the_intended_time_too():
     step = open_loop_step()
     step.record_issued()
@@ -195,11 +209,13 @@ def test_open_loop_state_encodes_and_merges():
         step.record_send(1_500 * MS, (1_500 + late_ms) * MS)
         step.record_ok((1_500 + late_ms) * MS, 1_600 * MS, images=1, intended_ns=1_500 * MS)
         step.record_not_sent(2_900 * MS)
+        step.record_not_sent(2_950 * MS, capped=True)
         step.record_not_sent(500 * MS)  # due in the warm-up: not one of the window's arrivals
     merged = decode_step(encode_step(first))
     merge_step(merged, encode_step(second))
     assert merged.rate_per_s == 10.0
-    assert (merged.scheduled, merged.window_sends, merged.late_sends, merged.not_sent) == (2, 2, 1, 2)
+    assert (merged.scheduled, merged.window_sends, merged.late_sends, merged.not_sent) == (2, 2, 1, 4)
+    assert merged.capped == 2
     assert merged.service_histogram.get_total_count() == 2
     assert merged.lateness_histogram.get_max_value() == pytest.approx(50_000, rel=1e-3)
 
