@@ -46,7 +46,8 @@ STABILITY_METHOD = (
 CLIENT_METHOD = (
     "the load generator's own CPU time (all threads of each load-generating process) over the time it issued "
     f"into the step, warm-up included; client-bound at {CLIENT_CPU_BOUND_PERCENT:g}% of a core or more, or "
-    f"when an open-loop step sent below {CLIENT_BOUND_SHARE:.0%} of its scheduled arrivals"
+    f"when an open-loop step sent below {CLIENT_BOUND_SHARE:.0%} of its scheduled arrivals (those the in-flight cap "
+    "held back not counted)"
 )
 SLO_METHOD = (
     "a latency objective is met when the percentile of successful requests' latency in the measured window is "
@@ -210,7 +211,9 @@ def method_block(run: RunFacts, entries: list[dict]) -> dict:
         "accounting": f"{IDENTITY}, per step",
         "open_loop": (
             f"{OPEN_LOOP_LATENCY_METHOD}; a send more than {LATE_TOLERANCE_US / 1000:g} ms after its intended "
-            f"time is late; client-bound below {CLIENT_BOUND_SHARE:.0%} of the scheduled sends"
+            f"time is late; an arrival that finds --max-in-flight requests still in flight is not sent, and "
+            f"makes the step invalid (the target did not keep up with the rate); client-bound below "
+            f"{CLIENT_BOUND_SHARE:.0%} of the other scheduled arrivals sent"
         ) if open_loop else None,
         "server": SERVER_METHOD if run.server else None,
         "stability": STABILITY_METHOD if any(entry["stability"] for entry in entries) else None,

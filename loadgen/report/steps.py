@@ -86,6 +86,8 @@ def step_entry(
     entry["client"] = client_entry(step, entry["open_loop"])
     entry["slo"] = slo_entry(step, objectives, entry["error_rate"], max_error_rate)
     reasons = step_invalid_reasons(entry, max_error_rate if errors_invalidate else 1.0)
+    if errors_invalidate and step.capped:  # in an SLO search it fails the SLO instead (scenarios/slo.py)
+        reasons.append(capped_reason(step))
     entry["valid"] = not reasons
     entry["invalid_reasons"] = reasons
     return entry
@@ -121,8 +123,10 @@ def client_entry(step: StepRecord, open_loop: dict | None) -> dict:
         who = f"load-generating process {busiest}" if len(step.cpu_percent) > 1 else "the load generator"
         reasons.append(f"{who} used {cpu:g}% of a core (at least {CLIENT_CPU_BOUND_PERCENT:g}%)")
     if open_loop and open_loop["client_bound"]:
+        capped = open_loop["not_sent_in_flight_cap"]
+        held = f", not counting {capped} the in-flight cap held back" if capped else ""
         reasons.append(
-            f"sent {open_loop['sent']} of {open_loop['scheduled']} scheduled requests in the window "
+            f"sent {open_loop['sent']} of {open_loop['scheduled']} scheduled requests in the window{held} "
             f"(below {CLIENT_BOUND_SHARE:.0%})"
         )
     return {"cpu_percent": cpu, "cpu_percent_per_process": list(step.cpu_percent), "client_bound": bool(reasons),
@@ -132,7 +136,8 @@ def client_entry(step: StepRecord, open_loop: dict | None) -> dict:
 def open_loop_entry(step: StepRecord, window_s: float) -> dict:
     """What the sender did against what the arrival process asked for, in the measured window."""
     lateness = step.lateness_histogram
-    sent_share = step.window_sends / step.scheduled if step.scheduled else 0.0
+    sendable = step.scheduled - step.capped  # the in-flight cap's doing is the target's, not the client's
+    sent_share = step.window_sends / sendable if sendable else 1.0
     return {
         "senders": step.concurrency,
         "scheduled": step.scheduled,
@@ -141,6 +146,7 @@ def open_loop_entry(step: StepRecord, window_s: float) -> dict:
         "achieved_send_rate_per_s": round(step.window_sends / window_s, 3) if window_s > 0 else None,
         "late_sends": step.late_sends,
         "not_sent": step.not_sent,
+        "not_sent_in_flight_cap": step.capped,
         "send_lateness_us": None if lateness.get_total_count() == 0 else {
             "p50": lateness.get_value_at_percentile(50.0),
             "p99": lateness.get_value_at_percentile(99.0),
@@ -148,6 +154,13 @@ def open_loop_entry(step: StepRecord, window_s: float) -> dict:
         },
         "client_bound": window_s > 0 and sent_share < CLIENT_BOUND_SHARE,
     }
+
+
+def capped_reason(step: StepRecord) -> str:
+    """Why a rate step whose arrivals met the in-flight cap is no measure of latency at its rate."""
+    return (f"{step.capped} of {step.scheduled} scheduled arrivals were not sent: the in-flight cap "
+            "(--max-in-flight) was reached, so the target did not keep up with the rate and the latency of "
+            "those arrivals is unknown")
 
 
 def step_invalid_reasons(entry: dict, max_error_rate: float) -> list[str]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from ipsbench.loadgen.outcomes import ERRORS, Outcome
 from ipsbench.loadgen.recorder import StepRecord
+from ipsbench.loadgen.report.steps import capped_reason
 from ipsbench.loadgen.scenarios.base import Scenario, StepPlan, StepPlanner
 from ipsbench.loadgen.scenarios.rate import check_rate
 from ipsbench.loadgen.settings import MAX_SEARCH_STEPS, OpenLoopSettings, RunSettings, check_concurrency
@@ -71,6 +72,8 @@ def step_meets(
         why.append("not every issued request is accounted for")
     if step.window_counts[Outcome.OK] == 0:
         why.append("no successful request in the measured window")
+    if step.capped:
+        why.append(capped_reason(step))
     return not why, why
 
 

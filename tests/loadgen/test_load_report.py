@@ -109,14 +109,15 @@ def test_unknown_schema_version_is_refused(tmp_path):
         render_markdown({**report, "steps": [{"concurrency": 1}]})
 
 
-def rate_step(index=0, rate_per_s=100.0, scheduled=200, sent=200, late_ms=0) -> StepRecord:
-    """An open-loop step (window [1 s, 3 s)) whose sender sent ``sent`` of ``scheduled`` arrivals."""
+def rate_step(index=0, rate_per_s=100.0, scheduled=200, sent=200, late_ms=0, capped=0) -> StepRecord:
+    """An open-loop step (window [1 s, 3 s)) whose sender sent ``sent`` of ``scheduled`` arrivals; of the rest,
+    the first ``capped`` found the in-flight cap reached."""
     step = StepRecord(index=index, concurrency=1, warmup_s=1.0, window_s=2.0, start_ns=0, rate_per_s=rate_per_s)
     for number in range(scheduled):
         intended = 1_000 * MS + number * 10 * MS // 2
         step.record_scheduled(intended)
         if number >= sent:
-            step.record_not_sent(intended)
+            step.record_not_sent(intended, capped=number < sent + capped)
             continue
         step.record_issued()
         step.record_send(intended, intended + late_ms * MS)
@@ -142,7 +143,7 @@ def test_rate_steps_report_sends_lateness_and_client_bound():
     assert on_time["concurrency"] is None and on_time["target_rate_per_s"] == 100.0
     assert on_time["open_loop"] | {"send_lateness_us": None} == {
         "senders": 1, "scheduled": 200, "sent": 200, "scheduled_rate_per_s": 100.0, "achieved_send_rate_per_s": 100.0,
-        "late_sends": 0, "not_sent": 0, "send_lateness_us": None, "client_bound": False,
+        "late_sends": 0, "not_sent": 0, "not_sent_in_flight_cap": 0, "send_lateness_us": None, "client_bound": False,
     }
     assert behind["open_loop"]["late_sends"] == 300 and behind["open_loop"]["not_sent"] == 100
     assert behind["open_loop"]["send_lateness_us"]["max"] == pytest.approx(3_000, rel=1e-3)
@@ -152,6 +153,20 @@ def test_rate_steps_report_sends_lateness_and_client_bound():
     assert report["valid"] and len(report["warnings"]) == 1 and "client-bound" in report["warnings"][0]
     assert "200 requests/s" in report["warnings"][0]
     assert "intended send time" in report["method"]["open_loop"]
+
+
+def test_L21_arrivals_the_in_flight_cap_held_back_make_the_step_invalid_not_client_bound():
+    """The target did not keep up: 100 of 400 arrivals found --max-in-flight requests in flight. Their latency is
+    unknown, so the step's percentiles are no measure at its rate; the client sent all the others."""
+    report = rate_report([rate_step(0, 100.0), rate_step(1, 200.0, scheduled=400, sent=300, capped=100)])
+    on_time, held = report["steps"]
+    assert on_time["valid"] and on_time["open_loop"]["not_sent_in_flight_cap"] == 0
+    assert held["open_loop"]["not_sent"] == held["open_loop"]["not_sent_in_flight_cap"] == 100
+    assert not held["open_loop"]["client_bound"] and not held["client"]["client_bound"]
+    assert not held["valid"] and not report["valid"] and report["verdict"] == "INVALID"
+    (reason,) = held["invalid_reasons"]
+    assert reason.startswith("100 of 400 scheduled arrivals were not sent: the in-flight cap (--max-in-flight)")
+    assert "did not keep up with the rate" in render_markdown(report)
 
 
 def test_rate_report_renders_rate_columns(tmp_path):
