@@ -35,6 +35,10 @@ SCRIPT_SETUP_FAILED = 2
 SHORT = ("--payload", "fp32", "--warmup", "500ms", "--duration", "1500ms", "--drain", "5s")
 FLAKY_MESSAGE = "flaky model: deliberate failure"
 """What the ``flaky`` model raises on every second request (mlserver_models/flaky/flaky_runtime.py)."""
+STALL_S = 2.0
+"""How long the ``stall`` model holds every fifth request it receives (mlserver_models/stall/stall_runtime.py)."""
+STALL_RATE_PER_S = 20
+STALL_WINDOW_S = 4.0
 
 pytestmark = pytest.mark.timeout(SETUP_TIMEOUT_S + 180)  # the first test pays for the one-time install
 
@@ -126,7 +130,7 @@ def wait_until_ready(server: MLServerProcess, models: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def mlserver(tmp_path_factory):
-    """MLServer serving the models of mlserver_models/ (``tiny`` and ``flaky``), in-process (parallel_workers 0),
+    """MLServer serving the models of mlserver_models/ (``tiny``, ``flaky``, ``stall``), in-process (parallel_workers 0),
     on free loopback ports; stopped when the module ends."""
     set_up_mlserver()
     workdir = tmp_path_factory.mktemp("mlserver")
@@ -184,6 +188,31 @@ def test_rate_against_mlserver_sends_at_the_target_rate(mlserver, start_load):
         assert open_loop["achieved_send_rate_per_s"] == pytest.approx(target, rel=0.25), open_loop
         assert open_loop["not_sent"] == 0 and step["errors_total"] == 0, step["errors"]
         assert step["images_per_s"] == pytest.approx(target, rel=0.25)
+
+
+def test_L21_a_server_stalling_one_request_in_five_does_not_delay_the_others_sends(mlserver, start_load):
+    """Every fifth request waits STALL_S: at 20/s about 8 of them are in flight at once. Arrivals still go out
+    on schedule (none held back behind the stalled ones), so the median is the fast requests' service time and
+    the tail (p90 and above: 1 in 5 stalled) shows the stall."""
+    run = start_load(mlserver.grpc_url, "--rate", str(STALL_RATE_PER_S), "--arrival", "constant", "--payload",
+                     "fp32", "--warmup", "500ms", "--duration", f"{STALL_WINDOW_S:g}s", "--drain", "10s",
+                     model="stall", scenario="rate")
+    assert run.finish(timeout=120) == 0, run.stdout + run.stderr()
+
+    report = run.report()
+    assert report["valid"] and report["warnings"] == [], report.get("invalid_reasons")
+    assert_accounted(report)
+    (step,) = report["steps"]
+    open_loop, stall_us = step["open_loop"], STALL_S * 1e6
+    assert open_loop["scheduled"] == pytest.approx(STALL_RATE_PER_S * STALL_WINDOW_S, abs=1), open_loop
+    assert open_loop["sent"] == open_loop["scheduled"] and open_loop["not_sent"] == 0, open_loop
+    assert open_loop["late_sends"] <= 0.2 * open_loop["sent"], open_loop  # a few: the shared machine's doing
+    assert open_loop["send_lateness_us"]["max"] < 0.25 * stall_us, open_loop  # none waited for a stalled one
+    assert step["errors_total"] == 0 and step["abandoned"] == 0, step["errors"]
+    latency, service = step["latency_us"], step["service_time_us"]
+    assert service["p50"] < 0.1 * stall_us, service
+    assert latency["p50"] <= service["p50"] + 0.05 * stall_us, (latency, service)
+    assert latency["p90"] >= stall_us and latency["p99"] >= stall_us, latency  # 1 in 5 stalled
 
 
 def test_mlserver_errors_are_counted_by_its_status_code_and_message(mlserver, start_load):

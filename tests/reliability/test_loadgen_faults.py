@@ -173,14 +173,25 @@ def test_L08_workers_stop_sending_when_the_master_is_killed(server, start_load):
 # -- L09, L10, L11: results the report must not overclaim -------------------------------------------------------
 
 
-def test_L09_a_client_that_cannot_keep_up_is_flagged_client_bound(server, start_load):
-    run = start_load("rate", server.grpc_url, "image8", "--rate", "50000", "--max-in-flight", "8", *SHORT)
+BURST_ARRIVALS = 50_000
+
+
+def test_L09_a_client_that_cannot_keep_up_is_flagged_client_bound(server, start_load, tmp_path):
+    """A trace whose arrivals all fall due at once, a millisecond before the window closes: no client issues
+    50,000 of them in time, so most are still unsent when the window closes (those the in-flight cap held back
+    are the target's doing and not held against the client)."""
+    trace = tmp_path / "burst.txt"
+    trace.write_text("1.0\n" + "0\n" * (BURST_ARRIVALS - 1))  # 50,000/s over the trace: within the bound
+    run = start_load("trace", server.grpc_url, "image8", "--trace", str(trace), "--max-in-flight", "8",
+                     "--warmup", "0s", "--drain", "5s")
     run.finish(timeout=120)
     report = run.report()
     assert_accounted(report)
     (step,) = report["steps"]
-    flags = (step.get("client") or {}).get("client_bound") or (step.get("open_loop") or {}).get("client_bound")
-    assert flags, step
+    open_loop = step["open_loop"]
+    assert open_loop["scheduled"] == BURST_ARRIVALS and open_loop["client_bound"], open_loop
+    assert open_loop["not_sent"] - open_loop["not_sent_in_flight_cap"] > BURST_ARRIVALS / 2, open_loop
+    assert step["client"]["client_bound"], step["client"]
     assert any("client-bound" in warning for warning in report["warnings"])
     assert any("capacity" in warning for warning in report["warnings"])
     assert "client-bound" in (run.out / "report.md").read_text()
@@ -353,6 +364,47 @@ def test_L15_a_hung_server_yields_deadline_not_a_stuck_load_generator(repository
     (step,) = report["steps"]
     assert step["deadline"] > 0 and step["ok"] > 0
     assert any(e["code"] == "DEADLINE_EXCEEDED" for e in step["errors"])
+
+
+HUNG_RATE_PER_S = 20
+HUNG_CAP = 8
+HUNG_WINDOW_S = 8.0
+
+
+def test_L21_a_hung_server_fills_the_in_flight_cap_and_the_rest_is_counted_not_sent(
+    repository, start_server, start_load
+):
+    """The server stops answering mid-window: arrivals go on being scheduled at the rate, the first of them fill
+    --max-in-flight, and every later one is counted not sent for that reason. The step is INVALID saying so
+    (errors are allowed here, so it is the held-back arrivals that say it), not client-bound."""
+    target = start_server(repository)
+    run = start_load("rate", target.grpc_url, "image8", "--rate", str(HUNG_RATE_PER_S), "--arrival", "constant",
+                     "--max-in-flight", str(HUNG_CAP), "--warmup", "0s", "--duration", f"{HUNG_WINDOW_S:g}s",
+                     "--drain", "2s", "--max-error-rate", "1")
+    run.wait_in_window()
+    stopped_unix = time.time()
+    target.process.send_signal(signal.SIGSTOP)  # the server hangs: connections stay open, nothing answers
+    try:
+        code = run.finish(timeout=120)
+    finally:
+        target.process.send_signal(signal.SIGCONT)
+    assert code == 2, run.stdout + run.stderr()
+    report = run.report()
+    assert_accounted(report)
+    (step,) = report["steps"]
+    open_loop = step["open_loop"]
+    assert open_loop["scheduled"] == pytest.approx(HUNG_RATE_PER_S * HUNG_WINDOW_S, abs=1), open_loop
+    assert open_loop["sent"] + open_loop["not_sent"] == open_loop["scheduled"], open_loop
+    assert open_loop["not_sent"] == open_loop["not_sent_in_flight_cap"] > 0, open_loop
+    due_after_stop = HUNG_RATE_PER_S * (step["window_end_unix"] - stopped_unix)
+    assert open_loop["not_sent_in_flight_cap"] >= due_after_stop - HUNG_CAP - 3, (open_loop, due_after_stop)
+    assert step["ok"] > 0 and step["abandoned"] == HUNG_CAP  # the cap's worth still waiting when the drain ended
+    assert not step["client"]["client_bound"] and report["warnings"] == []
+    assert not report["valid"] and report["verdict"] == "INVALID"
+    (reason,) = step["invalid_reasons"]
+    assert f"{open_loop['not_sent']} of {open_loop['scheduled']} scheduled arrivals were not sent" in reason
+    assert "--max-in-flight" in reason and "did not keep up with the rate" in reason
+    assert reason in (run.out / "report.md").read_text()
 
 
 def test_L15_a_hung_server_at_start_fails_setup_within_its_deadline(repository, start_server, start_load):
