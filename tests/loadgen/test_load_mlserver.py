@@ -212,7 +212,7 @@ def test_L21_a_server_stalling_one_request_in_five_does_not_delay_the_others_sen
     latency, service = step["latency_us"], step["service_time_us"]
     assert service["p50"] < 0.1 * stall_us, service
     assert latency["p50"] <= service["p50"] + 0.05 * stall_us, (latency, service)
-    assert latency["p90"] >= stall_us and latency["p99"] >= stall_us, latency  # 1 in 5 stalled
+    assert latency["p90"] >= 0.95 * stall_us and latency["p99"] >= 0.95 * stall_us, latency  # 1 in 5 stalled
 
 
 def test_mlserver_errors_are_counted_by_its_status_code_and_message(mlserver, start_load):

@@ -138,3 +138,27 @@ def test_client_bound_when_the_load_generator_is_busy():
     assert client["client_bound"] and client["cpu_percent"] == 97.5
     assert "process 1 used 97.5% of a core" in client["reasons"][0]
     assert any("client-bound" in warning for warning in report["warnings"])
+
+
+def test_L21_an_slo_search_step_whose_arrivals_met_the_in_flight_cap_does_not_meet_the_slo():
+    """Fast answers for the arrivals that went out say nothing of those held back: the step fails the SLO."""
+    from ipsbench.loadgen.scenarios.slo import step_meets
+
+    ms = 1_000_000
+    step = StepRecord(index=0, concurrency=1, warmup_s=0.0, window_s=6.0, start_ns=0, rate_per_s=100.0)
+    for number in range(600):
+        intended = number * 10 * ms
+        step.record_scheduled(intended)
+        if number % 2:
+            step.record_not_sent(intended, capped=True)
+            continue
+        step.record_issued()
+        step.record_send(intended, intended)
+        step.record_ok(intended, intended + ms, images=1, intended_ns=intended)
+    objectives = [parse_objective("p50=1s")]
+    met, why = step_meets(step, objectives, max_error_rate=0.0)
+    assert not met and why == ["300 of 600 scheduled arrivals were not sent: the in-flight cap (--max-in-flight) "
+                               "was reached, so the target did not keep up with the rate and the latency of those "
+                               "arrivals is unknown"]
+    step.capped = step.not_sent = 0  # the same answers with every arrival sent: met
+    assert step_meets(step, objectives, max_error_rate=0.0) == (True, [])
