@@ -70,11 +70,21 @@ class Arrivals:
 
     def start(self, outbox: Outbox) -> None:
         """Start the sender threads the step begins with, and the scheduler."""
-        with self._lock:
-            self._senders = min(self.cap, FIRST_SENDERS)
-        for _ in range(self._senders):
-            outbox.start(self._sender, outbox, None)
+        for _ in range(min(self.cap, FIRST_SENDERS)):
+            self._start_sender(outbox, None)
         outbox.start(self._run, outbox)
+
+    def _start_sender(self, outbox: Outbox, job: Job | None) -> None:
+        """A new sender thread with ``job``, or idle: offered to the scheduler at once, while it still connects.
+        Only the scheduler (and :meth:`start`, before it) adds sender threads."""
+        slot = _Slot()
+        with self._lock:
+            self._senders += 1
+            if job is None:
+                self._idle.append(slot)
+        if job is not None:
+            slot.give(job)
+        outbox.start(self._sender, outbox, slot)
 
     # --- the scheduler thread -------------------------------------------------------------------------------
 
@@ -107,20 +117,19 @@ class Arrivals:
         """Hand the arrival due now to an idle sender thread, or a new one; at the cap, count it not sent."""
         with self._lock:
             slot = self._idle.pop() if self._idle else None
-            grow = self._senders < self.cap and not self._idle
-            if grow:
-                self._senders += 1
-        if slot is None and not grow:
+            room = self._senders < self.cap
+            spare = room and slot is not None and not self._idle
+        if slot is None and not room:
             outbox.put(Scheduled(self.step, intended_ns, sent=False, capped=True))
             return
         outbox.put(Scheduled(self.step, intended_ns))
         job = (intended_ns, self._next_request())
         if slot is None:
-            outbox.start(self._sender, outbox, job)  # none was idle: this one sends late by its start
-        else:
-            slot.give(job)
-            if grow:
-                outbox.start(self._sender, outbox, None)  # the last idle one is taken: a spare for the next
+            self._start_sender(outbox, job)  # none was idle: this one sends late by its start
+            return
+        slot.give(job)
+        if spare:
+            self._start_sender(outbox, None)  # the last idle one is taken: a spare for the next arrival
 
     def _never_sent(self, outbox: Outbox, intended_ns: int) -> None:
         """Count the arrival at ``intended_ns`` and the rest of the window's as not sent."""
@@ -139,25 +148,25 @@ class Arrivals:
 
     # --- a sender thread ------------------------------------------------------------------------------------
 
-    def _sender(self, outbox: Outbox, job: Job | None) -> None:
-        """Send the job given, then each one handed to this thread while idle, over a channel of its own."""
-        slot = _Slot()
+    def _sender(self, outbox: Outbox, slot: _Slot) -> None:
+        """Send each job handed to ``slot``, over a channel of its own, until it is handed None."""
         try:
             with self._open_channel() as channel:
                 infer = model_infer_bytes(channel)
-                while job is not None or (job := self._wait(slot)) is not None:
+                while (job := slot.take()) is not None:
                     intended_ns, request = job
-                    job = None
                     if not self._send(outbox, self.step, infer, request, intended_ns):
                         return  # the outbox is closed: the user stopped
+                    if not self._offer(slot):
+                        return
         finally:
             with self._lock:
                 self._senders -= 1
 
-    def _wait(self, slot: _Slot) -> Job | None:
-        """Offer this thread to the scheduler and wait for its next job; None when the arrivals are over."""
+    def _offer(self, slot: _Slot) -> bool:
+        """This thread is idle again: offer it to the scheduler; False when the arrivals are over."""
         with self._lock:
             if self._over:
-                return None
+                return False
             self._idle.append(slot)
-        return slot.take()
+        return True

@@ -111,3 +111,16 @@ def test_plain_locust_runs_the_rate_shape(server, tmp_path):
     stats = {row["Name"]: row for row in csv.DictReader((tmp_path / "out_stats.csv").open())}
     assert stats["ModelInfer"]["Failure Count"] == "0"
     assert 50 <= int(stats["ModelInfer"]["Request Count"]) <= 70  # 40/s for 1.5 s, on schedule
+
+
+def test_L21_with_one_request_in_flight_allowed_every_arrival_of_a_gentle_rate_is_sent(server, start_load):
+    """--max-in-flight 1 at 5/s, each answer back well before the next arrival: the cap is never met, the step's
+    first arrival (due as the window opens, while the sender thread still connects) included."""
+    run = start_load(server.grpc_url, "--rate", "5", "--arrival", "constant", "--max-in-flight", "1",
+                     "--warmup", "0s", "--duration", "2s", "--drain", "5s", scenario="rate")
+    assert run.finish(timeout=60) == 0, run.stdout + run.stderr()
+    report = run.report()
+    assert report["valid"], report["invalid_reasons"]
+    (step,) = report["steps"]
+    open_loop = step["open_loop"]
+    assert open_loop["scheduled"] == 10 and open_loop["sent"] == 10 and open_loop["not_sent"] == 0, open_loop
