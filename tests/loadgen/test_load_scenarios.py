@@ -154,9 +154,12 @@ def test_trace_replays_its_inter_arrival_times(server, start_load, tmp_path):
     report = run.report()
     assert_accounted(report)
     (step,) = report["steps"]
-    assert step["issued"] == 80 and step["ok"] == 80
+    # Every arrival of the trace is sent or counted not sent: a scheduler that a busy machine holds up past the
+    # window's end counts the trace's last arrival not sent rather than send it after the window.
+    not_sent = step["open_loop"]["not_sent"]
+    assert step["issued"] + not_sent == 80 and step["ok"] == step["issued"] and not_sent <= 1
     assert step["target_rate_per_s"] == 40.0 and step["window_s"] == pytest.approx(1.5, abs=0.01)
-    assert step["open_loop"]["scheduled"] == pytest.approx(60, abs=1) and step["open_loop"]["not_sent"] == 0
+    assert step["open_loop"]["scheduled"] == pytest.approx(60, abs=1)
     assert report["settings"]["trace"]["interarrivals_s"] == {"count": 80}
 
 
