@@ -45,14 +45,9 @@ def step_entry(
     step = step.settled()
     window_s = step.measured_window_s
     counts = {"issued": step.issued, **{o.value: step.counts[o] for o in Outcome}}
-    all_completed = new_histogram()
-    for outcome in COMPLETED:
-        add_histogram(all_completed, step.histograms[outcome])
-    latency = latency_summary(step.histograms[Outcome.OK])
     ok_in_window = step.window_counts[Outcome.OK]
     errors = sum(step.counts[o] for o in ERRORS)
     open_loop = step.open_loop
-    measured = latency["count"] if latency else 0
     entry = {
         "index": step.index,
         "concurrency": None if open_loop else step.concurrency,
@@ -72,9 +67,7 @@ def step_entry(
         "images_ok": step.window_images_ok,
         "images_per_s": round(step.window_images_ok / window_s, 3) if window_s > 0 else None,
         "requests_per_s": round(ok_in_window / window_s, 3) if window_s > 0 else None,
-        "latency_us": latency,
-        "latency_all_us": latency_summary(all_completed),
-        "unsupported_percentiles": [name for name, p in PERCENTILES if measured < min_samples(p)],
+        **latency_entries(step),
         "latencies_clamped": step.latencies_clamped,
         "service_time_us": latency_summary(step.service_histogram) if open_loop else None,
         "open_loop": open_loop_entry(step, window_s) if open_loop else None,
@@ -91,6 +84,20 @@ def step_entry(
     entry["valid"] = not reasons
     entry["invalid_reasons"] = reasons
     return entry
+
+
+def latency_entries(step: StepRecord) -> dict:
+    """The successes' latency, every completed request's, and the percentiles too few successes cannot support."""
+    all_completed = new_histogram()
+    for outcome in COMPLETED:
+        add_histogram(all_completed, step.histograms[outcome])
+    latency = latency_summary(step.histograms[Outcome.OK])
+    measured = latency["count"] if latency else 0
+    return {
+        "latency_us": latency,
+        "latency_all_us": latency_summary(all_completed),
+        "unsupported_percentiles": [name for name, p in PERCENTILES if measured < min_samples(p)],
+    }
 
 
 def error_entries(step: StepRecord) -> list[dict]:
