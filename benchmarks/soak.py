@@ -3,14 +3,16 @@
 1. Starts ipsbench-serve on a model repository (by default resnet18 at 64x64, exported into a temporary folder).
 2. Measures capacity: a short closed-loop ``ipsbench-load sweep``; capacity = the best step's requests/sec.
 3. Runs ``ipsbench-load rate`` at ``--load-fraction`` (0.7) of it for ``--duration``, in steps of ``--step``, while
-   a fault injector mixes in bad requests (wrong dtype, unknown model, oversize message, unparseable bytes),
-   client-side cancels, and clients in a separate process killed with SIGKILL mid-request.
+   a fault injector mixes in bad requests (wrong dtype, unknown model, oversize message, unparseable bytes, an
+   output named 10,000 times, a 100 KB input name), client-side cancels, clients in a separate process killed with
+   SIGKILL mid-request, and every minute a burst of 48 concurrent 6 MiB requests against ``--max-inflight-mb 64``.
 4. Samples the server's resident memory and open file descriptors (/proc/<pid>/status, /proc/<pid>/fd) every
    ``--sample-interval``.
 
 Prints and writes ``soak.json``: restarts (must be 0: the server process is the same one, alive and ready at the
 end), the accounting identity per step, injected faults by class with the status codes they got (each class must
-get its expected code), RSS growth after warm-up (bound ``--rss-bound-mb``, 100 MB) and the fd count first/last.
+get its expected code), requests lost (issued but never accounted: must be 0), RSS growth after warm-up (bound
+``--rss-bound-mb``, 100 MB), the peak RSS (VmHWM, bursts included) and the fd count first/last.
 Exits 0 when every check holds, 1 otherwise.
 
 Usage: .venv/bin/python benchmarks/soak.py [--duration 10m] [--model-repository DIR --model NAME] [--out DIR]
@@ -46,14 +48,25 @@ GRPC_LINE = re.compile(r"gRPC listening on (?P<host>[^\s]+):(?P<port>\d+)$")
 READY_LINE = "ipsbench-serve: ready"
 SERVER_MAX_MESSAGE_MB = 8
 """The soak's server message limit: an oversize request only needs to exceed this."""
+SERVER_MAX_INFLIGHT_MB = 64
+"""The soak's bound on request bytes held at once: a burst exceeds it."""
 FAULT_INTERVAL_S = 0.25
 KILL_INTERVAL_S = 10.0
+BURST_INTERVAL_S = 60.0
+BURST_SIZE = 48
+BURST_REQUEST_MB = 6
+"""Each burst: BURST_SIZE concurrent requests of this many MiB (a shape the model refuses), 288 MiB offered at once
+to a server that holds at most SERVER_MAX_INFLIGHT_MB: most are refused RESOURCE_EXHAUSTED, the rest
+INVALID_ARGUMENT."""
+BURST_CODES = {"RESOURCE_EXHAUSTED", "INVALID_ARGUMENT"}
 EXPECTED_CODES = {
     "wrong_dtype": {"INVALID_ARGUMENT"},
     "unknown_model": {"NOT_FOUND"},
     "oversize": {"RESOURCE_EXHAUSTED"},
     "unparseable": {"INTERNAL", "UNKNOWN"},
     "cancel": {"CANCELLED", "OK"},  # a cancel that arrives after the answer leaves it OK
+    "repeated_output": {"INVALID_ARGUMENT"},
+    "huge_name": {"INVALID_ARGUMENT"},
 }
 """Status codes each injected fault class may get (``unparseable``: gRPC's own answer to bytes that do not parse)."""
 KILLED_CLIENT = """
@@ -78,7 +91,8 @@ class Server:
 
     def __init__(self, repository: Path, log_path: Path, cores: set[int] | None) -> None:
         cmd = [sys.executable, "-m", "ipsbench.server", "--model-repository", str(repository), "--grpc-port", "0",
-               "--metrics-port", "0", "--grpc-max-message-mb", str(SERVER_MAX_MESSAGE_MB)]
+               "--metrics-port", "0", "--grpc-max-message-mb", str(SERVER_MAX_MESSAGE_MB),
+               "--max-inflight-mb", str(SERVER_MAX_INFLIGHT_MB)]
         self.log_path = log_path
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(
@@ -134,6 +148,14 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def peak_rss_mb(pid: int) -> float:
+    """The process's high-water resident set so far (VmHWM), MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -180,8 +202,11 @@ class FaultInjector:
         self.codes: dict[str, Counter] = defaultdict(Counter)
         self.killed_clients = 0
         self._stop = threading.Event()
+        self.burst_rss_mb: list[float] = []
+        """The server's RSS right after each burst."""
         self._threads = [threading.Thread(target=self._bad_requests, daemon=True),
-                         threading.Thread(target=self._killed_clients, daemon=True)]
+                         threading.Thread(target=self._killed_clients, daemon=True),
+                         threading.Thread(target=self._bursts, daemon=True)]
 
     def start(self) -> None:
         for thread in self._threads:
@@ -227,7 +252,40 @@ class FaultInjector:
             request.raw_input_contents[0] = bytes(SERVER_MAX_MESSAGE_MB * 1024 * 1024 + 1024)
         elif kind == "unparseable":
             return b"\xff\xff\xff\xff\x0f" + self.rng.randbytes(64)
+        elif kind == "repeated_output":
+            for _ in range(10_000):
+                request.outputs.add(name="output")
+        elif kind == "huge_name":
+            request.inputs[0].name = "n" * 100_000
         return request.SerializeToString()
+
+    def _bursts(self) -> None:
+        """Every BURST_INTERVAL_S, BURST_SIZE large requests at once, each on its own channel."""
+        parsed = service_pb2.ModelInferRequest.FromString(self.good_request)
+        request = service_pb2.ModelInferRequest()
+        request.CopyFrom(parsed)
+        request.raw_input_contents[0] = bytes(BURST_REQUEST_MB * 1024 * 1024)  # a byte size the shape refuses
+        payload = request.SerializeToString()
+        options = [("grpc.max_send_message_length", SERVER_MAX_MESSAGE_MB * 1024 * 1024)]
+
+        def one() -> None:
+            with grpc.insecure_channel(self.server.url, options=options) as channel:
+                call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer", request_serializer=None,
+                                           response_deserializer=None)
+                try:
+                    call(payload, timeout=60)
+                    code = "OK"
+                except grpc.RpcError as error:
+                    code = error.code().name
+            self.codes["burst"][code] += 1
+
+        while not self._stop.wait(BURST_INTERVAL_S):
+            threads = [threading.Thread(target=one) for _ in range(BURST_SIZE)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=120)
+            self.burst_rss_mb.append(rss_mb(self.server.pid))
 
     def _killed_clients(self) -> None:
         while not self._stop.wait(KILL_INTERVAL_S):
@@ -355,6 +413,7 @@ def run_soak(options: argparse.Namespace) -> dict:
                 sampler.stop()
             same_process_alive = server.alive()
             ready_at_end = same_process_alive and server.ready()
+            peak_mb = peak_rss_mb(server.pid) if same_process_alive else None
         finally:
             exit_code = server.stop()
     memory = summarize(sampler.samples, min(options.warmup, options.duration / 2), options.rss_bound_mb)
@@ -365,12 +424,14 @@ def run_soak(options: argparse.Namespace) -> dict:
         for s in report.get("steps", [])
     ]
     faults = {kind: dict(codes) for kind, codes in injector.codes.items()}
-    unexpected = {kind: {c: n for c, n in codes.items() if c not in EXPECTED_CODES[kind]}
+    expected = {**EXPECTED_CODES, "burst": BURST_CODES}
+    unexpected = {kind: {c: n for c, n in codes.items() if c not in expected[kind]}
                   for kind, codes in faults.items()}
     unexpected = {kind: codes for kind, codes in unexpected.items() if codes}
     checks = {
         "no_restart": same_process_alive and ready_at_end,
         "identity_every_step": bool(step_rows) and all(row["identity_holds"] for row in step_rows),
+        "bursts_ran": bool(injector.burst_rss_mb) or options.duration < BURST_INTERVAL_S,
         "fault_codes_as_injected": not unexpected,
         "rss_growth_within_bound": memory["rss_growth_after_warmup_mb"] is not None
         and memory["rss_growth_after_warmup_mb"] <= options.rss_bound_mb,
@@ -388,7 +449,8 @@ def run_soak(options: argparse.Namespace) -> dict:
         "faults": faults,
         "unexpected_fault_codes": unexpected,
         "killed_clients": injector.killed_clients,
-        "memory": memory,
+        "requests_lost": sum(s["issued"] - sum(s[name] for name in COUNT_FIELDS[1:]) for s in report.get("steps", [])),
+        "memory": {**memory, "peak_rss_mb": peak_mb, "rss_mb_after_each_burst": injector.burst_rss_mb},
         "samples": sampler.samples,
         "checks": checks,
         "passed": all(checks.values()),
@@ -410,6 +472,8 @@ def print_summary(result: dict) -> None:
     print(f"RSS MB: first {memory['rss_mb_first']}, after warm-up {memory['rss_mb_after_warmup']}, "
           f"last {memory['rss_mb_last']}, max {memory['rss_mb_max']}; growth after warm-up "
           f"{memory['rss_growth_after_warmup_mb']} MB (bound {memory['rss_growth_bound_mb']:g})")
+    print(f"peak RSS (VmHWM) {memory['peak_rss_mb']} MB; after each burst {memory['rss_mb_after_each_burst']}")
+    print(f"requests lost (issued but not accounted): {result['requests_lost']}")
     print(f"open fds: first {memory['fds_first']}, last {memory['fds_last']}")
     print("checks: " + ", ".join(f"{name} {'ok' if ok else 'FAILED'}" for name, ok in result["checks"].items()))
 
