@@ -14,10 +14,8 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator
-from typing import NamedTuple
 
 import grpc
-from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from ipsbench.server import convert
@@ -26,7 +24,7 @@ from ipsbench.server.control import ModelControl
 from ipsbench.server.core import EXTENSIONS, SERVER_NAME, InferenceCore
 from ipsbench.server.errors import ServerError, new_request_id, unimplemented
 from ipsbench.server.security import AdminAuth
-from ipsbench.server.wire import InferRequestWire, decode_infer_request
+from ipsbench.server.wire import InferRequestWire, Unparseable, decode_infer_request, tolerant
 
 log = logging.getLogger(__name__)
 
@@ -38,25 +36,6 @@ written) at once; the stream stops reading (gRPC flow control) beyond this."""
 
 def _internal_message(name: str, request_id: str) -> str:
     return f"internal server error (request id {request_id})"
-
-
-class Unparseable(NamedTuple):
-    """What a request deserializer hands the RPC for bytes that are no message of its type."""
-
-    error: str
-
-
-def tolerant(message_class):
-    """A request deserializer that never raises: gRPC's own would log a traceback and answer UNKNOWN; the RPC
-    answers INTERNAL (a request that cannot be parsed) in one log line instead, as ModelInfer does."""
-
-    def deserialize(data: bytes):
-        try:
-            return message_class.FromString(data)
-        except DecodeError as exc:
-            return Unparseable(f"cannot parse the request: {exc}")
-
-    return deserialize
 
 
 def rpc(method):

@@ -7,13 +7,15 @@ received buffer, and lets protobuf parse only the rest (names, shapes, parameter
 serializes the response without its ``raw_output_contents`` and appends them as length-delimited fields, one copy
 each. Anything the walker does not expect falls back to protobuf's own parser, so errors are protobuf's; a request
 that does not parse is handed on with its ``error`` set, so that the RPC can answer INTERNAL with that text (a
-deserializer that raises would make gRPC answer UNKNOWN).
+deserializer that raises would make gRPC answer UNKNOWN); :func:`tolerant` does the same for every other RPC's
+request message.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2
@@ -137,3 +139,22 @@ def encode_infer_response(
         parts.append(_length_prefix(len(payload)))
         parts.append(payload)
     return b"".join(parts)
+
+
+class Unparseable(NamedTuple):
+    """What a request deserializer hands the RPC for bytes that are no message of its type."""
+
+    error: str
+
+
+def tolerant(message_class):
+    """A request deserializer that never raises: gRPC's own would log a traceback and answer UNKNOWN; the RPC
+    answers INTERNAL (a request that cannot be parsed) in one log line instead, as ModelInfer does."""
+
+    def deserialize(data: bytes):
+        try:
+            return message_class.FromString(data)
+        except DecodeError as exc:
+            return Unparseable(f"cannot parse the request: {exc}")
+
+    return deserialize

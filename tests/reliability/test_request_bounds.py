@@ -121,16 +121,17 @@ def test_B19_a_huge_model_name_or_version_is_quoted_bounded_in_every_rpc(stub, r
 # -- B20: garbage to every RPC ---------------------------------------------------------------------------------
 
 NON_INFERENCE_RPCS = [
-    "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig", "ModelStatistics",
-    "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload",
+    *(f"/inference.GRPCInferenceService/{name}" for name in (
+        "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig",
+        "ModelStatistics", "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload",
+    )),
+    "/grpc.health.v1.Health/Check",
 ]
 
 
-@pytest.mark.parametrize("rpc", NON_INFERENCE_RPCS)
+@pytest.mark.parametrize("rpc", NON_INFERENCE_RPCS, ids=lambda path: path.rsplit("/", 1)[1])
 def test_B20_garbage_bytes_to_any_rpc_are_internal_in_one_log_line(server, channel_to, rpc):
-    raw = channel_to(server.grpc_url).unary_unary(
-        f"/inference.GRPCInferenceService/{rpc}", request_serializer=None, response_deserializer=None
-    )
+    raw = channel_to(server.grpc_url).unary_unary(rpc, request_serializer=None, response_deserializer=None)
     garbage = b"\xff\xff\xff\xff\x0f" + random.Random(rpc).randbytes(64)  # an invalid varint tag
     log_before = len(server.log())
     error = rpc_error(raw, garbage, timeout=CALL_TIMEOUT_S)
