@@ -11,8 +11,9 @@
 
 Prints and writes ``soak.json``: restarts (must be 0: the server process is the same one, alive and ready at the
 end), the accounting identity per step, injected faults by class with the status codes they got (each class must
-get its expected code), requests lost (issued but never accounted: must be 0), RSS growth after warm-up (bound
-``--rss-bound-mb``, 100 MB), the peak RSS (VmHWM, bursts included) and the fd count first/last.
+get its expected code), requests lost (issued but never accounted: must be 0), RSS growth after warm-up (the
+end's level over the level after warm-up, bound ``--rss-bound-mb``, 100 MB), the peak RSS (VmHWM, bursts
+included), RSS after each burst, and the fd count first/last.
 Exits 0 when every check holds, 1 otherwise.
 
 Usage: .venv/bin/python benchmarks/soak.py [--duration 10m] [--model-repository DIR --model NAME] [--out DIR]
@@ -59,6 +60,8 @@ BURST_REQUEST_MB = 6
 to a server that holds at most SERVER_MAX_INFLIGHT_MB: most are refused RESOURCE_EXHAUSTED, the rest
 INVALID_ARGUMENT."""
 BURST_CODES = {"RESOURCE_EXHAUSTED", "INVALID_ARGUMENT"}
+END_SAMPLES = 3
+"""The soak's end level: the median of this many last RSS samples."""
 EXPECTED_CODES = {
     "wrong_dtype": {"INVALID_ARGUMENT"},
     "unknown_model": {"NOT_FOUND"},
@@ -363,11 +366,15 @@ def summarize(samples: list[dict], warmup_s: float, bound_mb: float) -> dict:
     measured = [s for s in samples if s["rss_mb"] is not None]
     after = [s for s in measured if s["t_s"] >= warmup_s] or measured[-1:]
     baseline = after[0]["rss_mb"] if after else None
-    growth = max(s["rss_mb"] for s in after) - baseline if after else None
+    # Growth is what stays: the end's level (median of the last samples) over the level after warm-up. A burst's
+    # transient peak is not growth; it is reported as rss_mb_max and peak_rss_mb.
+    end = statistics.median(s["rss_mb"] for s in after[-END_SAMPLES:]) if after else None
+    growth = end - baseline if after else None
     return {
         "rss_mb_first": measured[0]["rss_mb"] if measured else None,
         "rss_mb_after_warmup": baseline,
         "rss_mb_last": measured[-1]["rss_mb"] if measured else None,
+        "rss_mb_end": round(end, 1) if end is not None else None,
         "rss_mb_max": max((s["rss_mb"] for s in measured), default=None),
         "rss_growth_after_warmup_mb": round(growth, 1) if growth is not None else None,
         "rss_growth_bound_mb": bound_mb,
@@ -470,7 +477,7 @@ def print_summary(result: dict) -> None:
         print(f"fault {kind:<14} {dict(sorted(codes.items()))}")
     memory = result["memory"]
     print(f"RSS MB: first {memory['rss_mb_first']}, after warm-up {memory['rss_mb_after_warmup']}, "
-          f"last {memory['rss_mb_last']}, max {memory['rss_mb_max']}; growth after warm-up "
+          f"end {memory['rss_mb_end']}, max {memory['rss_mb_max']}; growth after warm-up "
           f"{memory['rss_growth_after_warmup_mb']} MB (bound {memory['rss_growth_bound_mb']:g})")
     print(f"peak RSS (VmHWM) {memory['peak_rss_mb']} MB; after each burst {memory['rss_mb_after_each_burst']}")
     print(f"requests lost (issued but not accounted): {result['requests_lost']}")
