@@ -12,8 +12,8 @@
 Prints and writes ``soak.json``: restarts (must be 0: the server process is the same one, alive and ready at the
 end), the accounting identity per step, injected faults by class with the status codes they got (each class must
 get its expected code), requests lost (issued but never accounted: must be 0), RSS growth after warm-up (the
-end's level over the level after warm-up, bound ``--rss-bound-mb``, 100 MB), the peak RSS (VmHWM, bursts
-included), RSS after each burst, and the fd count first/last.
+median RSS of the last third over that of the first third, bound ``--rss-bound-mb``, 100 MB), the peak RSS
+(VmHWM, bursts included), RSS after each burst, and the fd count first/last.
 Exits 0 when every check holds, 1 otherwise.
 
 Usage: .venv/bin/python benchmarks/soak.py [--duration 10m] [--model-repository DIR --model NAME] [--out DIR]
@@ -366,10 +366,13 @@ def summarize(samples: list[dict], warmup_s: float, bound_mb: float) -> dict:
     measured = [s for s in samples if s["rss_mb"] is not None]
     after = [s for s in measured if s["t_s"] >= warmup_s] or measured[-1:]
     baseline = after[0]["rss_mb"] if after else None
-    # Growth is what stays: the end's level (median of the last samples) over the level after warm-up. A burst's
-    # transient peak is not growth; it is reported as rss_mb_max and peak_rss_mb.
+    # Growth is a rising level: the median RSS of the soak's last third over that of its first third after
+    # warm-up. Both thirds hold the same bursts, whose transient peaks (rss_mb_max, peak_rss_mb, the RSS after each
+    # burst) cancel out; a leak does not.
+    third = max(1, len(after) // 3)
     end = statistics.median(s["rss_mb"] for s in after[-END_SAMPLES:]) if after else None
-    growth = end - baseline if after else None
+    growth = (statistics.median(s["rss_mb"] for s in after[-third:])
+              - statistics.median(s["rss_mb"] for s in after[:third])) if after else None
     return {
         "rss_mb_first": measured[0]["rss_mb"] if measured else None,
         "rss_mb_after_warmup": baseline,
