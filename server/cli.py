@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ipsbench.server.flags import add_options, values
+from ipsbench.server.flags import add_options, path_problem, values
 from ipsbench.server.logformat import configure_logging
 from ipsbench.server.settings import Settings
 
@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if problem := path_problem(args, Settings):
+        parser.error(problem)
     try:
         return Settings(**values(args, Settings))
     except ValueError as exc:

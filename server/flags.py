@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ def option(
     cli: bool = True,
     default_factory: Callable[[], Any] | None = None,
     bounds: tuple[float | None, float | None] | None = None,
+    must_be: str | None = None,
 ) -> Any:
     """A settings field that is also a command-line option.
 
@@ -40,11 +42,14 @@ def option(
     text into the value (default: from the field's type); ``repeat``: the option may be given several times (a
     tuple); ``positional``: an argument without ``--``; ``required``: the command line must give it even though
     the dataclass has a default; ``cli`` False: a setting without an option; ``bounds``: (lowest, highest)
-    allowed value of a number, either None for no bound (checked when parsed and by :func:`check_bounds`).
+    allowed value of a number, either None for no bound (checked when parsed and by :func:`check_bounds`);
+    ``must_be``: ``"directory"`` or ``"file"``, a path that must exist as one on this machine (checked by
+    :func:`path_problem` once the whole command line is parsed, so that ``--help`` and a parse-only check of a
+    command meant for another machine still work).
     """
     metadata = {"help": help, "flag": flag, "parse": parse, "choices": tuple(choices) if choices else None,
                 "metavar": metavar, "repeat": repeat, "positional": positional, "required": required, "cli": cli,
-                "bounds": bounds}
+                "bounds": bounds, "must_be": must_be}
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     if default is _REQUIRED:
@@ -71,25 +76,27 @@ def integer(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
 
 
-def existing_directory(text: str) -> Path:
-    """A path option that must name a directory that exists."""
-    path = Path(text)
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a directory" if path.exists() else f"{text!r} does not exist")
-    return path
-
-
-def readable_file(text: str) -> Path:
-    """A path option that must name a regular file this process can read."""
-    path = Path(text)
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a file" if path.exists() else f"{text!r} does not exist")
-    try:
-        with path.open("rb"):
-            pass
-    except OSError as error:
-        raise argparse.ArgumentTypeError(f"cannot read {text!r}: {error.strerror or error}") from None
-    return path
+def path_problem(args: argparse.Namespace, settings_class: type) -> str | None:
+    """The first option of ``settings_class`` whose path is not there as its field's ``must_be`` says, as argparse
+    words it (``argument --x: '/p' does not exist``); None when every one is."""
+    for field in options_of(settings_class):
+        kind = field.metadata.get("must_be")
+        value = getattr(args, field.name, None)
+        if kind is None or value is None:
+            continue
+        path = Path(value)
+        if not path.exists():
+            problem = f"'{value}' does not exist"
+        elif kind == "directory" and not path.is_dir():
+            problem = f"'{value}' is not a directory"
+        elif kind == "file" and not path.is_file():
+            problem = f"'{value}' is not a file"
+        elif kind == "file" and not os.access(path, os.R_OK):
+            problem = f"'{value}' cannot be read"
+        else:
+            continue
+        return f"argument {_flag(field)}: {problem}"
+    return None
 
 
 _PARSERS: dict[str, Callable[[str], Any]] = {

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ipsbench.server.admission import default_inflight_bytes
-from ipsbench.server.flags import check_bounds, existing_directory, option, readable_file
+from ipsbench.server.flags import check_bounds, option
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 MODEL_CONTROL_MODES = ("none", "explicit")
@@ -21,7 +21,7 @@ class Settings:
     model_repository: Path = option(
         None,
         "Model repository in Triton's layout: <repo>/<model>/config.pbtxt and <repo>/<model>/<version>/.",
-        required=True, parse=existing_directory,
+        required=True, must_be="directory",
     )
     host: str = option("127.0.0.1", "Address the gRPC and metrics servers bind to; 0.0.0.0 accepts remote clients.")
     grpc_port: int = option(8001, "gRPC (KServe v2) port; 0 picks a free port.", bounds=(0, 65535))
@@ -58,14 +58,14 @@ class Settings:
         "File holding the admin credential. When set (or when the environment variable "
         f"{ADMIN_TOKEN_ENV} is), the repository load/unload and log/trace settings RPCs need the metadata header "
         "'authorization: Bearer <token>'; inference, health, metadata and statistics do not.",
-        parse=readable_file,
+        must_be="file",
     )
     grpc_tls_cert: Path | None = option(
-        None, "PEM certificate chain of the server; with --grpc-tls-key, serve TLS only.", parse=readable_file
+        None, "PEM certificate chain of the server; with --grpc-tls-key, serve TLS only.", must_be="file"
     )
-    grpc_tls_key: Path | None = option(None, "PEM private key of --grpc-tls-cert.", parse=readable_file)
+    grpc_tls_key: Path | None = option(None, "PEM private key of --grpc-tls-cert.", must_be="file")
     grpc_tls_root_certs: Path | None = option(
-        None, "PEM CA certificates that client certificates are checked against (mutual TLS).", parse=readable_file
+        None, "PEM CA certificates that client certificates are checked against (mutual TLS).", must_be="file"
     )
     grpc_tls_client_auth: bool = option(
         False, "Require a client certificate signed by --grpc-tls-root-certs (mutual TLS)."
