@@ -66,7 +66,7 @@ class ModelInputs:
     """Requests batch together only when their keys are equal (same optional inputs and variable dims)."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # identity: a queue finds its own request, never compares arrays
 class QueuedRequest:
     """One request waiting in a batcher's queue, or executing; its future resolves to a :class:`RequestResult`."""
 

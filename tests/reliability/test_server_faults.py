@@ -216,6 +216,30 @@ def test_F06_a_thousand_cancels_leave_no_request_state_behind(tmp_path, write_te
     assert "in-flight request(s)" not in srv.log()
 
 
+def test_F06_cancelling_a_request_behind_others_takes_it_out_of_the_queue_at_once(tmp_path, write_test_model,
+                                                                                start_server):
+    # Three requests held in the queue (the preferred batch of four never forms); the middle one is cancelled.
+    write_test_model(
+        tmp_path, "held", max_batch_size=4, dynamic_batching=False,
+        extra_config="dynamic_batching { max_queue_delay_microseconds: 60000000 preferred_batch_size: 4 }\n",
+    )
+    srv = start_server(tmp_path)
+    with grpc.insecure_channel(srv.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        first = stub.ModelInfer.future(infer_request("held", np.ones((1, 4), np.float32)))
+        wait_until(lambda: _pending(srv, "held") == 1, what="the first request queued", timeout_s=60)
+        middle = stub.ModelInfer.future(infer_request("held", np.full((1, 4), 2, np.float32)))
+        wait_until(lambda: _pending(srv, "held") == 2, what="the second request queued", timeout_s=60)
+        last = stub.ModelInfer.future(infer_request("held", np.full((1, 4), 3, np.float32)))
+        wait_until(lambda: _pending(srv, "held") == 3, what="the third request queued", timeout_s=60)
+        middle.cancel()
+        # Long before the queue delay (60 s) would run the batch: the request is taken out when its client goes.
+        wait_until(lambda: _pending(srv, "held") == 2, what="the cancelled request out of the queue", timeout_s=30)
+        for future in (first, last):
+            future.cancel()
+        wait_until(lambda: _pending(srv, "held") == 0, what="the queue empty", timeout_s=30)
+
+
 CRASHING_CLIENT = """
 import sys, grpc, numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
