@@ -3,11 +3,10 @@ process itself never imports it)."""
 import json
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
+from waiting import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,13 +33,13 @@ class LoadRun:
 
     def wait_for_log(self, text: str, timeout: float) -> None:
         """Block until ``text`` appears on the run's stderr (or fail after ``timeout``)."""
-        deadline = time.monotonic() + timeout
-        while text not in self.stderr():
-            if self.process.poll() is not None:
-                pytest.fail(f"ipsbench-load exited ({self.process.returncode}) before logging {text!r}:\n{self.stderr()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"ipsbench-load did not log {text!r} within {timeout} s:\n{self.stderr()}")
-            time.sleep(0.05)
+        wait_until(lambda: text in self.stderr(), timeout, f"ipsbench-load to log {text!r}", give_up=self._exited)
+
+    def _exited(self) -> str | None:
+        """Why waiting on this run is hopeless: it exited (with its stderr), or None while it runs."""
+        if self.process.poll() is None:
+            return None
+        return f"ipsbench-load exited ({self.process.returncode}):\n{self.stderr()}"
 
     def partial_report(self) -> dict | None:
         """The report.json as the run last rewrote it (every few seconds while it goes on), or None."""
@@ -51,16 +50,12 @@ class LoadRun:
 
     def wait_for_report(self, predicate, what: str, timeout: float = 120.0) -> dict:
         """Block until the partial report satisfies ``predicate`` (or fail after ``timeout``); return it."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def satisfied() -> dict | None:
             report = self.partial_report()
-            if report is not None and predicate(report):
-                return report
-            if self.process.poll() is not None:
-                pytest.fail(f"ipsbench-load exited ({self.process.returncode}) before {what}:\n{self.stderr()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"ipsbench-load did not reach {what} within {timeout} s:\n{self.stderr()}")
-            time.sleep(0.1)
+            return report if report is not None and predicate(report) else None
+
+        return wait_until(satisfied, timeout, what, interval_s=0.1, give_up=self._exited)
 
     def wait_in_window(self, step: int = 0, ok: int = 1) -> dict:
         """Block until step ``step`` (from 0) has ``ok`` successful requests in its measured window, as the partial

@@ -31,21 +31,29 @@ def test_a_level_is_measured_in_windows_until_three_agree(server, start_load):
     assert step["client"]["cpu_percent"] > 0 and not step["client"]["client_bound"]
 
 
-STALL_S = 1.5
+WINDOW_S = 6
+"""Long beside the partial report's 2 s cadence, so that a stall told by it covers most of a window."""
 
 
 def test_a_server_that_stalls_in_one_window_makes_the_level_unstable(server, start_load):
     """L10: windows that disagree after the last trial: UNSTABLE, exit 1, still a valid measurement."""
-    run = start_load(server.grpc_url, "--concurrency", "2", "--duration", "3s", "--max-trials", "3",
+    run = start_load(server.grpc_url, "--concurrency", "2", "--duration", f"{WINDOW_S}s", "--max-trials", "3",
                      "--stability", "0.2", "--warmup", "500ms", "--drain", "5s")
-    # Once the second window has begun (the partial report is rewritten every 2 s, well inside a 3 s window).
-    run.wait_for_report(lambda r: r["steps"] and len((r["steps"][0].get("stability") or {}).get("windows", [])) >= 2,
-                        "the second measured window")
+    def windows_begun(report: dict) -> int:
+        return report["steps"] and len((report["steps"][0].get("stability") or {}).get("windows", []))
+
+    # The server is stopped once the second window shows in the partial report (rewritten every 2 s), and goes on
+    # only once the load generator's own clock, in a later partial report, has run half a window further: most of
+    # the second window gets no answers, however slow this machine.
+    seen = run.wait_for_report(lambda r: windows_begun(r) >= 2, "the second measured window")
     server.process.send_signal(signal.SIGSTOP)
+    stopped = time.monotonic()
     try:
-        time.sleep(STALL_S)  # the stall itself: half of one 3 s window without answers
+        run.wait_for_report(lambda r: r["duration_s"] >= seen["duration_s"] + WINDOW_S / 2,
+                            "half a window of the run's own time with the server stopped")
     finally:
         server.process.send_signal(signal.SIGCONT)
+    stall_s = time.monotonic() - stopped
     assert run.finish(timeout=90) == 1, run.stdout + run.stderr()
     report = run.report()
     assert report["valid"] and report["verdict"] == "UNSTABLE" and report["unstable_steps"] == [0]
@@ -53,7 +61,7 @@ def test_a_server_that_stalls_in_one_window_makes_the_level_unstable(server, sta
     assert step["stability"]["trials"] == 3 and not step["stability"]["stable"]
     rates = [window["images_per_s"] for window in step["stability"]["windows"]]
     assert min(rates) < 0.7 * max(rates), rates  # the stalled window served far less
-    assert step["latency_us"]["max"] >= 0.8 * STALL_S * 1e6
+    assert step["latency_us"]["max"] >= 0.8 * stall_s * 1e6  # a request in flight waited the whole stall
     assert "UNSTABLE" in run.stdout
 
 

@@ -4,12 +4,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 
 import pytest
 from load_helpers import REPO_ROOT
+from waiting import wait_until
 
 
 def free_port() -> int:
@@ -42,27 +42,31 @@ def test_the_web_ui_runs_users_and_shows_exact_percentiles(server, tmp_path, rem
                 [sys.executable, "-m", "ipsbench.loadgen", "worker", "--master", f"127.0.0.1:{master_port}"],
                 cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT))
     try:
-        deadline = time.monotonic() + 60
-        while True:
+        log_text = (tmp_path / "ui.log").read_text
+
+        def exited() -> str | None:
+            return None if ui.poll() is None else f"ipsbench-load ui exited ({ui.returncode}):\n{log_text()}"
+
+        def answering() -> bool:
             try:
                 fetch(base + "/ipsbench/stats")
-                break
             except OSError:
-                assert ui.poll() is None and time.monotonic() < deadline, (tmp_path / "ui.log").read_text()
-                time.sleep(0.2)
+                return False
+            return True
+
+        wait_until(answering, what="the web UI to answer", give_up=exited, interval_s=0.2)
         if remote_workers:
-            while b"ready" not in (tmp_path / "ui.log").read_bytes():  # the worker prepared its requests
-                assert time.monotonic() < deadline, (tmp_path / "ui.log").read_text()
-                time.sleep(0.2)
+            wait_until(lambda: "ready" in log_text(), what="the worker to prepare its requests", give_up=exited,
+                       interval_s=0.2)
         fetch(base + "/swarm", {"user_count": 2, "spawn_rate": 2, "host": server.grpc_url})
 
         def measured() -> dict | None:
             steps = json.loads(fetch(base + "/ipsbench/stats"))["steps"]
             return steps[0] if steps and steps[0]["ok"] > 0 and steps[0]["latency_us"] else None
 
-        while (step := measured()) is None:  # a worker's requests arrive with its reports, every 3 s
-            assert ui.poll() is None and time.monotonic() < deadline + 60, (tmp_path / "ui.log").read_text()
-            time.sleep(0.2)
+        # A worker's requests arrive with its reports, every 3 s.
+        step = wait_until(measured, timeout_s=120, what="measured requests on the tab", give_up=exited,
+                          interval_s=0.2)
         assert step["ok"] > 0 and step["images_per_s"] > 0 and step["errors_total"] == 0
         latency = step["latency_us"]
         assert 0 < latency["p50"] <= latency["p99"] <= latency["max"]

@@ -165,8 +165,10 @@ def test_L08_workers_stop_sending_when_the_master_is_killed(server, start_load):
     wait_until(lambda: not any(_alive(pid) for pid in pids), timeout_s=MASTER_HEARTBEAT_TIMEOUT_S + 10,
                what=f"the workers {pids} to stop", interval_s=0.2)
     labels = dict(model="image8", version="1")
+    # No process is left to send and nothing is in the server: no request can arrive after this.
+    wait_until(lambda: metric(scrape(server.metrics_url), "ipsbench_inflight_requests", **labels) == 0,
+               what="the server to have no image8 request left in flight")
     served = metric(scrape(server.metrics_url), "nv_inference_request_success", **labels)
-    time.sleep(1.0)  # an observation period: no process is left to send, so nothing may arrive during it
     assert metric(scrape(server.metrics_url), "nv_inference_request_success", **labels) == served  # no more load
 
 

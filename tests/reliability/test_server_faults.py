@@ -120,8 +120,14 @@ def test_F02_queue_timeout_reject(tmp_path, write_test_model, start_server):
 
 
 def test_F03_queue_timeout_delay(tmp_path, write_test_model, start_server):
-    _held_queue_model(write_test_model, tmp_path, "delay",
-                      "default_timeout_microseconds: 30000000 timeout_action: DELAY allow_timeout_override: true")
+    # Both requests wait in the queue together (it prefers batches of 4, which never form) until the first one's
+    # hold runs out, by when its own 50 ms timeout has long passed: the queue, not the test, orders the events.
+    write_test_model(
+        tmp_path, "delay", max_batch_size=4, dynamic_batching=False,
+        extra_config=f"dynamic_batching {{ max_queue_delay_microseconds: {HELD_US} preferred_batch_size: 4 "
+                     "default_queue_policy { default_timeout_microseconds: 30000000 timeout_action: DELAY "
+                     "allow_timeout_override: true } }\n",
+    )
     srv = start_server(tmp_path)
     finished: list[str] = []
     with grpc.insecure_channel(srv.grpc_url) as channel:
@@ -137,7 +143,6 @@ def test_F03_queue_timeout_delay(tmp_path, write_test_model, start_server):
 
         late = send("expired", timeout_us=50_000)
         wait_until(lambda: _pending(srv, "delay") == 1, what="the first request held in the queue")
-        time.sleep(0.1)  # at least its 50 ms more: its deadline, set when it was queued, has passed
         fresh = send("fresh")  # inside its 30 s timeout throughout
         for future in (late, fresh):
             assert output_array(future.result(timeout=CALL_TIMEOUT_S)).shape == (1, 4)  # DELAY: all OK
