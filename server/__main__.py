@@ -4,4 +4,5 @@ import sys
 
 from ipsbench.server.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a ``--frontends`` child process imports this module as its parent's main
+    sys.exit(main())

@@ -29,7 +29,7 @@ from ipsbench.server.models import ModelRegistry
 from ipsbench.server.preprocess.stage import DecodePool
 from ipsbench.server.security import AdminAuth, SecurityConfigError, check_startup_policy, load_admin_token, server_credentials
 from ipsbench.server.settings import Settings
-from ipsbench.server.signals import asyncio_delivery, capture_signals
+from ipsbench.server.signals import HANDLED_SIGNALS, asyncio_delivery, capture_signals
 from ipsbench.server.stats import ServerStats
 from ipsbench.server.telemetry import GpuCollector, open_gpu_collector
 
@@ -56,7 +56,13 @@ def _stdout(line: str) -> None:
 
 
 class App:
-    """One server process. ``announce`` receives the start-up lines that scripts parse (stdout by default)."""
+    """One server process. ``announce`` receives the start-up lines that scripts parse (stdout by default).
+
+    The engine process of ``--frontends N`` (:class:`ipsbench.server.frontends.engine.EngineApp`) is this lifecycle
+    with its front (``_start_front`` / ``_stop_front``) facing the front-end processes instead of gRPC clients.
+    """
+
+    handled_signals: tuple[int, ...] = HANDLED_SIGNALS
 
     def __init__(
         self,
@@ -92,7 +98,7 @@ class App:
 
     async def serve(self) -> int:
         """Run until a signal or :meth:`request_exit`; return the process exit code."""
-        with capture_signals(self.request_exit, asyncio_delivery(asyncio.get_running_loop())):
+        with capture_signals(self.request_exit, asyncio_delivery(asyncio.get_running_loop()), self.handled_signals):
             return await self._serve()
 
     async def _serve(self) -> int:
@@ -137,10 +143,9 @@ class App:
         except SecurityConfigError as exc:
             log.error("%s", exc)
             return False
-        if not await self._start_grpc(AdminAuth(admin_token), credentials):
+        if not await self._start_front(AdminAuth(admin_token), credentials):
             return False
         host = _url_host(settings.host)
-        self.announce(f"ipsbench-serve: gRPC listening on {host}:{self.grpc_port}")
         if settings.allow_metrics:
             try:
                 self._start_metrics()
@@ -161,12 +166,15 @@ class App:
         if not await self._load_models():
             return False
         self.core.mark_loaded()
+        await self._on_loaded()
+        return True
+
+    async def _on_loaded(self) -> None:
         await self.health.set_serving(self.core.ready)
         if self.core.ready:
             self.announce("ipsbench-serve: ready")
         else:
             log.warning("serving, but not ready: %d model(s) failed to load", len(self.models.failed))
-        return True
 
     async def main_loop(self) -> None:
         await self._exit.wait()
@@ -176,6 +184,7 @@ class App:
         code = 0
         await self.health.enter_shutdown()
         self.core.begin_shutdown()
+        self._on_shutdown_begun()
         grace = self.settings.grace_period_s
         if self.core.inflight:
             log.info("waiting up to %.1f s for %d in-flight request(s)", grace, self.core.inflight)
@@ -187,8 +196,7 @@ class App:
                 log.error("Exit timeout expired. Exiting immediately. (%d request(s) in flight)", self.core.inflight)
             self.forced_exit = True
             code = 1
-        if self._grpc_server is not None:
-            await self._grpc_server.stop(STOP_GRACE_S if drained else 0)
+        await self._stop_front(drained)
         for model in self.models:
             await model.batcher.stop(wait=drained)
         if drained:
@@ -202,6 +210,24 @@ class App:
         return code
 
     # -- helpers ---------------------------------------------------------------------------------------------------
+
+    async def _start_front(self, admin: AdminAuth, credentials: grpc.ServerCredentials | None) -> bool:
+        """Start taking requests (here: the gRPC server) before the models load."""
+        if not await self._start_grpc(admin, credentials):
+            return False
+        self.announce(f"ipsbench-serve: gRPC listening on {_url_host(self.settings.host)}:{self.grpc_port}")
+        return True
+
+    def _on_shutdown_begun(self) -> None:
+        """Readiness has just gone false for good."""
+
+    async def _stop_front(self, drained: bool) -> None:
+        if self._grpc_server is not None:
+            await self._grpc_server.stop(STOP_GRACE_S if drained else 0)
+
+    def _stats_for_metrics(self):
+        """The server-wide counts the metrics show."""
+        return self.server_stats
 
     async def _start_grpc(self, admin: AdminAuth, credentials: grpc.ServerCredentials | None) -> bool:
         settings = self.settings
@@ -235,7 +261,7 @@ class App:
         return True
 
     def _start_metrics(self) -> None:
-        self.metrics_registry.register(ServerCollector(self.models.stats, self.server_stats))
+        self.metrics_registry.register(ServerCollector(self.models.stats, self._stats_for_metrics()))
         self._gpu = open_gpu_collector()
         if self._gpu is not None:
             self.metrics_registry.register(self._gpu)

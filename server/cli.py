@@ -44,6 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bench_main(args[1:])
     settings = parse_settings(args)
     configure_logging(settings.log_verbose, settings.log_format)
+    if settings.frontends > 1:
+        from ipsbench.server.frontends.supervisor import Supervisor
+
+        return Supervisor(settings).run()
     from ipsbench.server.app import App  # after logging is configured: importing backends may log
 
     app = App(settings)

@@ -102,7 +102,7 @@ def infer_request_to_grpc(request: InferRequest) -> service_pb2.ModelInferReques
     return message
 
 
-def _response_header(response: InferResponse) -> service_pb2.ModelInferResponse:
+def response_header(response: InferResponse) -> service_pb2.ModelInferResponse:
     """The response message without its raw output contents: the one place both encodings build it from."""
     return service_pb2.ModelInferResponse(
         model_name=response.model_name,
@@ -116,7 +116,7 @@ def _response_header(response: InferResponse) -> service_pb2.ModelInferResponse:
 
 
 def infer_response_to_grpc(response: InferResponse) -> service_pb2.ModelInferResponse:
-    message = _response_header(response)
+    message = response_header(response)
     message.raw_output_contents.extend(bytes(raw_contents(o.datatype, o.array)) for o in response.outputs)
     return message
 
@@ -130,7 +130,7 @@ def _array(tensor: service_pb2.ModelInferResponse.InferOutputTensor, data: bytes
 
 def infer_response_to_wire(response: InferResponse) -> bytes:
     """The serialized ModelInferResponse, raw output contents written once (see :mod:`ipsbench.server.wire`)."""
-    return encode_infer_response(_response_header(response), [(o.datatype, o.array) for o in response.outputs])
+    return encode_infer_response(response_header(response), [(o.datatype, o.array) for o in response.outputs])
 
 
 def infer_response_from_grpc(message: service_pb2.ModelInferResponse) -> InferResponse:

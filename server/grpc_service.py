@@ -69,7 +69,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         self._budget = budget
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        """Register every RPC of the service, the inference ones with the zero-copy request decoder."""
+        """Register every RPC of the service."""
+        handlers = self.method_handlers()
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
+        if hasattr(server, "add_registered_method_handlers"):
+            server.add_registered_method_handlers(SERVICE.full_name, handlers)
+
+    def method_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        """A handler per RPC of the service, the inference ones with the zero-copy request decoder."""
         handlers = {}
         for method in SERVICE.methods:
             behaviour = getattr(self, method.name)
@@ -91,9 +98,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                     request_deserializer=tolerant(getattr(service_pb2, method.input_type.name)),
                     response_serializer=response_class.SerializeToString,
                 )
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
-        if hasattr(server, "add_registered_method_handlers"):
-            server.add_registered_method_handlers(SERVICE.full_name, handlers)
+        return handlers
 
     @rpc
     async def ServerLive(self, request, context):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,17 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 MODEL_CONTROL_MODES = ("none", "explicit")
 LOG_FORMATS = ("text", "json")
 ADMIN_TOKEN_ENV = "IPSBENCH_ADMIN_TOKEN"
+MAX_FRONTENDS = 64
+
+
+def default_frontends() -> int:
+    """Half the cores this process may use, at most 8: one front end per two cores leaves the other half to the
+    engine's batcher, decoding and the client; a 2-core machine gets 1 (one process, no shared memory)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores // 2))
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,18 @@ class Settings:
         "Total MiB of inference requests the server holds at once; a request that would exceed it is answered "
         "RESOURCE_EXHAUSTED before it is validated or copied (default: a quarter of this machine's memory).",
         bounds=(1, None),
+    )
+    frontends: int = option(
+        default_frontends(),
+        "Front-end processes receiving gRPC requests on the one port (SO_REUSEPORT), all feeding one engine "
+        "process that owns the models and batchers; 1: everything in one process (default: half the cores, at "
+        "most 8).",
+        bounds=(1, MAX_FRONTENDS),
+    )
+    frontend_ring_mb: int = option(
+        64, "With --frontends above 1: MiB of shared memory per front end for tensors on their way to and from the "
+        "engine (slots of 2 MiB; a request that finds no free slot travels in its message instead).",
+        bounds=(4, 4096),
     )
     grace_period_s: float = option(
         30.0, "On SIGTERM/SIGINT, how long in-flight requests may take to finish.", bounds=(0, 86_400)

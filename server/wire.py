@@ -132,9 +132,14 @@ def encode_infer_response(
 ) -> bytes:
     """``message`` (without raw contents) serialized, then one ``raw_output_contents`` entry per output:
     ``(datatype, numpy array)`` as :func:`raw_contents` gives it."""
-    parts: list[bytes | memoryview] = [message.SerializeToString()]
-    for datatype, array in outputs:
-        payload = raw_contents(datatype, array)
+    return join_infer_response(message.SerializeToString(), [raw_contents(d, a) for d, a in outputs])
+
+
+def join_infer_response(header: bytes, payloads: Sequence[bytes | memoryview]) -> bytes:
+    """A serialized ModelInferResponse from its header (serialized without raw contents) and the raw output
+    contents, each copied once."""
+    parts: list[bytes | memoryview] = [header]
+    for payload in payloads:
         parts.append(_RAW_OUTPUT_TAG)
         parts.append(_length_prefix(len(payload)))
         parts.append(payload)

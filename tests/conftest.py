@@ -179,6 +179,8 @@ def launch_server(
         "0",
         "--metrics-port",
         "0",
+        # One process unless a test asks for front ends: the default follows the machine's cores.
+        *(() if any(arg.startswith("--frontends") for arg in extra_args) else ("--frontends", "1")),
         *extra_args,
     ]
     with open(log_path, "wb") as log_file:
