@@ -16,14 +16,25 @@ ADMIN_TOKEN_ENV = "IPSBENCH_ADMIN_TOKEN"
 MAX_FRONTENDS = 64
 
 
-def default_frontends() -> int:
-    """Half the cores this process may use, at most 8: one front end per two cores leaves the other half to the
-    engine's batcher, decoding and the client; a 2-core machine gets 1 (one process, no shared memory)."""
+def usable_cores() -> int:
+    """The cores this process may run on, and no more than its cgroup's CPU quota (a container's ``--cpus``)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
-    return max(1, min(8, cores // 2))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
+def default_frontends() -> int:
+    """Half the usable cores, at most 8: one front end per two cores leaves the other half to the engine's
+    batcher, decoding and the client; a 2-core machine gets 1 (one process, no shared memory)."""
+    return max(1, min(8, usable_cores() // 2))
 
 
 @dataclass(frozen=True)

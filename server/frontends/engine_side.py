@@ -125,6 +125,12 @@ class LinkServer:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
+            await self._connection(reader, writer)
+        except asyncio.CancelledError:
+            pass  # the process is exiting; asyncio would log a cancelled connection task as an error
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
             kind, index, ring_path, slots, slot_bytes, pid = await messages.read_frame(reader)
             if not 0 <= index < self.expected:
                 raise ConnectionError(f"front end {index} is not one of {self.expected}")

@@ -224,15 +224,12 @@ class Supervisor:
         forced = False
         if engine is not None and engine.process.is_alive():
             os.kill(engine.process.pid, signal.SIGTERM)
-            seen = self._signals
             while engine.process.is_alive():
+                if self._signals > 1 and not forced:  # a second signal: the engine's own second SIGTERM forces it
+                    forced = True
+                    os.kill(engine.process.pid, signal.SIGTERM)
                 engine.process.join(POLL_S)
                 self._drain_events(engine)
-                if self._signals > seen:  # a second signal: the engine's own second SIGTERM forces it
-                    seen = self._signals
-                    forced = True
-                    if engine.process.is_alive():
-                        os.kill(engine.process.pid, signal.SIGTERM)
         engine_code = engine.process.exitcode if engine is not None else None
         for frontend in self.frontends:
             if frontend.process.is_alive():

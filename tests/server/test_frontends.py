@@ -268,3 +268,31 @@ def test_a_child_failing_at_start_up_stops_the_server(tmp_path, start_server):
     assert server.process.wait(timeout=120) == 1
     assert "engine exited with code 1 during start-up: stopping" in server.log()
     assert "restarting" not in server.log()
+
+
+def test_a_second_signal_ends_every_process_at_once(repository, write_test_model, start_server):
+    write_test_model(repository, "slow", kind="slow", delay_ms=20_000, max_batch_size=1, dynamic_batching=False)
+    server = start_server(repository, "--frontends", "2", "--grace-period-s", "600")
+    pids = started_pids(server)
+    channel = Channel(server.grpc_url)
+    failure: dict = {}
+
+    def slow() -> None:
+        try:
+            channel.infer("slow", np.ones((1, FEATURES), np.float32), timeout=120)
+        except grpc.RpcError as exc:
+            failure["code"] = exc.code()
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    wait_until(lambda: metric(scrape(server.metrics_url), "ipsbench_inflight_requests", model="slow",
+                              version="1") == 1, what="the slow request in flight")
+    server.process.send_signal(signal.SIGTERM)
+    server.wait_for_log("SIGTERM received: shutting down gracefully")
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=60) != 0
+    thread.join(CALL_TIMEOUT_S)
+    assert failure["code"] in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL)
+    channel.close()
+    wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids.values()),
+               what="every child process gone")
