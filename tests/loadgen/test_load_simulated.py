@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from load_helpers import assert_accounted
 
+from ipsbench.loadgen.report.compare import render_comparison
 from ipsbench.loadgen.report.html import render_html
 from ipsbench.loadgen.report.markdown import render_markdown
 
@@ -52,3 +53,6 @@ def test_a_sweep_against_a_device_model_is_reported_simulated_everywhere(simulat
 
     real = {**report, "simulated": None}
     assert "SIMULATED" not in render_markdown(real) and "SIMULATED" not in render_html(real)
+    comparison = render_comparison(report, real, Path("a.json"), Path("b.json"))
+    assert f"- **A**: `a.json`: **{LABEL}**, sweep of `resnet18_simulated`" in comparison
+    assert f"the runs differ in device ({LABEL} vs a real engine)" in comparison
