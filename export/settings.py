@@ -18,6 +18,9 @@ from ipsbench.server.preprocess.recipe import FRONT_KINDS
 FORMATS = ("onnx", "torchscript", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
 DEVICES = ("cpu", "gpu")
+NOT_SIMULATED = ("format", "device", "precision", "channels_last", "cuda_graphs", "max_batch_size", "opt_batch_size",
+                 "calibration_images", "verify_images", "weights", "front")
+"""Options of a network's export that ``--simulate`` (which exports none) refuses when given."""
 
 
 def front_kinds(text: str) -> tuple[str, ...]:
@@ -104,10 +107,8 @@ class ExportSettings:
         """``--simulate`` writes a config and the profile: the options of a network's export do not apply."""
         if self.simulate is None:
             return
-        defaults = {"format": "onnx", "precision": "fp32", "channels_last": None, "cuda_graphs": False,
-                    "opt_batch_size": None, "calibration_images": None, "verify_images": None, "weights": "",
-                    "front": (), "device": None}
-        given = [name for name, default in defaults.items() if getattr(self, name) != default]
+        given = [field.name for field in dataclasses.fields(self)
+                 if field.name in NOT_SIMULATED and getattr(self, field.name) != field.default]
         if given:
             flags = ", ".join("--" + name.replace("_", "-") for name in given)
             raise ValueError(f"--simulate exports no network, so {flags} cannot apply")

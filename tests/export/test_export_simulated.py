@@ -49,3 +49,5 @@ def test_simulate_refuses_options_of_a_network_export(tmp_path):
     result = run_export("resnet50", "--simulate", str(H100_PROFILE), "--format", "torchscript", "--out", str(tmp_path))
     assert result.returncode == 2
     assert "--simulate exports no network, so --format cannot apply" in result.stderr
+    result = run_export("resnet50", "--simulate", str(H100_PROFILE), "--max-batch-size", "8", "--out", str(tmp_path))
+    assert result.returncode == 2 and "so --max-batch-size cannot apply" in result.stderr
