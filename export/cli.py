@@ -106,12 +106,18 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     progress = Progress()
     if args.preset:
-        if args.model or args.name:
-            parser.error("--preset names its own models: give no model name and no --name")
+        if args.model or args.name or args.simulate:
+            parser.error("--preset names its own models: give no model name, no --name and no --simulate")
         return _run_preset(args.preset, _settings(parser, args), progress)
     if not args.model:
         parser.error("a model name is required (or --list, or --preset)")
     settings = _settings(parser, args)
+    if settings.simulate is not None:
+        from ipsbench.export.simulated import describe_entry, write_simulated_entry
+
+        config_path, profile = write_simulated_entry(settings)
+        print(describe_entry(config_path, profile))
+        return 0
     if settings.format == "tensorrt" and (why := _require_tensorrt()):
         print(f"error: {why}", file=sys.stderr)
         return 1

@@ -18,6 +18,9 @@ from ipsbench.server.preprocess.recipe import FRONT_KINDS
 FORMATS = ("onnx", "torchscript", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
 DEVICES = ("cpu", "gpu")
+NOT_SIMULATED = ("format", "device", "precision", "channels_last", "cuda_graphs", "max_batch_size", "opt_batch_size",
+                 "calibration_images", "verify_images", "weights", "front")
+"""Options of a network's export that ``--simulate`` (which exports none) refuses when given."""
 
 
 def front_kinds(text: str) -> tuple[str, ...]:
@@ -69,11 +72,18 @@ class ExportSettings:
         (), "also write preprocessing fronts so the model takes encoded images or raw pixels: jpeg, uint8 or both "
         "(comma-separated)", parse=front_kinds,
     )
+    simulate: Path | None = option(
+        None, "write no network: a device-time model entry (<model>_simulated, served by the ipsbench_device_model "
+        "backend) with the network's inputs and outputs, whose batches take the time this profile (ipsbench-serve "
+        "bench --json output from a real GPU) measured; max_batch_size is the profile's largest batch",
+        metavar="PROFILE",
+    )
     seed: int = option(0, "seed for the random weights")
     weights: str = option("", "local state-dict file to load (weights_only=True) instead of random weights")
 
     def __post_init__(self) -> None:
         self._check_ranges()
+        self._check_simulate_options()
         self._check_format_options()
         device = self.device or ("gpu" if self.format == "tensorrt" else "cpu")
         object.__setattr__(self, "device", device)
@@ -92,6 +102,16 @@ class ExportSettings:
             raise ValueError("--version must be at least 1")
         if self.instance_count < 1:
             raise ValueError("--instance-count must be at least 1")
+
+    def _check_simulate_options(self) -> None:
+        """``--simulate`` writes a config and the profile: the options of a network's export do not apply."""
+        if self.simulate is None:
+            return
+        given = [field.name for field in dataclasses.fields(self)
+                 if field.name in NOT_SIMULATED and getattr(self, field.name) != field.default]
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise ValueError(f"--simulate exports no network, so {flags} cannot apply")
 
     def _check_format_options(self) -> None:
         if self.format != "torchscript":
@@ -113,8 +133,8 @@ class ExportSettings:
 
     @property
     def entry_name(self) -> str:
-        """The model's name in the repository."""
-        return self.name or self.model
+        """The model's name in the repository (``<model>_simulated`` for ``--simulate``)."""
+        return self.name or (f"{self.model}_simulated" if self.simulate is not None else self.model)
 
     def variant(self, model: str, name: str, precision: str, format: str, device: str) -> ExportSettings:  # noqa: A002
         """These settings for another network, entry name, precision and format (a preset's exports), the shared

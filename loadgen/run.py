@@ -209,6 +209,7 @@ class LoadRun:
             engine=self._engine,
             running=running,
             request_log=self._request_log_entry(workers),
+            simulated=self._prepared.simulated,
         ))
 
     def _request_log_entry(self, workers: list[dict] | None) -> dict | None:

@@ -6,7 +6,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
-from ipsbench.loadgen.client import TargetError, channel_credentials, describe_model, open_channel
+from ipsbench.loadgen.client import ModelInfo, TargetError, channel_credentials, describe_model, open_channel
 from ipsbench.loadgen.image_sources import FolderImages, ImageSourceError, folder_source, synthetic_source
 from ipsbench.loadgen.images import JPEG_QUALITY
 from ipsbench.loadgen.payloads import (
@@ -20,6 +20,7 @@ from ipsbench.loadgen.payloads import (
     model_recipe,
     with_top_classes,
 )
+from ipsbench.server.backends.device_profile import BACKEND_NAME, DEVICE_PARAMETER, simulated_label
 from ipsbench.server.preprocess.recipe import Recipe
 from ipsbench.loadgen.settings import TargetSettings, WorkloadSettings
 
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 NAMED_SKIPPED_IMAGES = 3
 """Skipped images named in the warning and the report; the rest are counted."""
+MAX_DEVICE_NAME_CHARS = 200
 
 
 class SetupError(RuntimeError):
@@ -51,6 +53,8 @@ class PreparedWorkload:
     """Files of the image folder skipped as unusable: (name, why)."""
     images_read: int = 0
     """Files of the image folder read, the skipped ones included."""
+    simulated: dict | None = None
+    """What a target serving a device-time model says of it (:func:`simulated_target`); None for a real engine."""
 
     def payload_description(self, workload: WorkloadSettings) -> dict:
         folder = bool(workload.images_dir)
@@ -121,13 +125,32 @@ def prepare_workload(target: TargetSettings, workload: WorkloadSettings) -> Prep
         model={
             "name": target.model, "version": target.model_version, "platform": info.metadata.platform,
             "input": spec.to_dict(), "max_batch_size": info.max_batch_size,
+            "backend": info.config.backend if info.config is not None else None,
         },
         recipe=recipe,
         classes=source.classes,
         check_every=workload.accuracy_every,
         skipped=source.skipped,
         images_read=source.read,
+        simulated=simulated_target(info),
     )
+
+
+def simulated_target(info: ModelInfo) -> dict | None:
+    """``backend``, ``device`` and ``label`` when the target serves the model with the device-time model backend
+    (its ModelConfig's backend, or ModelMetadata's platform, says so), the device being the one whose profile it
+    replays as the config names it (target text: kept only when short and printable); None for a real engine."""
+    config = info.config
+    named = config is not None and BACKEND_NAME in (config.backend, config.platform)
+    if not named and info.metadata.platform != BACKEND_NAME:
+        return None
+    device = config.parameters[DEVICE_PARAMETER].string_value.strip() if (
+        config is not None and DEVICE_PARAMETER in config.parameters) else ""
+    if len(device) > MAX_DEVICE_NAME_CHARS or not device.isprintable():
+        device = ""
+    logger.warning("model %r is a device-time model: %s; no device computes its batches",
+                   info.metadata.name, simulated_label(device))
+    return {"backend": BACKEND_NAME, "device": device or None, "label": simulated_label(device)}
 
 
 def image_pool(workload: WorkloadSettings, count: int) -> FolderImages:

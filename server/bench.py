@@ -24,6 +24,7 @@ import numpy as np
 
 from ipsbench.server.backends.base import ModelInstance
 from ipsbench.server.flags import comma_list, duration, option
+from ipsbench.server.backends.device_profile import simulated_label
 from ipsbench.server.backends.registry import get_backend
 from ipsbench.server.loader import load_instance, warmup_batches
 from ipsbench.server.model_spec import ModelSpec
@@ -87,6 +88,9 @@ class BenchResult:
     host: str = field(default_factory=socket.gethostname)
     started_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     software: dict[str, str] = field(default_factory=dict)
+    simulated: str | None = None
+    """``SIMULATED (device-time model from <device>)`` when no device computed (the ``ipsbench_device_model``
+    backend replays a profile); None for a real engine."""
 
     def to_json(self) -> dict:
         return {"schema_version": SCHEMA_VERSION, "kind": "engine_bench", **asdict(self)}
@@ -182,7 +186,7 @@ def run_bench(settings: BenchSettings, on_result=None) -> BenchResult:
             platform=spec.platform,
             backend=spec.backend,
             device=info.device,
-            device_name=device_name(info.device),
+            device_name=info.simulated_from or device_name(info.device),
             precision=info.precision,
             # The engine's own parameters: the bench times the engine, never the preprocessing recipe.
             parameters={
@@ -194,6 +198,7 @@ def run_bench(settings: BenchSettings, on_result=None) -> BenchResult:
             duration_s=settings.duration_s,
             warmup_s=settings.warmup_s,
             software=software_versions(),
+            simulated=simulated_label(info.simulated_from) if info.simulated_from else None,
         )
         rng = np.random.default_rng(settings.seed)
         for batch_size in effective_batch_sizes(spec, settings.batch_sizes):

@@ -50,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def show(result: BenchResult, batch: BatchSizeResult) -> None:
         if not header_printed:
             print(
+                (f"{result.simulated}: " if result.simulated else "") +
                 f"{result.model} v{result.version} ({result.platform}) on {result.device} ({result.device_name}), "
                 f"{result.precision}, {settings.duration_s:g}s per batch size after {settings.warmup_s:g}s warm-up"
             )

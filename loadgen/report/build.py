@@ -92,6 +92,8 @@ class RunFacts:
     """A partial report, written while the run goes on."""
     request_log: dict | None = None
     """Where the per-request logs went (:func:`ipsbench.loadgen.request_log.describe`), if the run wrote any."""
+    simulated: dict | None = None
+    """The target's device-time model (``backend``, ``device``, ``label``), if it serves one: no device computed."""
 
     @property
     def judged(self) -> bool:
@@ -119,6 +121,7 @@ def build_report(steps: list[StepRecord], run: RunFacts) -> dict:
         "verdict": verdict(reasons, slo, unstable),
         "stable": not unstable,
         "unstable_steps": unstable,
+        "simulated": run.simulated,
         "headline": headline_entry(run.scenario, entries),
         "slo": slo,
         "engine": run.engine,

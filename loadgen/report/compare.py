@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ipsbench.loadgen.report.cells import DASH, ms, percent, rate, run_verdict, signed
 from ipsbench.loadgen.report.schema import SCHEMA_VERSION, step_load, write_text
+from ipsbench.loadgen.report.sentences import simulated_words
 
 OLDEST_READABLE_SCHEMA = 2
 """Older reports lack the fields compared here."""
@@ -129,7 +130,8 @@ def verdict_changes(a: dict, b: dict) -> list[str]:
 def _describe(label: str, path: Path, report: dict) -> str:
     model = (report.get("model") or {}).get("name", DASH)
     target = (report.get("target") or {}).get("address", DASH)
-    return (f"- **{label}**: `{path}`: {report.get('scenario')} of `{model}` on {target}, started "
+    simulated = f" **{words}**," if (words := simulated_words(report)) else ""
+    return (f"- **{label}**: `{path}`:{simulated} {report.get('scenario')} of `{model}` on {target}, started "
             f"{report.get('started_at')}, {run_verdict(report)} (schema {report['schema_version']})")
 
 
@@ -138,7 +140,8 @@ def render_comparison(a: dict, b: dict, path_a: Path, path_b: Path) -> str:
     lines = ["# ipsbench-load compare", "", _describe("A", path_a, a), _describe("B", path_b, b)]
     for what, get in (("scenario", lambda r: r.get("scenario")),
                       ("model", lambda r: (r.get("model") or {}).get("name")),
-                      ("images per request", lambda r: (r.get("payload") or {}).get("images_per_request"))):
+                      ("images per request", lambda r: (r.get("payload") or {}).get("images_per_request")),
+                      ("device", lambda r: simulated_words(r) or "a real engine")):
         if get(a) != get(b):
             lines.append(f"- warning: the runs differ in {what} ({get(a)} vs {get(b)}); deltas compare unlike runs")
     lines += ["", "## Steps (B − A; latency of successful requests, errors as a share of issued requests)", ""]

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from ipsbench.loadgen.report.cells import client_bound, load_cell, load_header, ms, rate
 from ipsbench.loadgen.report.schema import has_open_loop_steps, step_load
-from ipsbench.loadgen.report.sentences import headline_words
+from ipsbench.loadgen.report.sentences import headline_words, simulated_words
 
 CLIENT_BOUND_MARK = "!"
 MAX_TABLE_WIDTH = 400
@@ -43,8 +43,10 @@ def summary_table(report: dict) -> Table:
     if report.get("verdict") and report["verdict"] not in ("PASS", verdict):
         verdict += f" ({report['verdict']})"
     is_open_loop = has_open_loop_steps(report)
+    simulated = simulated_words(report)
     table = Table(
-        title=f"{report['model']['name']} @ {report['target']['address']}: {verdict}, {report['status']}",
+        title=(f"{simulated}: " if simulated else "")
+        + f"{report['model']['name']} @ {report['target']['address']}: {verdict}, {report['status']}",
         box=box.SIMPLE_HEAD,
         show_edge=False,
         pad_edge=False,
@@ -75,6 +77,9 @@ def print_summary(report: dict, markdown_path, console: Console | None = None) -
     if needed > console.width:  # wrap in a narrow terminal rather than cut numbers short
         console = Console(width=needed, file=console.file)
     console.print(table)
+    if simulated := simulated_words(report):
+        console.print(f"{simulated}: no device computed; each batch took the time a measured profile states",
+                      markup=False, soft_wrap=True)
     if headline := headline_words(report):
         console.print(f"headline: {headline}", markup=False)
     if any(step["latency_us"] and step["unsupported_percentiles"] for step in report["steps"]):

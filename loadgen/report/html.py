@@ -20,7 +20,9 @@ from ipsbench.loadgen.report.sentences import (
     Strong,
     headline_words,
     method_lines,
+    report_title,
     setup_lines,
+    simulated_line,
     slo_search_line,
     what_numbers_mean,
 )
@@ -136,10 +138,12 @@ def _summary(report: dict) -> str:
 
 def render_html(report: dict) -> str:
     check_report(report)
-    model = report["model"]
-    title = f"ipsbench-load {report['scenario']}: {model['name']} on {report['target']['address']}"
+    title = report_title(report)
     plots = {plot.name: plot for plot in all_plots(report)}
-    body = [f"<h1>{html.escape(title)}</h1>", _summary(report),
+    simulated = simulated_line(report)
+    body = [f"<h1>{html.escape(title)}</h1>",
+            *([f'<p id="simulated" class="bad">{_inline(simulated)}</p>'] if simulated else []),
+            _summary(report),
             _section("steps", "Throughput and latency (successful requests, measured window)",
                      _table(steps_table(report), "steps-table"))]
     if has_open_loop_steps(report):

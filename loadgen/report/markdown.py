@@ -11,7 +11,9 @@ from ipsbench.loadgen.report.sentences import (
     Strong,
     headline_words,
     method_lines,
+    report_title,
     setup_lines,
+    simulated_line,
     slo_search_line,
     verdict_line,
     what_numbers_mean,
@@ -51,12 +53,10 @@ def _table(table: TableData) -> list[str]:
 
 def render_markdown(report: dict) -> str:
     check_report(report)
-    model = report["model"]
-    lines = [
-        f"# ipsbench-load {report['scenario']}: {model['name']} on {report['target']['address']}",
-        "",
-        inline(verdict_line(report)),
-    ]
+    lines = [f"# {report_title(report)}", ""]
+    if simulated := simulated_line(report):
+        lines += [inline(simulated), ""]
+    lines.append(inline(verdict_line(report)))
     if headline := headline_words(report):
         lines += ["", f"**Headline: {headline}.**"]
     lines += [f"- {reason}" for reason in report.get("invalid_reasons", [])]

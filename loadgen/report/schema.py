@@ -18,7 +18,10 @@ has one, e.g. single-stream's p90) and ``request_log`` (where the per-request lo
 count (UNAVAILABLE from the transport: no server answered), so ``rejected`` is the server's admission control
 alone; the payload's ``images_read``, ``skipped_images`` and ``skipped_image_examples``. A partial report (written
 while the run goes on) has status ``incomplete``, an ``incomplete_reason``, verdict ``INCOMPLETE`` (its SLO's too)
-and ``valid`` / ``stable`` null: the run-level judgements are stated by the final report only."""
+and ``valid`` / ``stable`` null: the run-level judgements are stated by the final report only. Later added to 4,
+optional for readers (None when absent): ``simulated`` (``backend``, ``device``, ``label``: the target served the
+model with the device-time model backend, so no device computed and every rendering heads the report with
+``label``) and the model's ``backend`` (from its ModelConfig; None where the target has none)."""
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 VERDICT_EXIT_CODES = {"PASS": 0, "FAIL": 1, "UNSTABLE": 1, "INVALID": 2}

@@ -30,6 +30,30 @@ def plain(sentence: Sentence) -> str:
     return "".join(sentence)
 
 
+def simulated_words(report: dict) -> str | None:
+    """``SIMULATED (device-time model from <device>)`` for a run against a device-time model, else None."""
+    simulated = report.get("simulated")
+    return str(simulated.get("label") or "SIMULATED") if simulated else None
+
+
+def report_title(report: dict) -> str:
+    """The report's title: scenario, model and target, headed by SIMULATED when no device computed."""
+    title = f"ipsbench-load {report['scenario']}: {report['model']['name']} on {report['target']['address']}"
+    simulated = simulated_words(report)
+    return f"{simulated}: {title}" if simulated else title
+
+
+def simulated_line(report: dict) -> Sentence | None:
+    """What a simulated run's figures are, for the top of the report; None for a run against a real engine."""
+    words = simulated_words(report)
+    if words is None:
+        return None
+    device = (report.get("simulated") or {}).get("device") or "an unnamed device"
+    return (Strong(words), f": the target's backend replays a profile measured on {device}; no device computed. "
+            "Each batch took the time that profile states, so these figures show the serving path (client, "
+            "network, queue, batching) around a modelled device, not a measurement of any GPU.")
+
+
 def verdict_line(report: dict) -> Sentence:
     parts: list[str] = [Strong("VALID" if report["valid"] else "INVALID"), f", {report['status']}"]
     if report.get("interrupted_by"):

@@ -22,6 +22,9 @@ class EngineInfo:
     """``cpu`` or ``cuda:N``."""
     precision: str = "fp32"
     """Arithmetic precision of the engine (``fp32``, ``fp16``), which may differ from the wire type."""
+    simulated_from: str = ""
+    """For a device-time model (no device computes): the device whose measured profile it replays; empty for a
+    real engine."""
 
 
 class ModelInstance(ABC):

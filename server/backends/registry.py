@@ -10,6 +10,8 @@ import importlib
 from dataclasses import dataclass
 
 from ipsbench.server.backends.base import Backend
+from ipsbench.server.backends.device_profile import BACKEND_NAME as DEVICE_MODEL
+from ipsbench.server.backends.device_profile import PROFILE_FILENAME
 from ipsbench.server.repository.layout import MODEL_FILENAMES
 
 
@@ -52,6 +54,15 @@ BACKENDS: dict[str, BackendEntry] = {
         target="ipsbench.server.backends.tensorrt:TensorRTBackend",
         requires="tensorrt",
         extra="ipsbench[tensorrt]",
+    ),
+    # No device at all: a batch takes the time a measured profile says (planning on a CPU-only box).
+    DEVICE_MODEL: BackendEntry(
+        name=DEVICE_MODEL,
+        platform=DEVICE_MODEL,
+        default_model_filename=PROFILE_FILENAME,
+        target="ipsbench.server.backends.device_model:DeviceModelBackend",
+        requires="numpy",
+        extra="ipsbench[server]",
     ),
 }
 PLATFORMS: dict[str, str] = {entry.platform: entry.name for entry in BACKENDS.values()}
