@@ -53,6 +53,12 @@ class EngineApp(App):
         self._watch = asyncio.get_running_loop().create_task(self._watch_readiness(), name="readiness")
         return True
 
+    def request_exit(self, sig: int | None = None) -> None:
+        super().request_exit(sig)
+        # Two signals sent close together may reach a process as one: the supervisor sends a forcing second
+        # SIGTERM only once the engine has said it took the first.
+        self.announce("ipsbench-serve: stopping")
+
     def _ready_changed(self, ready: bool) -> None:
         if ready and not self._announced_ready:
             self._announced_ready = True

@@ -75,7 +75,8 @@ class Supervisor:
         self.port: int | None = None
         self._placeholder: socket.socket | None = None
         self._signals = 0
-        self._exit_code: int | None = None
+        self._engine_stopping = False
+        """The engine has taken a SIGTERM (it said so)."""
 
     # -- entry point ---------------------------------------------------------------------------------------------
 
@@ -182,7 +183,9 @@ class Supervisor:
             log.error("%s: %s", child.role, event[1])
         elif kind == "announce":
             line = event[1]
-            if line == "ipsbench-serve: ready":
+            if line == "ipsbench-serve: stopping":
+                self._engine_stopping = True
+            elif line == "ipsbench-serve: ready":
                 child.started = True
                 if self.lines.listening:
                     self._print_ready()
@@ -212,6 +215,7 @@ class Supervisor:
         replacement.started = child.role != "engine"  # a front end rebinding is no new start-up
         if child.role == "engine":
             self.engine = replacement
+            self._engine_stopping = False
         else:
             self.frontends[child.index] = replacement
         return None
@@ -225,7 +229,8 @@ class Supervisor:
         if engine is not None and engine.process.is_alive():
             os.kill(engine.process.pid, signal.SIGTERM)
             while engine.process.is_alive():
-                if self._signals > 1 and not forced:  # a second signal: the engine's own second SIGTERM forces it
+                # A second signal: the engine's own second SIGTERM forces it (once it has taken the first).
+                if self._signals > 1 and not forced and self._engine_stopping:
                     forced = True
                     os.kill(engine.process.pid, signal.SIGTERM)
                 engine.process.join(POLL_S)
