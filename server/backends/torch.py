@@ -47,6 +47,10 @@ class TorchInstance(ModelInstance):
         self.info = EngineInfo(device=str(engine.device), precision=engine.options.precision)
         self.takes_device_tensors = engine.device.type == "cuda"
 
+    @property
+    def engine(self) -> TorchEngine:
+        return self._engine
+
     def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> list[np.ndarray]:
         """``inputs`` are numpy arrays, or torch tensors on the engine's device (used there: no host copy)."""
         results = self._engine.run([inputs[name] for name in self._input_names])

@@ -10,6 +10,7 @@ the GPU runs, with ``decode_jpeg`` and ``interpolate`` on the CPU) against the C
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -23,6 +24,7 @@ import torch
 import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 from server_helpers import CALL_TIMEOUT_S, metric, scrape
+from test_preprocess_device_gpu import write_identity_torchscript
 from test_server_preprocess import CROP, MEAN, RESIZE, STD, encode, jpeg_claiming, photo, write_identity_model
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -30,12 +32,16 @@ from ipsbench.export.preprocess_front import write_preprocess_front
 from ipsbench.export.settings import ExportSettings
 from ipsbench.server import datatypes
 from ipsbench.server.batching.batch import merge, split
+from ipsbench.server.dataplane import ModelInputs
+from ipsbench.server.loader import load_source
 from ipsbench.server.model_spec import ConfigError, ModelSpec
+from ipsbench.server.models import LoadedModel
 from ipsbench.server.preprocess.decode import ImageProblem
 from ipsbench.server.preprocess.gpu import DevicePreprocessor
-from ipsbench.server.preprocess.placement import EngineDevice, place
+from ipsbench.server.preprocess.placement import EngineDevice, Placement, place
 from ipsbench.server.preprocess.recipe import Recipe, RecipeError, read_parameters
-from ipsbench.server.preprocess.stage import Preprocessor
+from ipsbench.server.preprocess.stage import DecodePool, PreprocessStage, Preprocessor
+from ipsbench.server.repository.scan import scan_repository
 
 ROOT = Path(__file__).resolve().parents[2]
 CUDA = torch.cuda.is_available()
@@ -316,6 +322,7 @@ def test_gpu_without_cuda_still_serves_and_warns_once_per_front(device_server, c
         warning = f"model '{model}' version 1: ipsbench.preprocess.device is gpu, but "
         assert log.count(warning) == 1, log
     assert "identity_auto_uint8' version 1: ipsbench.preprocess.device is gpu" not in log
+    assert "model 'identity_auto_uint8' version 1: preprocessing on the CPU (ipsbench.preprocess.device auto)" in log
 
 
 def test_an_unknown_device_in_a_config_fails_that_model_with_the_reason(tmp_path, start_server):
@@ -336,3 +343,43 @@ def test_an_unknown_device_is_a_config_error_of_the_spec():
     config.parameters["ipsbench.preprocess.device"].string_value = "everywhere"
     with pytest.raises(ConfigError, match="'ipsbench.preprocess.device' must be one of auto, cpu, gpu, got 'everywhere'"):
         ModelSpec.from_config(config, "onnxruntime", "onnxruntime_onnx")
+
+
+# -- the device path through the batcher and the PyTorch engine, on torch's CPU device ------------------------------
+
+
+def test_device_path_tensors_go_through_the_batcher_and_the_torch_engine(tmp_path):
+    """In process, with the server's loader, batcher and PyTorch instance (on the CPU): the stage's device path
+    returns a torch tensor, concurrent requests are merged with torch.cat, and the engine computes on it."""
+    write_identity_torchscript(tmp_path, "identity_pt", instance="count: 1 kind: KIND_CPU")
+    write_preprocess_front(tmp_path, "identity_pt", "uint8", RECIPE, "cpu")
+    sources, errors = scan_repository(tmp_path)
+    assert not errors
+    (loaded,) = load_source(next(source for source in sources if source.name == "identity_pt_uint8"))
+    requests = [np.random.default_rng(i).integers(0, 256, (1 + i, CROP, CROP, 3), dtype=np.uint8) for i in range(3)]
+    pool = DecodePool(2)
+
+    async def serve() -> list[tuple[object, np.ndarray]]:
+        model = LoadedModel(loaded, pool=pool)
+        # What a GPU placement makes, on torch's CPU device: the same stage code, tensors instead of arrays.
+        model.stage = PreprocessStage(model.spec, pool, model.stats.preprocess, Placement("gpu", "gpu", "cpu", False))
+        model.batcher.start()
+        try:
+            staged = [await model.stage.run(ModelInputs({"image": pixels}, len(pixels), None)) for pixels in requests]
+            results = await asyncio.gather(*(model.batcher.run(inputs) for inputs in staged))
+            # Queued together within the 20 ms delay: fewer engine calls than requests, so tensors were merged.
+            assert model.stats.execution_count < len(staged)
+            return [(inputs.arrays["INPUT__0"], result.outputs[0]) for inputs, result in zip(staged, results)]
+        finally:
+            await model.batcher.stop()
+
+    try:
+        served = asyncio.run(serve())
+    finally:
+        pool.shutdown()
+        for instance in loaded.instances:
+            instance.close()
+    for pixels, (tensor, output) in zip(requests, served):
+        assert isinstance(tensor, torch.Tensor)
+        expected = ((pixels.astype(np.float32) / 255.0 - MEAN) / STD).transpose(0, 3, 1, 2)
+        np.testing.assert_allclose(output, expected, atol=1e-5)
