@@ -25,6 +25,8 @@ torch and torchvision are imported when a :class:`DevicePreprocessor` is built, 
 
 from __future__ import annotations
 
+import logging
+import threading
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -45,6 +47,8 @@ if TYPE_CHECKING:
     import torch
 
     from ipsbench.server.model_spec import PreprocessSpec
+
+log = logging.getLogger(__name__)
 
 _TORCHVISION_DEPRECATION = "The image decoding and encoding capabilities of TorchVision are deprecated"
 
@@ -67,6 +71,9 @@ class DevicePreprocessor:
         self._scale = torch.from_numpy(normalizer.scale).to(self.device)
         self._bias = torch.from_numpy(normalizer.bias).to(self.device)
         self._dtype = torch.from_numpy(np.empty(0, dtype=front.engine_input.datatype.numpy)).dtype
+        self._count_lock = threading.Lock()
+        self.decoded_on_device = 0
+        """Images decoded by ``decode_jpeg`` on the device so far (the others went through the CPU decoder)."""
         _accept_read_only_arrays()
 
     def run(self, client: np.ndarray) -> torch.Tensor | np.ndarray:
@@ -112,6 +119,8 @@ class DevicePreprocessor:
                 on_cpu.append(index)
             else:
                 out[index] = self._normalize(self._resize_crop(pixels))[0]
+        with self._count_lock:
+            self.decoded_on_device += sum(pixels is not None for pixels in decoded)
         for index in sorted(on_cpu):
             try:
                 pixels = cropped_pixels(client[index, 0], self.front.recipe, self.limits, self.decoder)
@@ -141,7 +150,8 @@ class DevicePreprocessor:
         for tensor in tensors:
             try:
                 results.append(_rgb(self._decode_jpeg([tensor])[0]))
-            except (RuntimeError, ValueError):
+            except (RuntimeError, ValueError) as exc:
+                log.debug("decode_jpeg on %s refused an image (%s); decoding it on the CPU", self.device, exc)
                 results.append(None)
         return results
 

@@ -215,7 +215,9 @@ def test_device_path_jpegs_are_close_to_the_cpu_path_and_png_is_exact(interpolat
     png = encode(photo(500, 375, 4), "PNG")
     client = images_array([*jpegs, png])
     expected = Preprocessor(front).run(client)
-    served = DevicePreprocessor(front, "cpu").run(client)
+    preprocessor = DevicePreprocessor(front, "cpu")
+    served = preprocessor.run(client)
+    assert preprocessor.decoded_on_device == 3  # the JPEGs by decode_jpeg, the PNG by the CPU decoder
     assert isinstance(served, torch.Tensor) and served.shape == (4, 3, CROP, CROP) and served.dtype == torch.float32
     error = pixel_error(served.numpy(), expected)
     assert error[:3].mean() < DEVICE_MEAN_PIXEL_ERROR, error.mean(axis=(1, 2, 3))

@@ -235,6 +235,8 @@ def test_the_engine_takes_the_preprocessed_tensor_on_its_device(gpu_front_reposi
         model.batcher.start()
         try:
             inputs = await model.stage.run(ModelInputs({"image": client}, 3, None))
+            if name.endswith("jpeg"):  # nvJPEG decoded them, not the CPU fallback
+                assert model.stage.device_preprocessor.decoded_on_device == 3
             before = engine.device_batches
             results = await asyncio.gather(*(model.batcher.run(inputs) for _ in range(3)))
             assert engine.device_batches > before
