@@ -174,7 +174,8 @@ def test_jpeg_on_the_gpu_is_close_to_the_cpu_path(client, photos):
     served = infer_images(client, "identity_jpeg", photos)
     expected = infer_images(client, "identity_cpupre_jpeg", photos)
     error = pixel_error(served, expected)
-    per_image = f"mean {error.mean(axis=(1, 2, 3)).round(3).tolist()}, max {error.max(axis=(1, 2, 3)).round(1).tolist()}"
+    means, maxima = error.mean(axis=(1, 2, 3)).round(3).tolist(), error.max(axis=(1, 2, 3)).round(1).tolist()
+    per_image = f"per image: mean {means}, max {maxima}"
     assert error.mean() < MEAN_PIXEL_ERROR, per_image
     assert error.max() < MAX_PIXEL_ERROR, per_image
     assert error[5].max() < 1e-3, per_image  # the PNG goes through the CPU decoder: the same pixels
