@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -46,6 +47,13 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is false)"),
 ]
 RECIPE = Recipe(CROP, RESIZE, tuple(MEAN.tolist()), tuple(STD.tolist()))
+MAX_BATCH_SIZE = 8
+"""Of every model here (the session's resnet18 export and the identity models)."""
+IMAGES_ENV = "IPSBENCH_TEST_IMAGES"
+"""A folder of JPEG/PNG photos (e.g. ImageNet validation images) to compare the two paths on as well; up to
+MAX_FOLDER_IMAGES are used. Without it the comparison uses generated photo-like images only."""
+MAX_FOLDER_IMAGES = 64
+GENERATED_PHOTOS = 16
 MEAN_PIXEL_ERROR = 2.0
 MAX_PIXEL_ERROR = 48.0
 
@@ -66,7 +74,7 @@ def write_identity_torchscript(
         torch.jit.script(Identity().eval()).save(str(path))
     write_checksum(path)
     (folder / "config.pbtxt").write_text(
-        f'name: "{name}"\nbackend: "pytorch"\nmax_batch_size: 8\n'
+        f'name: "{name}"\nbackend: "pytorch"\nmax_batch_size: {MAX_BATCH_SIZE}\n'
         f'input [ {{ name: "INPUT__0" data_type: TYPE_FP32 dims: [ 3, {CROP}, {CROP} ] }} ]\n'
         f'output [ {{ name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ 3, {CROP}, {CROP} ] }} ]\n'
         "dynamic_batching { max_queue_delay_microseconds: 20000 }\n"
@@ -113,18 +121,29 @@ def client(gpu_server):
 
 @pytest.fixture(scope="module")
 def photos() -> list[bytes]:
-    """Landscape, portrait, small (upscaled), large, greyscale JPEGs and a PNG."""
+    """Landscape, portrait, small (upscaled), large, greyscale JPEGs and a PNG (index 5), and the photos of
+    ``IPSBENCH_TEST_IMAGES`` where it names a folder."""
     grey = io.BytesIO()
     photo(320, 240, 9).convert("L").save(grey, format="JPEG", quality=90)
     images = [encode(photo(500, 375, 1)), encode(photo(375, 500, 2)), encode(photo(60, 45, 3)),
               encode(photo(1600, 1200, 4)), grey.getvalue(), encode(photo(500, 375, 5), "PNG")]
-    return images + [encode(photo(400 + 13 * i, 300 + 7 * i, 10 + i)) for i in range(10)]
+    images += [encode(photo(400 + 13 * i, 300 + 7 * i, 10 + i)) for i in range(GENERATED_PHOTOS - len(images))]
+    folder = os.environ.get(IMAGES_ENV)
+    if folder:
+        files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        images += [p.read_bytes() for p in files[:MAX_FOLDER_IMAGES]]
+    return images
 
 
 def infer_images(client, model: str, images: list[bytes], output: str = "OUTPUT__0") -> np.ndarray:
-    tensor = grpcclient.InferInput("image", [len(images), 1], "BYTES")
-    tensor.set_data_from_numpy(np.array(images, dtype=np.object_).reshape(-1, 1))
-    return client.infer(model, [tensor], client_timeout=CALL_TIMEOUT_S).as_numpy(output)
+    """The images in requests of at most MAX_BATCH_SIZE (a whole request's images are decoded together)."""
+    outputs = []
+    for start in range(0, len(images), MAX_BATCH_SIZE):
+        chunk = images[start : start + MAX_BATCH_SIZE]
+        tensor = grpcclient.InferInput("image", [len(chunk), 1], "BYTES")
+        tensor.set_data_from_numpy(np.array(chunk, dtype=np.object_).reshape(-1, 1))
+        outputs.append(client.infer(model, [tensor], client_timeout=CALL_TIMEOUT_S).as_numpy(output))
+    return np.concatenate(outputs)
 
 
 def infer_uint8(client, model: str, pixels: np.ndarray, output: str = "OUTPUT__0") -> np.ndarray:
@@ -177,7 +196,8 @@ def test_jpeg_on_the_gpu_is_close_to_the_cpu_path(client, photos):
     means, maxima = error.mean(axis=(1, 2, 3)).round(3).tolist(), error.max(axis=(1, 2, 3)).round(1).tolist()
     per_image = f"per image: mean {means}, max {maxima}"
     assert error.mean() < MEAN_PIXEL_ERROR, per_image
-    assert error.max() < MAX_PIXEL_ERROR, per_image
+    # The largest difference is bounded on the generated photos; a folder's photos (any texture) are held to the mean.
+    assert error[:GENERATED_PHOTOS].max() < MAX_PIXEL_ERROR, per_image
     assert error[5].max() < 1e-3, per_image  # the PNG goes through the CPU decoder: the same pixels
 
 
