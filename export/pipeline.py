@@ -164,6 +164,6 @@ def write_fronts(args: ExportSettings, spec: models.NetworkSpec, name: str, prog
     written = []
     for kind in args.front:
         with progress.step(f"writing the {kind} preprocessing front for {name}"):
-            written.append(write_preprocess_front(args.out, name, kind, spec.recipe))
+            written.append(write_preprocess_front(args.out, name, kind, spec.recipe, args.preprocess_device))
         print(f"wrote the {kind} front {written[-1]}", flush=True)
     return written

@@ -2,7 +2,8 @@
 
 ``<name>_jpeg`` takes encoded JPEG/PNG images (input ``image``, BYTES, dims [1]); ``<name>_uint8`` takes decoded,
 resized and cropped HWC RGB pixels (input ``image``, UINT8, dims [crop, crop, 3]). ipsbench-serve turns either into
-the engine's normalized NCHW input as the ``ipsbench.preprocess*`` parameters of the entry's config.pbtxt say. The
+the engine's normalized NCHW input as the ``ipsbench.preprocess*`` parameters of the entry's config.pbtxt say (on
+the CPU or a GPU, as ``ipsbench.preprocess.device`` says: ``--preprocess-device``). The
 model files are the plain entry's, hard-linked where the filesystem allows (else copied); other files in the
 version folders are copied.
 """
@@ -15,14 +16,24 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from ipsbench.server.preprocess.recipe import FRONT_INPUT, FRONT_KINDS, PARAMETER_PREFIX, Front, Recipe, front_name
+from ipsbench.server.preprocess.recipe import (
+    FRONT_INPUT,
+    FRONT_KINDS,
+    PARAMETER_PREFIX,
+    PREPROCESS_DEVICES,
+    Front,
+    Recipe,
+    front_name,
+)
 from ipsbench.server.repository.layout import CONFIG_FILENAME, MODEL_FILENAMES, read_config, write_config
 
 _ENGINE_TYPES = {mc.TYPE_FP32: "FP32", mc.TYPE_FP16: "FP16"}
 
 
-def write_preprocess_front(repository: Path, name: str, kind: str, recipe: Recipe) -> Path:
+def write_preprocess_front(repository: Path, name: str, kind: str, recipe: Recipe, device: str = "auto") -> Path:
     """Write ``<repository>/<name>_<kind>`` from the plain entry ``<repository>/<name>``; return the new folder.
+
+    ``device``: where the server is to preprocess (``ipsbench.preprocess.device``: ``auto``, ``cpu`` or ``gpu``).
 
     The plain entry must have one NCHW input ``[3, crop, crop]`` in FP32 or FP16 and ``max_batch_size > 0``. An
     existing front of the same name is replaced; any other folder of that name is left alone (FileExistsError).
@@ -30,6 +41,8 @@ def write_preprocess_front(repository: Path, name: str, kind: str, recipe: Recip
     repository = Path(repository)
     if kind not in FRONT_KINDS:
         raise ValueError(f"unknown front kind {kind!r}; choose one of {', '.join(FRONT_KINDS)}")
+    if device not in PREPROCESS_DEVICES:
+        raise ValueError(f"unknown preprocessing device {device!r}; choose one of {', '.join(PREPROCESS_DEVICES)}")
     source = repository / name
     plain = _read_plain_config(source)
     engine_input, engine_type = _engine_input(plain, recipe.crop)
@@ -46,7 +59,7 @@ def write_preprocess_front(repository: Path, name: str, kind: str, recipe: Recip
     for warmup in config.model_warmup:
         # Warm-up data for the engine's tensor does not fit the image input; the server generates an image.
         warmup.inputs.clear()
-    for key, value in Front(kind, recipe, engine_input, engine_type).parameters().items():
+    for key, value in Front(kind, recipe, engine_input, engine_type, device=device).parameters().items():
         config.parameters[key].string_value = value
 
     target = repository / config.name

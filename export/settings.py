@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ipsbench.server.flags import option
-from ipsbench.server.preprocess.recipe import FRONT_KINDS
+from ipsbench.server.preprocess.recipe import FRONT_KINDS, PREPROCESS_DEVICES
 
 FORMATS = ("onnx", "torchscript", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -78,6 +78,10 @@ class ExportSettings:
         "bench --json output from a real GPU) measured; max_batch_size is the profile's largest batch",
         metavar="PROFILE",
     )
+    preprocess_device: str = option(
+        "auto", "where the server preprocesses a front's images (ipsbench.preprocess.device): auto (the GPU when "
+        "CUDA is present and the engine runs on a CUDA device), cpu or gpu", choices=PREPROCESS_DEVICES,
+    )
     seed: int = option(0, "seed for the random weights")
     weights: str = option("", "local state-dict file to load (weights_only=True) instead of random weights")
 
@@ -102,6 +106,8 @@ class ExportSettings:
             raise ValueError("--version must be at least 1")
         if self.instance_count < 1:
             raise ValueError("--instance-count must be at least 1")
+        if self.preprocess_device != "auto" and not self.front:
+            raise ValueError("--preprocess-device applies to the fronts --front writes: give --front too")
 
     def _check_simulate_options(self) -> None:
         """``--simulate`` writes a config and the profile: the options of a network's export do not apply."""

@@ -108,6 +108,10 @@ _PREPROCESS: tuple[tuple[str, str, Callable[[PreprocessStats], float]], ...] = (
         lambda p: p.failures,
     ),
 )
+_PREPROCESS_DEVICE = (
+    "ipsbench_preprocess_device",
+    "Where a front preprocesses its inputs: 1 for its device (cpu or gpu), per model version",
+)
 
 
 class ServerCollector(Collector):
@@ -155,6 +159,10 @@ class ServerCollector(Collector):
             for stats in fronts:
                 family.add_sample(name, _labels(stats), value(stats.preprocess))
             yield family
+        device = Metric(*_PREPROCESS_DEVICE, "gauge")
+        for stats in fronts:
+            device.add_sample(_PREPROCESS_DEVICE[0], {**_labels(stats), "device": stats.preprocess.device}, 1)
+        yield device
         unknown = Metric(*_UNKNOWN, "counter")
         unknown.add_sample(_UNKNOWN[0], {}, self._server.unknown_model_requests)
         inflight_bytes = Metric(*_INFLIGHT_BYTES, "gauge")

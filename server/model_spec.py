@@ -89,6 +89,9 @@ class PreprocessSpec:
     """Larger images are refused from their header, before decoding."""
     max_image_bytes: int
     """Larger encoded images are refused unread."""
+    device: str = "auto"
+    """Where the server preprocesses, as configured: ``auto``, ``cpu`` or ``gpu`` (the device it does preprocess on
+    is decided when a version loads: :mod:`ipsbench.server.preprocess.placement`)."""
 
 
 @dataclass(frozen=True)
@@ -287,4 +290,6 @@ def _front(config: model_config_pb2.ModelConfig, inputs: dict[str, TensorSpec], 
         full_dims_text=dims_text((-1, *engine_dims)),
         metadata_shape=(-1, *engine_dims),
     )
-    return PreprocessSpec(front.kind, client.name, engine_input, front.recipe, front.max_pixels, front.max_image_bytes)
+    return PreprocessSpec(
+        front.kind, client.name, engine_input, front.recipe, front.max_pixels, front.max_image_bytes, front.device
+    )

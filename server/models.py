@@ -8,16 +8,21 @@ versions that were replaced or unloaded until their last request is done, so tha
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import numpy as np
+from tritonclient.grpc import model_config_pb2
 
 from ipsbench.server.batching.batcher import Batcher
 from ipsbench.server.classification import check_class_count, top_k
 from ipsbench.server.dataplane import InferOptions, InferRequest, InferResponse, OutputTensor
 from ipsbench.server.errors import invalid_argument, not_found, quoted
 from ipsbench.server.loader import LoadedVersion
+from ipsbench.server.model_spec import ModelSpec
+from ipsbench.server.preprocess.placement import EngineDevice, Placement, place
+from ipsbench.server.preprocess.recipe import DEVICE_EFFECTIVE_PARAMETER, DEVICE_PARAMETER
 from ipsbench.server.preprocess.stage import DecodePool, PreprocessStage
 from ipsbench.server.stats import ModelStats, PreprocessStats, Served, recording
 
@@ -31,7 +36,6 @@ class LoadedModel:
         self, loaded: LoadedVersion, labels: Mapping[str, Sequence[str]] | None = None, pool: DecodePool | None = None
     ) -> None:
         spec = loaded.spec
-        self.spec = spec
         self.version = loaded.version
         self.version_text = str(loaded.version)
         self.labels = dict(labels or {})
@@ -41,8 +45,12 @@ class LoadedModel:
         if spec.preprocess is not None:
             if pool is None:
                 raise ValueError(f"model '{spec.name}' is a preprocessing front and needs a decode pool")
-            self.stats.preprocess = PreprocessStats()
-            self.stage = PreprocessStage(spec, pool, self.stats.preprocess)
+            engines = [EngineDevice(i.info.device, i.takes_device_tensors) for i in loaded.instances]
+            placement = place(spec.preprocess.device, engines, f"model '{spec.name}' version {loaded.version}")
+            spec = _reporting_placement(spec, placement)
+            self.stats.preprocess = PreprocessStats(device=placement.effective)
+            self.stage = PreprocessStage(spec, pool, self.stats.preprocess, placement)
+        self.spec = spec
         queue_policy = spec.config.dynamic_batching.default_queue_policy
         self.batcher = Batcher(
             f"{spec.name}:{loaded.version}",
@@ -101,6 +109,17 @@ class LoadedModel:
             else:
                 outputs.append(OutputTensor(name, self.spec.outputs[name].datatype.protocol, array))
         return InferResponse(self.spec.name, self.version_text, request.id, outputs)
+
+
+def _reporting_placement(spec: ModelSpec, placement: Placement) -> ModelSpec:
+    """``spec`` whose config (the ModelConfig clients get) states the configured and the effective preprocessing
+    device: ``ipsbench.preprocess.device`` (filled in as ``auto`` where the config leaves it out) and
+    ``ipsbench.preprocess.device_effective``."""
+    config = model_config_pb2.ModelConfig()
+    config.CopyFrom(spec.config)
+    config.parameters[DEVICE_PARAMETER].string_value = placement.configured
+    config.parameters[DEVICE_EFFECTIVE_PARAMETER].string_value = placement.effective
+    return dataclasses.replace(spec, config=config)
 
 
 class ModelRegistry:

@@ -61,6 +61,8 @@ class PreprocessStats:
     """Cumulative wall time of the stage for those requests, from submission to the decode pool to the tensor."""
     failures: int = 0
     """Requests refused by preprocessing (undecodable, oversize)."""
+    device: str = "cpu"
+    """Where the stage preprocesses: ``cpu`` or ``gpu`` (:mod:`ipsbench.server.preprocess.placement`)."""
 
     def record_success(self, images: int, duration_ns: int) -> None:
         self.requests += 1

@@ -31,6 +31,9 @@ class ModelInstance(ABC):
     """One engine instance. ``run`` is called from a worker thread, one batch at a time per instance."""
 
     info: EngineInfo = EngineInfo()
+    takes_device_tensors: bool = False
+    """``run`` also takes torch tensors on ``info.device`` (a CUDA device) and uses them there, without a copy
+    through host memory; a front's GPU preprocessing hands those over (:mod:`ipsbench.server.preprocess.placement`)."""
 
     @abstractmethod
     def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> list[np.ndarray]:

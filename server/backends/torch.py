@@ -9,6 +9,9 @@ Tensor names follow Triton's convention for libtorch models: ``INPUT__0``, ``INP
 positional arguments and ``OUTPUT__0``, ``OUTPUT__1``… the positions in its returned tuple (or the single returned
 tensor). Inputs may instead carry the names of ``forward()``'s arguments; outputs without the ``__<index>``
 suffix are taken in config order.
+
+On CUDA an instance takes torch tensors on its device as inputs (``takes_device_tensors``): a front's GPU
+preprocessing hands its tensor over without a copy through host memory.
 """
 
 from __future__ import annotations
@@ -42,8 +45,14 @@ class TorchInstance(ModelInstance):
         self._input_names = tuple(input_names)
         self._output_positions = dict(output_positions)
         self.info = EngineInfo(device=str(engine.device), precision=engine.options.precision)
+        self.takes_device_tensors = engine.device.type == "cuda"
+
+    @property
+    def engine(self) -> TorchEngine:
+        return self._engine
 
     def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> list[np.ndarray]:
+        """``inputs`` are numpy arrays, or torch tensors on the engine's device (used there: no host copy)."""
         results = self._engine.run([inputs[name] for name in self._input_names])
         return [results[self._output_positions[name]] for name in output_names]
 

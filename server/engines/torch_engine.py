@@ -1,4 +1,5 @@
-"""A TorchScript module prepared for one device: positional numpy arrays in, numpy arrays of the wire types out.
+"""A TorchScript module prepared for one device: positional numpy arrays (or device tensors) in, numpy arrays of the
+wire types out.
 
 TorchScript files are programs, not data: ``torch.jit.load`` runs what the file contains. The model repository must
 be trusted, as Triton's documentation says of its own PyTorch backend; in addition, a file is loaded only when it
@@ -13,7 +14,9 @@ Running on CUDA: each engine has its own stream; inputs are copied (by PyTorch's
 faster than numpy's for a batch of images) into a pinned host buffer that is reused, sent to the device with
 ``non_blocking=True``, cast and laid out there; outputs are cast back to the configured type on the
 device and copied to fresh host memory (``.cpu()`` waits for the stream), so returned arrays never alias a buffer
-that the next batch overwrites. Everything runs under ``torch.inference_mode()``; PyTorch releases the GIL inside.
+that the next batch overwrites. A torch tensor already on the engine's device (a front's GPU preprocessing) skips
+the host entirely: the engine's stream waits for the calling thread's current stream, which made it, and uses it in
+place. Everything runs under ``torch.inference_mode()``; PyTorch releases the GIL inside.
 
 Recent PyTorch releases flag TorchScript as deprecated in favour of ``torch.export``; it is still the format Triton's
 PyTorch backend serves (``model.pt``), so those warnings are silenced at these call sites only.
@@ -138,6 +141,8 @@ class TorchEngine:
             for shape in layout.sample_shapes
         ]
         self._graphs: GraphSet | None = None
+        self.device_batches = 0
+        """Batches whose inputs arrived as tensors on this engine's CUDA device (used there, no host round trip)."""
         if options.cuda_graphs:
             if not self._cuda:
                 raise ValueError("CUDA graphs need a CUDA device")
@@ -177,23 +182,39 @@ class TorchEngine:
             )
         return [output.to(dtype) for output, dtype in zip(outputs, self._output_dtypes)]
 
-    def run(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """One batch: arrays in ``forward()`` order → arrays in the order ``forward()`` returns them."""
+    def run(self, arrays: Sequence[np.ndarray | torch.Tensor]) -> list[np.ndarray]:
+        """One batch: arrays in ``forward()`` order → arrays in the order ``forward()`` returns them.
+
+        An input may also be a torch tensor (a front's GPU preprocessing): on this engine's CUDA device it is used
+        where it is, with no copy through host memory (counted in :attr:`device_batches`); anywhere else it is
+        moved to the device as a host array would be."""
         with torch.inference_mode():
             if not self._cuda:
-                inputs = [_cpu_tensor(array) for array in arrays]
+                inputs = [_cpu_tensor(array) if isinstance(array, np.ndarray) else array.cpu() for array in arrays]
                 return [output.numpy() for output in self.forward(inputs)]
+            on_device = any(isinstance(a, torch.Tensor) and a.device == self.device for a in arrays)
+            if on_device:
+                self.device_batches += 1
+                # The tensors were made (or merged) on this thread's current stream: this engine's stream waits.
+                self._stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(self._stream):
                 try:
-                    hosts = [self._stage(index, array) for index, array in enumerate(arrays)]
+                    sources = [self._source(index, array) for index, array in enumerate(arrays)]
                     if self._graphs is not None:
-                        outputs = self._graphs.run(hosts)
+                        outputs = self._graphs.run(sources)
                     else:
-                        outputs = self.forward([host.to(self.device, non_blocking=True) for host in hosts])
+                        outputs = self.forward([source.to(self.device, non_blocking=True) for source in sources])
+                    # .cpu() waits for this stream: the inputs are no longer read when run returns.
                     return [output.cpu().numpy() for output in outputs]
                 except BaseException:
                     self._stream.synchronize()  # no copy may still read the staging buffers
                     raise
+
+    def _source(self, index: int, array: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """An input ready to copy to (or use on) the device: a device tensor as it is, a host array staged."""
+        if isinstance(array, torch.Tensor):
+            return array if array.device == self.device else array.to(self.device, non_blocking=True)
+        return self._stage(index, array)
 
     def _stage(self, index: int, array: np.ndarray) -> torch.Tensor:
         """``array`` copied into this input's pinned host buffer (grown when needed); a view of that buffer."""

@@ -37,6 +37,15 @@ class ImageTooLargeError(ValueError):
     """The image is larger than a limit; raised before its pixels are decoded."""
 
 
+class ImageProblem(Exception):
+    """An image of a request that cannot be preprocessed: which one, and why."""
+
+    def __init__(self, index: int, cause: ImageDecodeError | ImageTooLargeError) -> None:
+        super().__init__(str(cause))
+        self.index = index
+        self.cause = cause
+
+
 @dataclass(frozen=True)
 class DecodeLimits:
     max_pixels: int
@@ -88,6 +97,27 @@ def decode_rgb(
         if decoded is not None:
             return decoded
     return _decode_pillow(data, kind, limits, shorter_side)
+
+
+def device_decodable_jpeg(data: bytes, limits: DecodeLimits) -> bool:
+    """Whether ``data`` is a JPEG for a device decoder (nvJPEG): a header simplejpeg reads, in a colour space it
+    converts to RGB, ending with its end-of-image marker. False sends the image to :func:`decode_rgb` (PNG, CMYK,
+    a truncated file, no simplejpeg), which decodes it or raises this module's errors with their texts.
+
+    Raises :class:`ImageTooLargeError` for an image over a limit (checked as :func:`decode_rgb` checks it, from the
+    header), and :class:`ImageDecodeError` for a JPEG header that does not parse.
+    """
+    if len(data) > limits.max_bytes:
+        raise ImageTooLargeError(f"encoded image is {len(data)} bytes, over the limit of {limits.max_bytes} bytes")
+    if data[:3] != JPEG_MAGIC or simplejpeg is None:
+        return False
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError as exc:
+        raise ImageDecodeError(f"bad JPEG header: {exc}") from None
+    _check_pixels(width, height, limits)
+    # A file cut short has no EOI marker: libjpeg (strict) refuses it, nvJPEG may fill the rest with grey.
+    return colorspace in _SIMPLEJPEG_COLORSPACES and data.rstrip(b"\x00")[-2:] == b"\xff\xd9"
 
 
 def dct_downscale_factor(size: tuple[int, int], shorter_side: int | None) -> int:

@@ -12,7 +12,11 @@ Config ``parameters`` (string values) under the prefix ``ipsbench.preprocess``:
 * a *front*, a model that takes images and runs its engine on the recipe's tensor: ``ipsbench.preprocess`` itself
   (``jpeg``: BYTES input of encoded JPEG/PNG images; ``uint8``: decoded, resized and cropped HWC RGB pixels),
   ``.engine_input`` (the engine's input name), ``.engine_datatype`` (``FP32`` or ``FP16``), ``.max_pixels`` and
-  ``.max_image_bytes`` (limits checked before decoding).
+  ``.max_image_bytes`` (limits checked before decoding), ``.device`` (where the server preprocesses: ``auto``,
+  ``cpu`` or ``gpu``; see :mod:`ipsbench.server.preprocess.placement`).
+
+A served front's ModelConfig also carries ``.device_effective`` (``cpu`` or ``gpu``: where the server does
+preprocess it), written by the server; it is accepted, and ignored, when read back.
 """
 
 from __future__ import annotations
@@ -34,7 +38,14 @@ DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024
 ENGINE_DATATYPES = ("FP32", "FP16")
 RECIPE_KEYS = ("resize", "crop", "mean", "std", "interpolation")
-FRONT_KEYS = ("engine_input", "engine_datatype", "max_pixels", "max_image_bytes")
+FRONT_KEYS = ("engine_input", "engine_datatype", "max_pixels", "max_image_bytes", "device")
+REPORTED_KEYS = ("device_effective",)
+"""Keys the server writes into the ModelConfig it returns; read back (by ipsbench-load), they are ignored."""
+PREPROCESS_DEVICES = ("auto", "cpu", "gpu")
+"""Values of ``ipsbench.preprocess.device``: ``auto`` (the GPU when CUDA is present and the model's engine runs on a
+CUDA device, else the CPU), ``cpu``, ``gpu``."""
+DEVICE_PARAMETER = f"{PARAMETER_PREFIX}.device"
+DEVICE_EFFECTIVE_PARAMETER = f"{PARAMETER_PREFIX}.device_effective"
 
 
 class RecipeError(ValueError):
@@ -91,6 +102,8 @@ class Front:
     engine_datatype: str = "FP32"
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    device: str = "auto"
+    """Where the server preprocesses: one of :data:`PREPROCESS_DEVICES`."""
 
     def parameters(self) -> dict[str, str]:
         """The front as config ``parameters`` (its recipe's included)."""
@@ -98,6 +111,7 @@ class Front:
             PARAMETER_PREFIX: self.kind,
             f"{PARAMETER_PREFIX}.engine_input": self.engine_input,
             f"{PARAMETER_PREFIX}.engine_datatype": self.engine_datatype,
+            DEVICE_PARAMETER: self.device,
             **self.recipe.parameters(),
         }
 
@@ -115,7 +129,10 @@ def front_name(model: str, kind: str) -> str:
 def read_parameters(parameters: Mapping[str, str]) -> tuple[Recipe | None, Front | None]:
     """The recipe a config states (None: it states none) and, for a front, the front; :class:`RecipeError` naming
     the parameter for anything malformed. ``parameters``: the config's parameters as strings."""
-    values = {key: value.strip() for key, value in parameters.items() if is_preprocess_parameter(key)}
+    reported = {f"{PARAMETER_PREFIX}.{key}" for key in REPORTED_KEYS}
+    values = {
+        key: value.strip() for key, value in parameters.items() if is_preprocess_parameter(key) and key not in reported
+    }
     if not values:
         return None, None
     kind = values.pop(PARAMETER_PREFIX, None)
@@ -153,10 +170,15 @@ def read_parameters(parameters: Mapping[str, str]) -> tuple[Recipe | None, Front
     if engine_datatype not in ENGINE_DATATYPES:
         raise RecipeError(f"parameter '{PARAMETER_PREFIX}.engine_datatype' must be FP32 or FP16, got "
                           f"'{values['engine_datatype']}'")
+    device = values.get("device", "").lower() or "auto"
+    if device not in PREPROCESS_DEVICES:
+        raise RecipeError(f"parameter '{DEVICE_PARAMETER}' must be one of {', '.join(PREPROCESS_DEVICES)}, got "
+                          f"'{values['device'][:64]}'")
     return recipe, Front(
         kind, recipe, engine_input, engine_datatype,
         max_pixels=_positive_int(values, "max_pixels") or DEFAULT_MAX_PIXELS,
         max_image_bytes=_positive_int(values, "max_image_bytes") or DEFAULT_MAX_IMAGE_BYTES,
+        device=device,
     )
 
 

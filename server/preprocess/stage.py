@@ -5,6 +5,10 @@ loaded: a model without one has no stage). The images of a request are split int
 pool has threads (at most one per image), each slice decoded and written straight into its rows of the one output
 tensor; the decoders and numpy release the GIL, so slices run in parallel on several cores. The pool belongs to the
 server process (:class:`DecodePool`), each stage to its loaded model version.
+
+Where the version's :class:`~ipsbench.server.preprocess.placement.Placement` says ``gpu``, a request's images go to
+one :class:`~ipsbench.server.preprocess.gpu.DevicePreprocessor` call instead (in the same pool, off the event loop),
+which decodes them together on the device.
 """
 
 from __future__ import annotations
@@ -19,21 +23,13 @@ import numpy as np
 from ipsbench.server.dataplane import ModelInputs
 from ipsbench.server.errors import ServerError, invalid_argument
 from ipsbench.server.model_spec import ModelSpec, PreprocessSpec
-from ipsbench.server.preprocess.decode import DecodeLimits, ImageDecodeError, ImageTooLargeError
+from ipsbench.server.preprocess.decode import DecodeLimits, ImageDecodeError, ImageProblem, ImageTooLargeError
 from ipsbench.server.preprocess.image import cropped_pixels
+from ipsbench.server.preprocess.placement import Placement
 from ipsbench.server.preprocess.transform import Normalizer
 from ipsbench.server.stats import PreprocessStats
 
 MAX_DECODE_THREADS = 16
-
-
-class ImageProblem(Exception):
-    """An image of a request that cannot be preprocessed: which one, and why."""
-
-    def __init__(self, index: int, cause: ImageDecodeError | ImageTooLargeError) -> None:
-        super().__init__(str(cause))
-        self.index = index
-        self.cause = cause
 
 
 class Preprocessor:
@@ -97,12 +93,21 @@ class DecodePool:
 class PreprocessStage:
     """One front model version's preprocessing: its :class:`Preprocessor`, the shared pool, its counters."""
 
-    def __init__(self, spec: ModelSpec, pool: DecodePool, stats: PreprocessStats) -> None:
+    def __init__(
+        self, spec: ModelSpec, pool: DecodePool, stats: PreprocessStats, placement: Placement | None = None
+    ) -> None:
         if spec.preprocess is None:
             raise ValueError(f"model '{spec.name}' has no preprocessing front")
         self.model = spec.name
         self.front = spec.preprocess
+        self.placement = placement or Placement(self.front.device, "cpu")
         self.preprocessor = Preprocessor(self.front)
+        self.device_preprocessor = None
+        """A :class:`~ipsbench.server.preprocess.gpu.DevicePreprocessor` where the placement is ``gpu``."""
+        if self.placement.effective == "gpu":
+            from ipsbench.server.preprocess.gpu import DevicePreprocessor
+
+            self.device_preprocessor = DevicePreprocessor(self.front, self.placement.device, self.placement.to_host)
         self.pool = pool
         self.stats = stats
 
@@ -116,23 +121,26 @@ class PreprocessStage:
         front = self.front
         client = inputs.arrays[front.client_input]
         images = client.shape[0]
-        out = self.preprocessor.allocate(images)
-        slices = min(images, self.pool.threads)
-        bounds = [images * i // slices for i in range(slices + 1)]
         loop = asyncio.get_running_loop()
-        results = await asyncio.gather(
-            *(
+        if self.device_preprocessor is not None:
+            work = [loop.run_in_executor(self.pool.executor, self.device_preprocessor.run, client)]
+        else:
+            out = self.preprocessor.allocate(images)
+            slices = min(images, self.pool.threads)
+            bounds = [images * i // slices for i in range(slices + 1)]
+            work = [
                 loop.run_in_executor(self.pool.executor, self.preprocessor.fill, client, out, bounds[i], bounds[i + 1])
                 for i in range(slices)
-            ),
-            return_exceptions=True,
-        )
+            ]
+        results = await asyncio.gather(*work, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 self.stats.record_failure()
                 if isinstance(result, ImageProblem):
                     raise self._client_error(result) from None
                 raise result
+        if self.device_preprocessor is not None:
+            out = results[0]  # a device tensor, or a host array for an engine that takes those
         self.stats.record_success(images, time.perf_counter_ns() - start_ns)
         return ModelInputs({front.engine_input.name: out}, inputs.batch_size, None)
 

@@ -54,6 +54,7 @@ def test_jpeg_front_entry(repository):
         "ipsbench.preprocess": "jpeg",
         "ipsbench.preprocess.engine_input": plain.input[0].name,
         "ipsbench.preprocess.engine_datatype": "FP32",
+        "ipsbench.preprocess.device": "auto",
         "ipsbench.preprocess.resize": "73",
         "ipsbench.preprocess.crop": "64",
         "ipsbench.preprocess.mean": "0.485,0.456,0.406",
