@@ -21,6 +21,7 @@ from ipsbench.server.admission import ByteBudget
 from ipsbench.server.allocator import map_large_blocks
 from ipsbench.server.control import ModelControl
 from ipsbench.server.core import InferenceCore
+from ipsbench.server.cuda_shared_memory import cuda_opener
 from ipsbench.server.errors import without_paths
 from ipsbench.server.grpc_service import InferenceServicer
 from ipsbench.server.health import Health
@@ -29,6 +30,7 @@ from ipsbench.server.models import ModelRegistry
 from ipsbench.server.preprocess.stage import DecodePool
 from ipsbench.server.security import AdminAuth, SecurityConfigError, check_startup_policy, load_admin_token, server_credentials
 from ipsbench.server.settings import Settings
+from ipsbench.server.shared_memory import SharedMemoryRegistry
 from ipsbench.server.signals import asyncio_delivery, capture_signals
 from ipsbench.server.stats import ServerStats
 from ipsbench.server.telemetry import GpuCollector, open_gpu_collector
@@ -215,7 +217,8 @@ class App:
             maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
         )
         budget = ByteBudget(settings.max_inflight_bytes, self.server_stats)
-        InferenceServicer(self.core, self.control, admin, budget).add_to_server(server)
+        shared_memory = SharedMemoryRegistry(settings.shm_max_regions, settings.shm_max_bytes, cuda_opener)
+        InferenceServicer(self.core, self.control, admin, budget, shared_memory).add_to_server(server)
         self.health.add_to_server(server)
         address = f"{_url_host(settings.host)}:{settings.grpc_port}"
         try:
