@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 
 from ipsbench.loadgen.client import TargetError, channel_credentials, describe_model, open_channel
+from ipsbench.loadgen.shared_memory import RunRegions, SharedMemoryError, open_regions, output_bytes
 from ipsbench.loadgen.image_sources import FolderImages, ImageSourceError, folder_source, synthetic_source
 from ipsbench.loadgen.images import JPEG_QUALITY
 from ipsbench.loadgen.payloads import (
@@ -51,6 +52,13 @@ class PreparedWorkload:
     """Files of the image folder skipped as unusable: (name, why)."""
     images_read: int = 0
     """Files of the image folder read, the skipped ones included."""
+    regions: RunRegions | None = None
+    """With ``--shared-memory system``: the regions the requests name; :meth:`release` removes them."""
+
+    def release(self) -> None:
+        """Unregister and remove this workload's shared-memory regions, if it has any (at most once)."""
+        if self.regions is not None:
+            self.regions.close()
 
     def payload_description(self, workload: WorkloadSettings) -> dict:
         folder = bool(workload.images_dir)
@@ -73,6 +81,8 @@ class PreparedWorkload:
             "images_read": self.images_read if folder else None,
             "skipped_images": len(self.skipped),
             "skipped_image_examples": [f"{name}: {why}" for name, why in self.skipped[:NAMED_SKIPPED_IMAGES]],
+            "transfer": "grpc" if self.regions is None else "system_shared_memory",
+            "shared_memory": None if self.regions is None else self.regions.describe(),
         }
 
 
@@ -114,6 +124,10 @@ def prepare_workload(target: TargetSettings, workload: WorkloadSettings) -> Prep
         payloads = dataclasses.replace(
             payloads, checked_requests=tuple(with_top_classes(request, output) for request in payloads.requests)
         )
+    regions = None
+    if workload.shared_memory == "system":
+        regions = shared_memory_regions(target, credentials, info.metadata, spec, workload, payloads)
+        payloads = dataclasses.replace(payloads, requests=regions.requests)
     return PreparedWorkload(
         spec=spec,
         payloads=payloads,
@@ -127,7 +141,20 @@ def prepare_workload(target: TargetSettings, workload: WorkloadSettings) -> Prep
         check_every=workload.accuracy_every,
         skipped=source.skipped,
         images_read=source.read,
+        regions=regions,
     )
+
+
+def shared_memory_regions(target: TargetSettings, credentials, metadata, spec: InputSpec,
+                          workload: WorkloadSettings, payloads: Payloads) -> RunRegions:
+    """This run's regions on the target, filled with ``payloads``' inputs; SetupError when they cannot be."""
+    try:
+        sizes = output_bytes(metadata, workload.images_per_request, spec.batched)
+        channel = open_channel(target.target, 0, credentials)
+        return open_regions(channel, payloads.requests, [(t.name, n) for t, n in zip(metadata.outputs, sizes)],
+                            tuple(target.headers) or None)
+    except SharedMemoryError as error:
+        raise SetupError(f"{target.target} model {target.model!r}: {error}") from error
 
 
 def image_pool(workload: WorkloadSettings, count: int) -> FolderImages:
