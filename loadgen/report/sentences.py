@@ -86,7 +86,8 @@ def _payload_words(payload: dict) -> str:
             words += f" of {payload['request_bytes']:,} bytes"
     if payload.get("description") or payload.get("source"):
         words += f" ({payload.get('description') or payload['source']})"
-    words += f", {transfer_words(payload)}"
+    if payload.get("transfer"):  # reports before it: not stated
+        words += f", {transfer_words(payload)}"
     return words
 
 
