@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
 import threading
 
 import grpc
@@ -276,3 +277,30 @@ def test_cuda_registration_without_cuda_is_unimplemented(client):
     assert message.startswith("failed to register CUDA shared memory region: 'c', GPUs not supported")
     assert not client.get_cuda_shared_memory_status().regions
     client.unregister_cuda_shared_memory()  # nothing to unregister is no error (perf_analyzer does this first)
+
+
+def this_hosts_address() -> str | None:
+    """A non-loopback address of this machine (the one a route out would use; nothing is sent), or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
+def test_only_a_client_on_the_servers_host_may_register(repository, start_server, regions):
+    address = this_hosts_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to connect through")
+    server = start_server(repository, "--host", "0.0.0.0")
+    regions("r", 64)
+    with grpcclient.InferenceServerClient(f"{address}:{server.grpc_port}") as remote:
+        status, message = refused(remote.register_system_shared_memory, "r", key("r"), 64)
+        assert status == "StatusCode.PERMISSION_DENIED"
+        assert message.startswith("shared memory regions can be registered only by clients on the server's host")
+        assert not remote.get_system_shared_memory_status().regions
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}") as local:
+        local.register_system_shared_memory("r", key("r"), 64)
+        local.unregister_system_shared_memory()
