@@ -148,7 +148,9 @@ class LoadRun:
                 f"address), but {target} is not: shared memory cannot reach another machine"
             )
         self._engine = read_engine_bench(self.settings.engine_bench)
-        self._prepared = off_the_hub(prepare_workload, self.settings.target, self.settings.workload)
+        self._prepared = off_the_hub(
+            prepare_workload, self.settings.target, self.settings.workload, not self.settings.distributed
+        )
         keep_unfinished_report(self.settings.out_dir)
         if self.settings.request_log and not self.settings.distributed:
             try:

@@ -165,3 +165,12 @@ def _point(parameters, region: str, offset: int, byte_size: int) -> None:
     parameters[SHM_BYTE_SIZE].int64_param = byte_size
     if offset:
         parameters[SHM_OFFSET].int64_param = offset
+
+
+def without_outputs(request: bytes) -> bytes:
+    """``request`` asking for no output in particular (all of them, in the message)."""
+    message = service_pb2.ModelInferRequest.FromString(request)
+    if not message.outputs:
+        return request
+    del message.outputs[:]
+    return message.SerializeToString()

@@ -7,7 +7,13 @@ import logging
 from dataclasses import dataclass
 
 from ipsbench.loadgen.client import TargetError, channel_credentials, describe_model, open_channel
-from ipsbench.loadgen.shared_memory import RunRegions, SharedMemoryError, open_regions, output_bytes
+from ipsbench.loadgen.shared_memory import (
+    RunRegions,
+    SharedMemoryError,
+    open_regions,
+    output_bytes,
+    without_outputs,
+)
 from ipsbench.loadgen.image_sources import FolderImages, ImageSourceError, folder_source, synthetic_source
 from ipsbench.loadgen.images import JPEG_QUALITY
 from ipsbench.loadgen.payloads import (
@@ -81,13 +87,16 @@ class PreparedWorkload:
             "images_read": self.images_read if folder else None,
             "skipped_images": len(self.skipped),
             "skipped_image_examples": [f"{name}: {why}" for name, why in self.skipped[:NAMED_SKIPPED_IMAGES]],
-            "transfer": "grpc" if self.regions is None else "system_shared_memory",
+            "transfer": "grpc" if workload.shared_memory == "none" else f"{workload.shared_memory}_shared_memory",
             "shared_memory": None if self.regions is None else self.regions.describe(),
         }
 
 
-def prepare_workload(target: TargetSettings, workload: WorkloadSettings) -> PreparedWorkload:
-    """Describe the model through the target's metadata RPCs and build the requests; SetupError when unfit."""
+def prepare_workload(
+    target: TargetSettings, workload: WorkloadSettings, sends: bool = True
+) -> PreparedWorkload:
+    """Describe the model through the target's metadata RPCs and build the requests; SetupError when unfit.
+    ``sends`` False: for a master whose workers send (each prepares its own), so no shared-memory regions here."""
     try:
         credentials = channel_credentials(target.tls_ca, target.tls_cert, target.tls_key)
     except TargetError as error:
@@ -120,14 +129,17 @@ def prepare_workload(target: TargetSettings, workload: WorkloadSettings) -> Prep
             raise SetupError(f"accuracy under load needs labelled images (synset folders) in {workload.images_dir}")
         if not info.metadata.outputs:
             raise SetupError(f"model {target.model!r} declares no output to classify")
-        output = info.metadata.outputs[0].name
-        payloads = dataclasses.replace(
-            payloads, checked_requests=tuple(with_top_classes(request, output) for request in payloads.requests)
-        )
     regions = None
-    if workload.shared_memory == "system":
+    if workload.shared_memory == "system" and sends:
         regions = shared_memory_regions(target, credentials, info.metadata, spec, workload, payloads)
         payloads = dataclasses.replace(payloads, requests=regions.requests)
+    if workload.accuracy_every:
+        # A checked request asks for its top classes in the message (Triton refuses classification into a region);
+        # its input stays where the other requests' is.
+        output = info.metadata.outputs[0].name
+        payloads = dataclasses.replace(payloads, checked_requests=tuple(
+            with_top_classes(without_outputs(request), output) for request in payloads.requests
+        ))
     return PreparedWorkload(
         spec=spec,
         payloads=payloads,

@@ -133,8 +133,11 @@ def _open_object(name: str, key: str) -> int:
         raise invalid_argument(
             f"cannot register shared memory region '{quoted(name)}' - invalid shm key '{quoted(key)}'"
         )
+    path = os.path.join(SHM_DIR, match["object"])
     try:
-        return os.open(os.path.join(SHM_DIR, match["object"]), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.lstat(path).st_mode):  # never open a FIFO, a device or a link someone left there
+            raise invalid_argument(f"Invalid shared memory region: '{quoted(key)}'")
+        return os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         raise invalid_argument(f"Unable to open shared memory region: '{quoted(key)}'") from None
 

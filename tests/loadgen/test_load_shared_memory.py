@@ -1,6 +1,7 @@
 """``ipsbench-load --shared-memory system`` against a real ipsbench-serve: the same-host path, its regions created,
 registered, used, then unregistered and removed however the run ends; refused for a target on another host."""
 import glob
+import os
 import signal
 
 import pytest
@@ -83,3 +84,18 @@ def test_regions_the_target_refuses_fail_the_run_and_leave_nothing(model_reposit
     assert "the target refused shared memory region" in run.stderr() and "RESOURCE_EXHAUSTED" in run.stderr()
     assert not registered(server.grpc_url)
     assert not leftover_objects(run.process.pid)
+
+
+def test_worker_processes_each_bring_and_remove_their_own_regions(server, start_load):
+    run = start_load(server.grpc_url, "--shared-memory", "system", "--processes", "2", "--concurrency", "2",
+                     "--warmup", "0s", "--duration", "60s", "--drain", "5s")
+    run.wait_in_window()
+    names = registered(server.grpc_url)
+    # Two per worker (inputs, outputs); the master sends nothing and registers nothing.
+    assert len(names) == 4 and not leftover_objects(run.process.pid), names
+    run.process.send_signal(signal.SIGINT)
+    run.finish(RUN_TIMEOUT_S)
+    assert_accounted(run.report())
+    assert run.report()["payload"]["transfer"] == "system_shared_memory"
+    assert not registered(server.grpc_url)
+    assert not [name for name in names if os.path.exists(f"/dev/shm/{name}")]  # the workers removed theirs
