@@ -149,7 +149,8 @@ class WorkloadSettings:
 
     def __post_init__(self) -> None:
         if self.shared_memory not in SHARED_MEMORY_KINDS:
-            raise ValueError(f"shared memory must be one of {', '.join(SHARED_MEMORY_KINDS)}, got {self.shared_memory!r}")
+            kinds = ", ".join(SHARED_MEMORY_KINDS)
+            raise ValueError(f"shared memory must be one of {kinds}, got {self.shared_memory!r}")
         if self.payload not in PAYLOADS:
             raise ValueError(f"payload must be one of {', '.join(PAYLOADS)}, got {self.payload!r}")
         if not 1 <= self.images_per_request <= MAX_IMAGES_PER_REQUEST:

@@ -304,7 +304,9 @@ def repository_index_to_grpc(entries: Iterable[IndexEntry]) -> service_pb2.Repos
 # -- shared memory -------------------------------------------------------------------------------------------------
 
 
-def system_shared_memory_status_to_grpc(regions: Iterable[RegionStatus]) -> service_pb2.SystemSharedMemoryStatusResponse:
+def system_shared_memory_status_to_grpc(
+    regions: Iterable[RegionStatus],
+) -> service_pb2.SystemSharedMemoryStatusResponse:
     message = service_pb2.SystemSharedMemoryStatusResponse()
     for r in regions:
         message.regions[r.name].CopyFrom(

@@ -45,7 +45,8 @@ def check_local_peer(peer: str) -> None:
     if not peer.startswith(LOCAL_PEERS):
         raise ServerError(
             grpc.StatusCode.PERMISSION_DENIED,
-            f"shared memory regions can be registered only by clients on the server's host, not by '{quoted(peer)}'",
+            "shared memory regions can be registered only by clients on the server's host, connecting over loopback, "
+            f"not by '{quoted(peer)}'",
         )
 
 
@@ -104,7 +105,8 @@ class SystemRegion(Region):
                                   mmap.PROT_READ | mmap.PROT_WRITE, offset=start)
         except OSError as exc:
             os.close(self._fd)
-            raise invalid_argument(f"failed to register shared memory region '{quoted(name)}': {exc.strerror}") from None
+            message = f"failed to register shared memory region '{quoted(name)}': {exc.strerror}"
+            raise invalid_argument(message) from None
         except BaseException:
             os.close(self._fd)
             raise
@@ -206,7 +208,9 @@ class SharedMemoryRegistry:
         if byte_size == 0:
             raise _invalid_args(name)
         if name in self._regions:
-            raise ServerError(grpc.StatusCode.ALREADY_EXISTS, f"shared memory region '{quoted(name)}' already in manager")
+            raise ServerError(
+                grpc.StatusCode.ALREADY_EXISTS, f"shared memory region '{quoted(name)}' already in manager"
+            )
         if len(self._regions) >= self.max_regions:
             raise _exhausted(
                 f"cannot register shared memory region '{quoted(name)}': {len(self._regions)} regions are registered, "
@@ -228,7 +232,8 @@ class SharedMemoryRegistry:
             region = open_region()
         except BaseException:
             with self._lock:
-                self._regions.pop(name, None)
+                if self._regions.get(name) is placeholder:
+                    del self._regions[name]
                 self._mapped_bytes -= byte_size
             raise
         with self._lock:
@@ -252,7 +257,8 @@ class SharedMemoryRegistry:
         if name and regions[0].kind != kind:
             registered, asked = ("CUDA", "system") if kind == SYSTEM else ("system", "CUDA")
             raise not_found(
-                f"The region named '{quoted(name)}' is registered as {registered} shared memory, not {asked} shared memory"
+                f"The region named '{quoted(name)}' is registered as {registered} shared memory, "
+                f"not {asked} shared memory"
             )
         return [_status(r) for r in regions if r.kind == kind and not isinstance(r, _Placeholder)]
 

@@ -176,8 +176,10 @@ def test_requests_naming_bad_regions_get_tritons_texts(client, regions):
         (dict(in_name="nope"), "StatusCode.NOT_FOUND", "Unable to find shared memory region: 'nope'"),
         (dict(in_size=2 * SAMPLE_BYTES), "StatusCode.INVALID_ARGUMENT",
          "input byte size mismatch for input 'input' for model 'affine'. Expected 16, got 32"),
-        (dict(out_offset=SAMPLE_BYTES), "StatusCode.INVALID_ARGUMENT", "Invalid offset for shared memory region: 'out'"),
-        (dict(out_offset=1), "StatusCode.INVALID_ARGUMENT", "Invalid offset + byte size for shared memory region: 'out'"),
+        (dict(out_offset=SAMPLE_BYTES), "StatusCode.INVALID_ARGUMENT",
+         "Invalid offset for shared memory region: 'out'"),
+        (dict(out_offset=1), "StatusCode.INVALID_ARGUMENT",
+         "Invalid offset + byte size for shared memory region: 'out'"),
         (dict(out_size=SAMPLE_BYTES - 4, out_offset=0), "StatusCode.INVALID_ARGUMENT",
          "shared memory size specified with the request for output 'output' (12 bytes) should be at least 16 bytes "
          "to hold the results"),
