@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from dataclasses import dataclass
 
 import grpc
@@ -17,6 +19,16 @@ MAX_SAID_CHARS = 200
 
 class TargetError(RuntimeError):
     """The target cannot be used (unreachable, unknown model, not ready)."""
+
+
+def is_local_target(target: str) -> bool:
+    """Whether ``target`` (host:port) is this host: every address its host resolves to is a loopback one."""
+    host = target.rpartition(":")[0].strip("[]")
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
 
 
 def channel_options(request_bytes: int) -> list[tuple[str, int]]:

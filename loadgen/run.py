@@ -43,6 +43,7 @@ from ipsbench.loadgen.report.schema import VERDICT_EXIT_CODES, write_report
 from ipsbench.loadgen.request_log import RequestLogError, describe, open_request_log
 from ipsbench.loadgen.scenarios.catalog import SCENARIOS
 from ipsbench.loadgen.scrape import SCRAPE_TIMEOUT_S, StepScrapes
+from ipsbench.loadgen.client import is_local_target
 from ipsbench.loadgen.senders import off_the_hub, prompt_senders
 from ipsbench.loadgen.settings import RunSettings
 from ipsbench.loadgen.shape import DRAIN_GRACE_S, StepShape
@@ -128,6 +129,8 @@ class LoadRun:
                 self.execute()
         finally:
             self.recorder.close_request_log()  # every request has its row by now, abandoned ones included
+            if self._prepared is not None:
+                off_the_hub(self._prepared.release)  # shared-memory regions, whatever ended the run
         return self.finish()
 
     def prepare(self) -> None:
@@ -138,8 +141,16 @@ class LoadRun:
             check_out_dir(self.settings.out_dir)
         except DestinationError as error:
             raise SetupError(str(error)) from error
+        target = self.settings.target.target
+        if self.settings.workload.shared_memory != "none" and not off_the_hub(is_local_target, target):
+            raise SetupError(
+                f"--shared-memory {self.settings.workload.shared_memory} needs a target on this host (a loopback "
+                f"address), but {target} is not: shared memory cannot reach another machine"
+            )
         self._engine = read_engine_bench(self.settings.engine_bench)
-        self._prepared = off_the_hub(prepare_workload, self.settings.target, self.settings.workload)
+        self._prepared = off_the_hub(
+            prepare_workload, self.settings.target, self.settings.workload, not self.settings.distributed
+        )
         keep_unfinished_report(self.settings.out_dir)
         if self.settings.request_log and not self.settings.distributed:
             try:

@@ -34,6 +34,8 @@ MAX_HEADERS = 32
 
 PAYLOADS = ("fp32", "uint8", "jpeg")
 """Payload encodings: fp32 and uint8 are preprocessed by the client, jpeg by the server."""
+SHARED_MEMORY_KINDS = ("none", "system")
+"""How tensors travel: in the gRPC messages (none), or through system shared memory on this host."""
 
 
 def header(text: str) -> tuple[str, str]:
@@ -138,8 +140,17 @@ class WorkloadSettings:
         "accuracy under load, with a labelled --images folder: every Nth request asks for its top 5 classes "
         "(Triton's classification extension) and is checked against the labels; 0: off"
     ), metavar="N")
+    shared_memory: str = option("none", (
+        "system: tensors travel through POSIX shared memory instead of the gRPC messages (Triton's shared-memory "
+        "extension; the target must be on this host): each distinct request's input is written once into a region "
+        "registered with the target, outputs come back into regions; the regions are unregistered and removed at "
+        "the end. none: in the messages"
+    ), choices=SHARED_MEMORY_KINDS)
 
     def __post_init__(self) -> None:
+        if self.shared_memory not in SHARED_MEMORY_KINDS:
+            kinds = ", ".join(SHARED_MEMORY_KINDS)
+            raise ValueError(f"shared memory must be one of {kinds}, got {self.shared_memory!r}")
         if self.payload not in PAYLOADS:
             raise ValueError(f"payload must be one of {', '.join(PAYLOADS)}, got {self.payload!r}")
         if not 1 <= self.images_per_request <= MAX_IMAGES_PER_REQUEST:
@@ -294,6 +305,8 @@ class RunSettings:
             raise ValueError(f"processes must be in [1, {MAX_PROCESSES}], got {self.processes}")
         if not 0 <= self.remote_workers <= MAX_PROCESSES:
             raise ValueError(f"remote workers must be in [0, {MAX_PROCESSES}], got {self.remote_workers}")
+        if self.remote_workers and self.workload.shared_memory != "none":
+            raise ValueError("--shared-memory needs the load on the target's host: not with --remote-workers")
         object.__setattr__(self, "out_dir", Path(self.out_dir) if self.out_dir is not None else default_out_dir())
 
     @property

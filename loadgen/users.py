@@ -68,6 +68,9 @@ class Workload:
     def connect(cls, target: str, model: str, **workload: object) -> Workload:
         """For a locustfile: describe ``model`` on ``target`` (host:port), build its requests (``workload``:
         :class:`~ipsbench.loadgen.settings.WorkloadSettings` fields)."""
+        if workload.get("shared_memory", "none") != "none":
+            # Nothing here would unregister and remove the regions at the end; ipsbench-load's runs do.
+            raise ValueError("shared memory is for ipsbench-load runs (--shared-memory), not for a locustfile")
         target_settings = TargetSettings(target=target, model=model)
         prepared = prepare_workload(target_settings, WorkloadSettings(**workload))
         return cls.over(prepared, target_settings)

@@ -58,6 +58,7 @@ class Worker:
         self.runner = self.environment.create_worker_runner(master_host, master_port)  # connects
         self.steps = WorkerSteps(self.runner)
         self.finished = gevent.event.Event()
+        self.prepared = None
         self.runner.register_message(SETUP_MESSAGE, self._on_setup, concurrent=True)
         self.runner.register_message(FINISH_MESSAGE, self._on_finish, concurrent=True)
 
@@ -72,6 +73,8 @@ class Worker:
             if not stopped.ready():
                 logger.warning("no quit from the master %g s after the final report; exiting", QUIT_WAIT_S)
                 self.runner.quit()
+            if self.prepared is not None:
+                off_the_hub(self.prepared.release)  # its shared-memory regions, if it has any
         self.steps.recorder.close_request_log()
         return 0
 
@@ -84,7 +87,7 @@ class Worker:
     def _on_setup(self, environment, msg, **_) -> None:
         try:
             settings = RunSettings.from_dict(msg.data)
-            prepared = off_the_hub(prepare_workload, settings.target, settings.workload)
+            prepared = self.prepared = off_the_hub(prepare_workload, settings.target, settings.workload)
             if settings.request_log:
                 index = msg.data.get(WORKER_INDEX_KEY, self.runner.worker_index)  # as the report numbers workers
                 path = worker_path(settings.request_log, index)

@@ -7,6 +7,13 @@ import logging
 from dataclasses import dataclass
 
 from ipsbench.loadgen.client import ModelInfo, TargetError, channel_credentials, describe_model, open_channel
+from ipsbench.loadgen.shared_memory import (
+    RunRegions,
+    SharedMemoryError,
+    open_regions,
+    output_bytes,
+    without_outputs,
+)
 from ipsbench.loadgen.image_sources import FolderImages, ImageSourceError, folder_source, synthetic_source
 from ipsbench.loadgen.images import JPEG_QUALITY
 from ipsbench.loadgen.payloads import (
@@ -55,6 +62,13 @@ class PreparedWorkload:
     """Files of the image folder read, the skipped ones included."""
     simulated: dict | None = None
     """What a target serving a device-time model says of it (:func:`simulated_target`); None for a real engine."""
+    regions: RunRegions | None = None
+    """With ``--shared-memory system``: the regions the requests name; :meth:`release` removes them."""
+
+    def release(self) -> None:
+        """Unregister and remove this workload's shared-memory regions, if it has any (at most once)."""
+        if self.regions is not None:
+            self.regions.close()
 
     def payload_description(self, workload: WorkloadSettings) -> dict:
         folder = bool(workload.images_dir)
@@ -77,11 +91,16 @@ class PreparedWorkload:
             "images_read": self.images_read if folder else None,
             "skipped_images": len(self.skipped),
             "skipped_image_examples": [f"{name}: {why}" for name, why in self.skipped[:NAMED_SKIPPED_IMAGES]],
+            "transfer": "grpc" if workload.shared_memory == "none" else f"{workload.shared_memory}_shared_memory",
+            "shared_memory": None if self.regions is None else self.regions.describe(),
         }
 
 
-def prepare_workload(target: TargetSettings, workload: WorkloadSettings) -> PreparedWorkload:
-    """Describe the model through the target's metadata RPCs and build the requests; SetupError when unfit."""
+def prepare_workload(
+    target: TargetSettings, workload: WorkloadSettings, sends: bool = True
+) -> PreparedWorkload:
+    """Describe the model through the target's metadata RPCs and build the requests; SetupError when unfit.
+    ``sends`` False: for a master whose workers send (each prepares its own), so no shared-memory regions here."""
     try:
         credentials = channel_credentials(target.tls_ca, target.tls_cert, target.tls_key)
     except TargetError as error:
@@ -114,10 +133,17 @@ def prepare_workload(target: TargetSettings, workload: WorkloadSettings) -> Prep
             raise SetupError(f"accuracy under load needs labelled images (synset folders) in {workload.images_dir}")
         if not info.metadata.outputs:
             raise SetupError(f"model {target.model!r} declares no output to classify")
+    regions = None
+    if workload.shared_memory == "system" and sends:
+        regions = shared_memory_regions(target, credentials, info.metadata, spec, workload, payloads)
+        payloads = dataclasses.replace(payloads, requests=regions.requests)
+    if workload.accuracy_every:
+        # A checked request asks for its top classes in the message (Triton refuses classification into a region);
+        # its input stays where the other requests' is.
         output = info.metadata.outputs[0].name
-        payloads = dataclasses.replace(
-            payloads, checked_requests=tuple(with_top_classes(request, output) for request in payloads.requests)
-        )
+        payloads = dataclasses.replace(payloads, checked_requests=tuple(
+            with_top_classes(without_outputs(request), output) for request in payloads.requests
+        ))
     return PreparedWorkload(
         spec=spec,
         payloads=payloads,
@@ -133,6 +159,7 @@ def prepare_workload(target: TargetSettings, workload: WorkloadSettings) -> Prep
         skipped=source.skipped,
         images_read=source.read,
         simulated=simulated_target(info),
+        regions=regions,
     )
 
 
@@ -151,6 +178,18 @@ def simulated_target(info: ModelInfo) -> dict | None:
     logger.warning("model %r is a device-time model: %s; no device computes its batches",
                    info.metadata.name, simulated_label(device))
     return {"backend": BACKEND_NAME, "device": device or None, "label": simulated_label(device)}
+
+
+def shared_memory_regions(target: TargetSettings, credentials, metadata, spec: InputSpec,
+                          workload: WorkloadSettings, payloads: Payloads) -> RunRegions:
+    """This run's regions on the target, filled with ``payloads``' inputs; SetupError when they cannot be."""
+    try:
+        sizes = output_bytes(metadata, workload.images_per_request, spec.batched)
+        channel = open_channel(target.target, 0, credentials)
+        return open_regions(channel, payloads.requests, [(t.name, n) for t, n in zip(metadata.outputs, sizes)],
+                            tuple(target.headers) or None)
+    except SharedMemoryError as error:
+        raise SetupError(f"{target.target} model {target.model!r}: {error}") from error
 
 
 def image_pool(workload: WorkloadSettings, count: int) -> FolderImages:

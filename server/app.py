@@ -21,6 +21,7 @@ from ipsbench.server.admission import ByteBudget
 from ipsbench.server.allocator import map_large_blocks
 from ipsbench.server.control import ModelControl
 from ipsbench.server.core import InferenceCore
+from ipsbench.server.cuda_shared_memory import cuda_opener
 from ipsbench.server.errors import without_paths
 from ipsbench.server.grpc_service import InferenceServicer
 from ipsbench.server.health import Health
@@ -29,6 +30,7 @@ from ipsbench.server.models import ModelRegistry
 from ipsbench.server.preprocess.stage import DecodePool
 from ipsbench.server.security import AdminAuth, SecurityConfigError, check_startup_policy, load_admin_token, server_credentials
 from ipsbench.server.settings import Settings
+from ipsbench.server.shared_memory import SharedMemoryRegistry
 from ipsbench.server.signals import HANDLED_SIGNALS, asyncio_delivery, capture_signals
 from ipsbench.server.stats import ServerStats
 from ipsbench.server.telemetry import GpuCollector, open_gpu_collector
@@ -225,6 +227,10 @@ class App:
         if self._grpc_server is not None:
             await self._grpc_server.stop(STOP_GRACE_S if drained else 0)
 
+    def shared_memory_registry(self) -> SharedMemoryRegistry:
+        """The regions clients register (Triton's shared-memory extension), bounded as the settings say."""
+        return SharedMemoryRegistry(self.settings.shm_max_regions, self.settings.shm_max_bytes, cuda_opener)
+
     def _stats_for_metrics(self):
         """The server-wide counts the metrics show."""
         return self.server_stats
@@ -241,7 +247,7 @@ class App:
             maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
         )
         budget = ByteBudget(settings.max_inflight_bytes, self.server_stats)
-        InferenceServicer(self.core, self.control, admin, budget).add_to_server(server)
+        InferenceServicer(self.core, self.control, admin, budget, self.shared_memory_registry()).add_to_server(server)
         self.health.add_to_server(server)
         address = f"{_url_host(settings.host)}:{settings.grpc_port}"
         try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 import numpy as np
 from tritonclient.grpc import service_pb2
@@ -18,8 +18,9 @@ from ipsbench.server.dataplane import (
     InputTensor,
     OutputTensor,
 )
-from ipsbench.server.errors import invalid_argument, quoted
+from ipsbench.server.errors import invalid_argument, quoted, unimplemented
 from ipsbench.server.model_spec import ModelSpec
+from ipsbench.server.shared_memory import RegionStatus, RegionUse
 from ipsbench.server.stats import Duration, ModelStats
 from ipsbench.server.wire import encode_infer_response, raw_contents
 
@@ -27,30 +28,103 @@ from ipsbench.server.wire import encode_infer_response, raw_contents
 
 
 def infer_request_from_grpc(
-    message: service_pb2.ModelInferRequest, raw: Sequence[bytes | memoryview] | None = None
+    message: service_pb2.ModelInferRequest,
+    raw: Sequence[bytes | memoryview] | None = None,
+    regions: RegionUse | None = None,
 ) -> InferRequest:
-    """``raw``: the raw input contents when they were taken off the wire separately (:mod:`ipsbench.server.wire`)."""
+    """``raw``: the raw input contents when they were taken off the wire separately (:mod:`ipsbench.server.wire`);
+    ``regions``: where inputs and outputs that name a shared-memory region find it (their data then comes from, and
+    goes to, the region; the raw contents belong to the other inputs, in order)."""
     if raw is None:
         raw = message.raw_input_contents
     inputs = message.inputs
+    shared = [_shared_memory(tensor) for tensor in inputs]
+    if any(shared) and regions is None:
+        raise unimplemented("shared memory inputs are not supported on this path")
     if raw:
-        if len(raw) != len(inputs):
+        in_band = sum(1 for s in shared if s is None)
+        if len(raw) != in_band:
             raise invalid_argument(
-                f"the number of inputs ({len(inputs)}) does not match the expected number of raw input contents "
+                f"the number of inputs ({in_band}) does not match the expected number of raw input contents "
                 f"({len(raw)})"
             )
-        tensors = []
-        for tensor, data in zip(inputs, raw):
-            if tensor.HasField("contents"):
+    contents = iter(raw)
+    tensors = []
+    for tensor, where in zip(inputs, shared):
+        has_contents = tensor.HasField("contents")
+        if where is not None:
+            if has_contents:
+                raise invalid_argument(
+                    f"unexpected 'content' provided when using shared memory for input tensor "
+                    f"'{quoted(tensor.name)}' for model '{quoted(message.model_name)}'"
+                )
+            tensors.append(InputTensor(tensor.name, tensor.datatype, tensor.shape, regions.input(*where), None))
+        elif raw:
+            if has_contents:
                 raise invalid_argument("contents field must not be specified when using raw_input_contents")
-            tensors.append(InputTensor(tensor.name, tensor.datatype, tensor.shape, data, None))
-    else:
-        tensors = [
-            InputTensor(t.name, t.datatype, t.shape, None, t.contents if t.HasField("contents") else None)
-            for t in inputs
-        ]
+            tensors.append(InputTensor(tensor.name, tensor.datatype, tensor.shape, next(contents), None))
+        else:
+            tensors.append(
+                InputTensor(tensor.name, tensor.datatype, tensor.shape, None, tensor.contents if has_contents else None)
+            )
+    for output in message.outputs:
+        where = _shared_memory(output)
+        if where is not None:
+            if regions is None:
+                raise unimplemented("shared memory outputs are not supported on this path")
+            if output.parameters and CLASSIFICATION_PARAMETER in output.parameters:
+                raise invalid_argument("output can't set both 'shared_memory_region' and 'classification'")
+            regions.output(output.name, *where)
     outputs = [output.name for output in message.outputs] if message.outputs else ()
     return InferRequest(message.model_name, message.model_version, message.id, tensors, outputs)
+
+
+SHM_REGION_PARAMETER = "shared_memory_region"
+SHM_OFFSET_PARAMETER = "shared_memory_offset"
+SHM_BYTE_SIZE_PARAMETER = "shared_memory_byte_size"
+
+
+def _shared_memory(tensor) -> tuple[str, int, int] | None:
+    """A tensor's (region, offset, byte size) when its parameters name a region; Triton's texts
+    (``ParseSharedMemoryParams``) for the parameters it refuses."""
+    parameters = tensor.parameters
+    if not parameters:
+        return None
+    name = quoted(tensor.name)
+
+    def typed(key: str, kind: str):
+        parameter = parameters[key]
+        if parameter.WhichOneof("parameter_choice") != kind:
+            raise invalid_argument(f"invalid value type for '{key}' parameter for tensor '{name}', expected {kind}.")
+        return getattr(parameter, kind)
+
+    has_region = SHM_REGION_PARAMETER in parameters
+    for key in (SHM_OFFSET_PARAMETER, SHM_BYTE_SIZE_PARAMETER):
+        if key in parameters and not has_region:
+            raise invalid_argument(
+                f"'{key}' can not be specified without '{SHM_REGION_PARAMETER}' parameter for tensor '{name}'"
+            )
+    if not has_region:
+        return None
+    region = typed(SHM_REGION_PARAMETER, "string_param")
+    offset = typed(SHM_OFFSET_PARAMETER, "int64_param") if SHM_OFFSET_PARAMETER in parameters else 0
+    if SHM_BYTE_SIZE_PARAMETER not in parameters:
+        raise invalid_argument(
+            f"'{SHM_BYTE_SIZE_PARAMETER}' must be specified along with '{SHM_REGION_PARAMETER}' parameter for "
+            f"tensor '{name}'"
+        )
+    return region, offset, typed(SHM_BYTE_SIZE_PARAMETER, "int64_param")
+
+
+def shared_memory_parameters(region: str, byte_size: int, offset: int = 0) -> dict[str, service_pb2.InferParameter]:
+    """A tensor's parameters that point it at ``byte_size`` bytes at ``offset`` of ``region``."""
+    parameters = {
+        SHM_REGION_PARAMETER: service_pb2.InferParameter(string_param=region),
+        SHM_BYTE_SIZE_PARAMETER: service_pb2.InferParameter(int64_param=byte_size),
+    }
+    if offset:
+        parameters[SHM_OFFSET_PARAMETER] = service_pb2.InferParameter(int64_param=offset)
+    return parameters
 
 
 TIMEOUT_PARAMETER = "timeout"
@@ -115,9 +189,18 @@ def response_header(response: InferResponse) -> service_pb2.ModelInferResponse:
     )
 
 
-def infer_response_to_grpc(response: InferResponse) -> service_pb2.ModelInferResponse:
+_IN_REGION = np.empty(0, np.uint8)
+"""What an output written into its shared-memory region sends in band: an empty entry, as Triton does."""
+
+
+def infer_response_to_grpc(
+    response: InferResponse, in_regions: Collection[str] = ()
+) -> service_pb2.ModelInferResponse:
+    """``in_regions``: outputs already written into their shared-memory regions (sent empty)."""
     message = response_header(response)
-    message.raw_output_contents.extend(bytes(raw_contents(o.datatype, o.array)) for o in response.outputs)
+    message.raw_output_contents.extend(
+        b"" if o.name in in_regions else bytes(raw_contents(o.datatype, o.array)) for o in response.outputs
+    )
     return message
 
 
@@ -128,9 +211,13 @@ def _array(tensor: service_pb2.ModelInferResponse.InferOutputTensor, data: bytes
     return np.frombuffer(data, dtype=datatypes.BY_PROTOCOL[tensor.datatype].numpy).reshape(shape)
 
 
-def infer_response_to_wire(response: InferResponse) -> bytes:
-    """The serialized ModelInferResponse, raw output contents written once (see :mod:`ipsbench.server.wire`)."""
-    return encode_infer_response(response_header(response), [(o.datatype, o.array) for o in response.outputs])
+def infer_response_to_wire(response: InferResponse, in_regions: Collection[str] = ()) -> bytes:
+    """The serialized ModelInferResponse, raw output contents written once (see :mod:`ipsbench.server.wire`);
+    ``in_regions`` as for :func:`infer_response_to_grpc`."""
+    return encode_infer_response(
+        response_header(response),
+        [("UINT8", _IN_REGION) if o.name in in_regions else (o.datatype, o.array) for o in response.outputs],
+    )
 
 
 def infer_response_from_grpc(message: service_pb2.ModelInferResponse) -> InferResponse:
@@ -212,3 +299,30 @@ def repository_index_to_grpc(entries: Iterable[IndexEntry]) -> service_pb2.Repos
             for e in entries
         ]
     )
+
+
+# -- shared memory -------------------------------------------------------------------------------------------------
+
+
+def system_shared_memory_status_to_grpc(
+    regions: Iterable[RegionStatus],
+) -> service_pb2.SystemSharedMemoryStatusResponse:
+    message = service_pb2.SystemSharedMemoryStatusResponse()
+    for r in regions:
+        message.regions[r.name].CopyFrom(
+            service_pb2.SystemSharedMemoryStatusResponse.RegionStatus(
+                name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size
+            )
+        )
+    return message
+
+
+def cuda_shared_memory_status_to_grpc(regions: Iterable[RegionStatus]) -> service_pb2.CudaSharedMemoryStatusResponse:
+    message = service_pb2.CudaSharedMemoryStatusResponse()
+    for r in regions:
+        message.regions[r.name].CopyFrom(
+            service_pb2.CudaSharedMemoryStatusResponse.RegionStatus(
+                name=r.name, device_id=r.device_id, byte_size=r.byte_size
+            )
+        )
+    return message

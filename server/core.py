@@ -22,7 +22,15 @@ from ipsbench.server.stats import ModelStats, ServerStats
 from ipsbench.server.validate import validate_request
 
 SERVER_NAME = "ipsbench"
-EXTENSIONS = ("classification", "model_configuration", "model_repository", "schedule_policy", "statistics")
+EXTENSIONS = (
+    "classification",
+    "model_configuration",
+    "model_repository",
+    "schedule_policy",
+    "statistics",
+    "system_shared_memory",
+    "cuda_shared_memory",
+)
 
 
 class InferenceCore:

@@ -24,6 +24,7 @@ from ipsbench.server.control import ModelControl
 from ipsbench.server.core import EXTENSIONS, SERVER_NAME, InferenceCore
 from ipsbench.server.errors import ServerError, new_request_id, unimplemented
 from ipsbench.server.security import AdminAuth
+from ipsbench.server.shared_memory import CUDA, SYSTEM, RegionUse, SharedMemoryRegistry, check_local_peer
 from ipsbench.server.wire import InferRequestWire, Unparseable, decode_infer_request, tolerant
 
 log = logging.getLogger(__name__)
@@ -62,11 +63,19 @@ def rpc(method):
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, core: InferenceCore, control: ModelControl, admin: AdminAuth, budget: ByteBudget) -> None:
+    def __init__(
+        self,
+        core: InferenceCore,
+        control: ModelControl,
+        admin: AdminAuth,
+        budget: ByteBudget,
+        shared_memory: SharedMemoryRegistry,
+    ) -> None:
         self._core = core
         self._control = control
         self._admin = admin
         self._budget = budget
+        self.shared_memory = shared_memory
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         """Register every RPC of the service."""
@@ -167,12 +176,53 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: InferRequestWire, context):
         if request.error:
             raise ServerError(grpc.StatusCode.INTERNAL, request.error)
-        message = request.message
-        with self._budget.holding(request.size):
-            response = await self._core.infer(
-                convert.infer_request_from_grpc(message, request.raw), convert.infer_options_from_grpc(message)
-            )
-            return convert.infer_response_to_wire(response)
+        with self._budget.holding(request.size), self.shared_memory.use() as regions:
+            response, in_regions = await self.infer_in_regions(request, regions)
+            return convert.infer_response_to_wire(response, in_regions)
+
+    async def infer_in_regions(self, wire: InferRequestWire, regions: RegionUse):
+        """The core's response, outputs that have a shared-memory destination written there (their names)."""
+        message = wire.message
+        response = await self._core.infer(
+            convert.infer_request_from_grpc(message, wire.raw, regions), convert.infer_options_from_grpc(message)
+        )
+        return response, regions.write_outputs(response.outputs)
+
+    # -- shared memory (Triton's extension) ------------------------------------------------------------------------
+
+    @rpc
+    async def SystemSharedMemoryStatus(self, request, context):
+        return convert.system_shared_memory_status_to_grpc(self.shared_memory.status(SYSTEM, request.name))
+
+    @rpc
+    async def SystemSharedMemoryRegister(self, request, context):
+        check_local_peer(context.peer())
+        await asyncio.to_thread(
+            self.shared_memory.register_system, request.name, request.key, request.offset, request.byte_size
+        )
+        return service_pb2.SystemSharedMemoryRegisterResponse()
+
+    @rpc
+    async def SystemSharedMemoryUnregister(self, request, context):
+        await asyncio.to_thread(self.shared_memory.unregister, SYSTEM, request.name)
+        return service_pb2.SystemSharedMemoryUnregisterResponse()
+
+    @rpc
+    async def CudaSharedMemoryStatus(self, request, context):
+        return convert.cuda_shared_memory_status_to_grpc(self.shared_memory.status(CUDA, request.name))
+
+    @rpc
+    async def CudaSharedMemoryRegister(self, request, context):
+        check_local_peer(context.peer())
+        await asyncio.to_thread(
+            self.shared_memory.register_cuda, request.name, request.raw_handle, request.device_id, request.byte_size
+        )
+        return service_pb2.CudaSharedMemoryRegisterResponse()
+
+    @rpc
+    async def CudaSharedMemoryUnregister(self, request, context):
+        await asyncio.to_thread(self.shared_memory.unregister, CUDA, request.name)
+        return service_pb2.CudaSharedMemoryUnregisterResponse()
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[InferRequestWire], context: grpc.aio.ServicerContext
@@ -223,11 +273,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         try:
             if wire.error:
                 raise ServerError(grpc.StatusCode.INTERNAL, wire.error)
-            with self._budget.holding(wire.size):
-                response = await self._core.infer(
-                    convert.infer_request_from_grpc(request, wire.raw), convert.infer_options_from_grpc(request)
+            with self._budget.holding(wire.size), self.shared_memory.use() as regions:
+                response, in_regions = await self.infer_in_regions(wire, regions)
+                return service_pb2.ModelStreamInferResponse(
+                    infer_response=convert.infer_response_to_grpc(response, in_regions)
                 )
-                return service_pb2.ModelStreamInferResponse(infer_response=convert.infer_response_to_grpc(response))
         except ServerError as exc:
             log.debug("ModelStreamInfer request %r -> %s: %s", request.id[:64], exc.code.name, exc.message)
             message = exc.message

@@ -73,6 +73,13 @@ class Settings:
         "engine (slots of 2 MiB; a request that finds no free slot travels in its message instead).",
         bounds=(4, 4096),
     )
+    shm_max_regions: int = option(
+        64, "Shared-memory regions (system and CUDA) clients may have registered at once.", bounds=(0, 4096)
+    )
+    shm_max_mb: int = option(
+        4096, "Total MiB of shared-memory regions the server maps at once; a registration past it is refused.",
+        bounds=(0, 1_048_576),
+    )
     grace_period_s: float = option(
         30.0, "On SIGTERM/SIGINT, how long in-flight requests may take to finish.", bounds=(0, 86_400)
     )
@@ -119,6 +126,10 @@ class Settings:
         if self.max_inflight_mb is None:
             return default_inflight_bytes(self.grpc_max_message_bytes)
         return self.max_inflight_mb * 1024 * 1024
+
+    @property
+    def shm_max_bytes(self) -> int:
+        return self.shm_max_mb * 1024 * 1024
 
     @property
     def is_loopback(self) -> bool:

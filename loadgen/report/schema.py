@@ -16,7 +16,9 @@ CPU, SLO objectives and the search, phases, the engine bench, payload modes, ver
 added to 3, both optional for readers (None when absent): ``headline`` (the run's one figure where its scenario
 has one, e.g. single-stream's p90) and ``request_log`` (where the per-request logs went). 4: the ``unreachable``
 count (UNAVAILABLE from the transport: no server answered), so ``rejected`` is the server's admission control
-alone; the payload's ``images_read``, ``skipped_images`` and ``skipped_image_examples``. A partial report (written
+alone; the payload's ``images_read``, ``skipped_images`` and ``skipped_image_examples``; later added to 4, optional
+for readers: the payload's ``transfer`` (``grpc`` or ``system_shared_memory``) and ``shared_memory`` (its regions and
+bytes, or null). A partial report (written
 while the run goes on) has status ``incomplete``, an ``incomplete_reason``, verdict ``INCOMPLETE`` (its SLO's too)
 and ``valid`` / ``stable`` null: the run-level judgements are stated by the final report only. Later added to 4,
 optional for readers (None when absent): ``simulated`` (``backend``, ``device``, ``label``: the target served the

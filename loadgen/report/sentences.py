@@ -110,7 +110,18 @@ def _payload_words(payload: dict) -> str:
             words += f" of {payload['request_bytes']:,} bytes"
     if payload.get("description") or payload.get("source"):
         words += f" ({payload.get('description') or payload['source']})"
+    if payload.get("transfer"):  # reports before it: not stated
+        words += f", {transfer_words(payload)}"
     return words
+
+
+def transfer_words(payload: dict) -> str:
+    """How the tensors travelled: in the gRPC messages, or through shared memory (the report's ``transfer``)."""
+    if payload.get("transfer") != "system_shared_memory":
+        return "tensors sent in the gRPC messages"
+    regions = payload.get("shared_memory") or {}
+    return (f"tensors sent through system shared memory ({regions.get('regions', 0)} regions, "
+            f"{regions.get('bytes', 0):,} bytes registered with the target; no tensor bytes in the gRPC messages)")
 
 
 def setup_lines(report: dict) -> list[Sentence]:

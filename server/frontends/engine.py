@@ -42,8 +42,8 @@ class EngineApp(App):
 
     async def _start_front(self, admin: AdminAuth, credentials: grpc.ServerCredentials | None) -> bool:
         budget = ByteBudget(self.settings.max_inflight_bytes, self.server_stats)  # front ends admit; not used here
-        self.link = LinkServer(self.core, InferenceServicer(self.core, self.control, admin, budget),
-                               self.settings.frontends)
+        servicer = InferenceServicer(self.core, self.control, admin, budget, self.shared_memory_registry())
+        self.link = LinkServer(self.core, servicer, self.settings.frontends)
         self.link.on_ready_change = self._ready_changed
         try:
             await self.link.start(self.socket_path)

@@ -189,13 +189,16 @@ class EngineLink:
 
     # -- forwarded RPCs ------------------------------------------------------------------------------------------
 
-    async def call(self, method: str, request: bytes, metadata: Sequence[tuple[str, str | bytes]]) -> bytes:
-        """Serialized response of RPC ``method`` as the engine answers it; raises its error as a ServerError."""
+    async def call(
+        self, method: str, request: bytes, metadata: Sequence[tuple[str, str | bytes]], peer: str
+    ) -> bytes:
+        """Serialized response of RPC ``method`` as the engine answers it, for the client at ``peer``; raises its
+        error as a ServerError."""
         connection = self._current()
         ident = next(self._ids)
         pending = _Pending(asyncio.get_running_loop().create_future(), None)
         answer = await self._send(connection, messages.frame(messages.CALL, ident, method, request,
-                                                             [list(item) for item in metadata]), pending, ident)
+                                                             [list(item) for item in metadata], peer), pending, ident)
         if answer[0] == FAILURE:
             raise ServerError(grpc.StatusCode[answer[2]], answer[3])
         return answer[2]

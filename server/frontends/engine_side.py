@@ -29,7 +29,7 @@ from ipsbench.server.frontends.messages import CALL, FAILURE, HELLO, INFER, READ
 from ipsbench.server.frontends.ring import COUNTER_FIELDS, SLOT_ALIGN, Ring
 from ipsbench.server.grpc_service import SERVICE, InferenceServicer
 from ipsbench.server.stats import ServerStats
-from ipsbench.server.wire import raw_contents, tolerant
+from ipsbench.server.wire import InferRequestWire, raw_contents, tolerant
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,13 @@ class _Aborted(Exception):
 class ForwardedContext:
     """The part of ``grpc.aio.ServicerContext`` the servicer's non-inference RPCs use, for a forwarded call."""
 
-    def __init__(self, metadata: Sequence[tuple[str, str | bytes]]) -> None:
+    def __init__(self, metadata: Sequence[tuple[str, str | bytes]], peer: str) -> None:
         self._metadata = tuple(metadata)
+        self._peer = peer
+
+    def peer(self) -> str:
+        """The client's address as its front end saw it (shared-memory registration is for local clients only)."""
+        return self._peer
 
     def invocation_metadata(self) -> tuple:
         return self._metadata
@@ -182,12 +187,13 @@ class LinkServer:
         _, ident, slot, header, placed = message
         view = frontend.ring.slot(slot) if slot is not None else None
         try:
-            request = service_pb2.ModelInferRequest.FromString(header)
-            raw = messages.taken(placed, view) or None
-            response = await self.core.infer(convert.infer_request_from_grpc(request, raw),
-                                             convert.infer_options_from_grpc(request))
-            del raw  # the slot's views go before the front end may reuse the slot
-            payloads = [raw_contents(o.datatype, o.array) for o in response.outputs]
+            wire = InferRequestWire(service_pb2.ModelInferRequest.FromString(header), messages.taken(placed, view))
+            # Inputs and outputs that name a client's shared-memory region are read and written here, where the
+            # regions are registered (the front ends forward registration).
+            with self.servicer.shared_memory.use() as regions:
+                response, in_regions = await self.servicer.infer_in_regions(wire, regions)
+            del wire  # the slot's views go before the front end may reuse the slot
+            payloads = [b"" if o.name in in_regions else raw_contents(o.datatype, o.array) for o in response.outputs]
             answer = [RESULT, ident, convert.response_header(response).SerializeToString(),
                       messages.place(payloads, None if _overlaps(payloads, view) else view, SLOT_ALIGN)]
         except ServerError as exc:
@@ -199,7 +205,7 @@ class LinkServer:
         frontend.send(*answer)
 
     async def _call(self, frontend: _Frontend, message: list) -> None:
-        _, ident, method, data, metadata = message
+        _, ident, method, data, metadata, peer = message
         try:
             if method not in FORWARDED_METHODS:
                 raise _Aborted(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not supported by ipsbench-serve")
@@ -207,7 +213,7 @@ class LinkServer:
                 response = service_pb2.ServerReadyResponse(ready=self.ready())
             else:
                 response = await getattr(self.servicer, method)(
-                    _REQUEST_PARSERS[method](data), ForwardedContext([tuple(item) for item in metadata])
+                    _REQUEST_PARSERS[method](data), ForwardedContext([tuple(item) for item in metadata], peer)
                 )
             answer = [RESULT, ident, response.SerializeToString()]
         except _Aborted as exc:

@@ -37,7 +37,7 @@ class FrontendServicer(InferenceServicer):
     """The inference RPCs taken off the wire and admitted here, run by the engine; the others forwarded as bytes."""
 
     def __init__(self, link: EngineLink, budget: ByteBudget) -> None:
-        super().__init__(link, None, None, budget)  # type: ignore[arg-type]
+        super().__init__(link, None, None, budget, None)  # type: ignore[arg-type]
         self._link = link
 
     def method_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
@@ -93,7 +93,7 @@ class FrontendServicer(InferenceServicer):
                 return not_ready
             metadata = tuple((m.key, m.value) for m in context.invocation_metadata() or ())
             try:
-                return await link.call(name, request, metadata)
+                return await link.call(name, request, metadata, context.peer())
             except ServerError as exc:
                 await context.abort(exc.code, exc.message)
 

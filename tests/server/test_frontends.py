@@ -296,3 +296,40 @@ def test_a_second_signal_ends_every_process_at_once(repository, write_test_model
     channel.close()
     wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids.values()),
                what="every child process gone")
+
+
+def test_shared_memory_regions_registered_through_one_front_end_serve_requests_through_another(two_frontends):
+    import tritonclient.utils.shared_memory as shm
+
+    server = two_frontends
+    found = channels_by_frontend(server, 2, wanted_each=1)
+    first, second = (group[0] for group in found.values())
+    rows, size = 2, 2 * FEATURES * 4
+    region_in = shm.create_shared_memory_region("in", f"/ipsbench-test-{os.getpid()}-fe-in", size)
+    region_out = shm.create_shared_memory_region("out", f"/ipsbench-test-{os.getpid()}-fe-out", size)
+    try:
+        x = np.arange(rows * FEATURES, dtype=np.float32).reshape(rows, FEATURES)
+        shm.set_shared_memory_region(region_in, [x])
+        for name, region in (("in", region_in), ("out", region_out)):
+            first.stub.SystemSharedMemoryRegister(service_pb2.SystemSharedMemoryRegisterRequest(
+                name=name, key=f"/ipsbench-test-{os.getpid()}-fe-{name}", byte_size=size), timeout=10)
+        status = [c.stub.SystemSharedMemoryStatus(service_pb2.SystemSharedMemoryStatusRequest(), timeout=10)
+                  for c in (first, second)]
+        assert status[0] == status[1] and set(status[0].regions) == {"in", "out"}
+        request = service_pb2.ModelInferRequest(model_name="affine")
+        tensor = request.inputs.add(name="input", datatype="FP32", shape=[rows, FEATURES])
+        tensor.parameters["shared_memory_region"].string_param = "in"
+        tensor.parameters["shared_memory_byte_size"].int64_param = size
+        output = request.outputs.add(name="output")
+        output.parameters["shared_memory_region"].string_param = "out"
+        output.parameters["shared_memory_byte_size"].int64_param = size
+        response = second.stub.ModelInfer(request, timeout=CALL_TIMEOUT_S)
+        assert list(response.raw_output_contents) == [b""]  # the output went into its region
+        out = shm.get_contents_as_numpy(region_out, np.float32, [rows, FEATURES])
+        np.testing.assert_array_equal(out, 2 * x + 1)
+        second.stub.SystemSharedMemoryUnregister(service_pb2.SystemSharedMemoryUnregisterRequest(), timeout=10)
+        assert not first.stub.SystemSharedMemoryStatus(service_pb2.SystemSharedMemoryStatusRequest(),
+                                                       timeout=10).regions
+    finally:
+        shm.destroy_shared_memory_region(region_in)
+        shm.destroy_shared_memory_region(region_out)

@@ -37,6 +37,10 @@ class Outcome(enum.Enum):
     MODEL_CONTROL = "served with --model-control-mode explicit; UNAVAILABLE with Triton's text in the default mode"
     UNIMPLEMENTED = "InferenceServerException with status UNIMPLEMENTED and a message (extension not offered)"
     CLIENT_SIDE = "no RPC of its own: client state (plugins, channel)"
+    SHARED_MEMORY = (
+        "served as Triton serves it (tests/server/test_shared_memory.py); CUDA registration UNIMPLEMENTED where the "
+        "server has no CUDA"
+    )
 
 
 _COMMON_OUTCOMES = {
@@ -55,12 +59,12 @@ _COMMON_OUTCOMES = {
     "update_log_settings": Outcome.UNIMPLEMENTED,
     "get_trace_settings": Outcome.UNIMPLEMENTED,
     "update_trace_settings": Outcome.UNIMPLEMENTED,
-    "get_system_shared_memory_status": Outcome.UNIMPLEMENTED,
-    "register_system_shared_memory": Outcome.UNIMPLEMENTED,
-    "unregister_system_shared_memory": Outcome.UNIMPLEMENTED,
-    "get_cuda_shared_memory_status": Outcome.UNIMPLEMENTED,
-    "register_cuda_shared_memory": Outcome.UNIMPLEMENTED,
-    "unregister_cuda_shared_memory": Outcome.UNIMPLEMENTED,
+    "get_system_shared_memory_status": Outcome.SHARED_MEMORY,
+    "register_system_shared_memory": Outcome.SHARED_MEMORY,
+    "unregister_system_shared_memory": Outcome.SHARED_MEMORY,
+    "get_cuda_shared_memory_status": Outcome.SHARED_MEMORY,
+    "register_cuda_shared_memory": Outcome.SHARED_MEMORY,
+    "unregister_cuda_shared_memory": Outcome.SHARED_MEMORY,
     "plugin": Outcome.CLIENT_SIDE,
     "register_plugin": Outcome.CLIENT_SIDE,
     "unregister_plugin": Outcome.CLIENT_SIDE,
@@ -85,16 +89,6 @@ UNIMPLEMENTED_CALLS: dict[str, Callable] = {
     "update_trace_settings": lambda c: c.update_trace_settings(
         settings={"trace_rate": "1"}, client_timeout=CALL_TIMEOUT_S
     ),
-    "get_system_shared_memory_status": lambda c: c.get_system_shared_memory_status(client_timeout=CALL_TIMEOUT_S),
-    "register_system_shared_memory": lambda c: c.register_system_shared_memory(
-        "region", "/ipsbench_region", 64, client_timeout=CALL_TIMEOUT_S
-    ),
-    "unregister_system_shared_memory": lambda c: c.unregister_system_shared_memory(client_timeout=CALL_TIMEOUT_S),
-    "get_cuda_shared_memory_status": lambda c: c.get_cuda_shared_memory_status(client_timeout=CALL_TIMEOUT_S),
-    "register_cuda_shared_memory": lambda c: c.register_cuda_shared_memory(
-        "region", b"\0" * 64, 0, 64, client_timeout=CALL_TIMEOUT_S
-    ),
-    "unregister_cuda_shared_memory": lambda c: c.unregister_cuda_shared_memory(client_timeout=CALL_TIMEOUT_S),
 }
 
 
@@ -229,7 +223,7 @@ def test_health_and_metadata_rpcs(kind, server, sync_client):
     assert got["server"]["name"] == "ipsbench"
     assert {"classification", "model_repository", "statistics"} <= set(got["server"]["extensions"])
     # Extensions answered UNIMPLEMENTED are not advertised (Triton's names), so clients do not try them.
-    assert not {"system_shared_memory", "cuda_shared_memory", "logging", "trace"} & set(got["server"]["extensions"])
+    assert not {"logging", "trace"} & set(got["server"]["extensions"])
     assert got["model"]["platform"] == "onnxruntime_onnx"
     assert [(t["name"], t["datatype"], t["shape"]) for t in got["model"]["inputs"]] == [
         ("input", "FP32", ["-1", "3", "64", "64"])
