@@ -78,8 +78,9 @@ class ServedProcess:
             if line.rstrip().endswith(": ready") and self.port is not None:
                 self._ready.set()
 
-    def success_count(self, model: str) -> int | None:
-        """The server's count of successful requests for ``model`` (ModelStatistics); None if it did not answer."""
+    def counts(self, model: str) -> tuple[int, int] | None:
+        """The server's successful requests and batch executions for ``model`` so far (ModelStatistics); None if
+        it did not answer in time."""
         import grpc
         from tritonclient.grpc import service_pb2, service_pb2_grpc
 
@@ -91,7 +92,8 @@ class ServedProcess:
                                                   timeout=STATISTICS_DEADLINE_S)
         except grpc.RpcError:
             return None
-        return sum(s.inference_stats.success.count for s in response.model_stats)
+        return (sum(s.inference_stats.success.count for s in response.model_stats),
+                sum(s.execution_count for s in response.model_stats))
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after a bound; safe to call twice."""

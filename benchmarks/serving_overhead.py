@@ -16,7 +16,8 @@ Servers (``SERVERS``; one more configuration is one more entry, or one more ``--
 
 For each, per payload: perf_analyzer's throughput (its ``-f`` CSV), and the server's CPU per request: user + system
 CPU seconds of the server's process tree (psutil, every 0.2 s) differenced over the interval in which the server
-counted requests (its ModelStatistics success count, sampled alongside), divided by the requests it counted there.
+counted requests (its ModelStatistics success count, sampled alongside), divided by the requests it counted there;
+beside it the requests per batch execution the server reported over the same interval.
 Rounds alternate the servers (ipsbench-serve, inline, fixed, ipsbench-serve, ...); the table gives each figure's
 median over the rounds with its range, and the ratios the aims are set in, each the median of the rounds' own ratios.
 
@@ -95,6 +96,8 @@ class Figures:
     cpu_us_per_request: float
     cpu_share: float
     """The server's CPU seconds per second over the interval (1.0 = its core fully busy)."""
+    batch: float
+    """Requests per batch execution the server reported over the interval (1 for the yardsticks)."""
 
 
 # --- the model repository and perf_analyzer's input ---------------------------------------------------------------
@@ -124,28 +127,33 @@ def jpeg_input(folder: Path) -> Path:
 
 
 def sample_server(server: ServedProcess, model: str, stop: threading.Event, deadline: float, samples: list) -> None:
-    """(monotonic s, server CPU s, server's success count) every SAMPLE_PERIOD_S until ``stop`` or the deadline."""
+    """(monotonic s, server CPU s, successes, executions) every SAMPLE_PERIOD_S until ``stop`` or the deadline."""
     while not stop.is_set() and time.monotonic() < deadline:
-        count = server.success_count(model)
-        samples.append((time.monotonic(), server_cpu_s(server.ps), count))
+        counts = server.counts(model)
+        if counts is not None:  # a statistics call that timed out leaves that sample out
+            samples.append((time.monotonic(), server_cpu_s(server.ps), *counts))
         stop.wait(SAMPLE_PERIOD_S)
 
 
-def cpu_per_request(samples: list) -> tuple[float, float]:
-    """(µs of server CPU per request, CPU share) over the interval in which the server's count grew."""
-    rows = np.array([s for s in samples if s[2] is not None], dtype=float)
-    if len(rows) < 3:
-        return float("nan"), float("nan")
-    times, cpu, count = rows.T
+def cpu_per_request(samples: list) -> tuple[float, float, float]:
+    """(µs of server CPU per request, CPU share, requests per batch execution) over the interval in which the
+    server's count grew; NaN where too few samples cover it."""
+    nothing = (float("nan"),) * 3
+    if len(samples) < 3:
+        return nothing
+    times, cpu, count, executions = np.array(samples, dtype=float).T
     grew = np.nonzero(np.diff(count) > 0)[0]
     if len(grew) == 0:
-        return float("nan"), float("nan")
+        return nothing
     start, end = times[grew[0]] + EDGE_S, times[grew[-1]]
     if end - start < 1.0:
-        return float("nan"), float("nan")
-    used = np.interp(end, times, cpu) - np.interp(start, times, cpu)
-    served = np.interp(end, times, count) - np.interp(start, times, count)
-    return 1e6 * used / served, used / (end - start)
+        return nothing
+
+    def delta(values: np.ndarray) -> float:
+        return float(np.interp(end, times, values) - np.interp(start, times, values))
+
+    used, served, batches = delta(cpu), delta(count), delta(executions)
+    return 1e6 * used / served, used / (end - start), served / batches if batches else float("nan")
 
 
 def perf_analyzer_cmd(port: int, model: str, seconds: float, csv_path: Path, input_data: Path | None) -> list[str]:
@@ -189,8 +197,8 @@ def measure(server: ServedProcess, payload: str, seconds: float, out: Path, inpu
         print(f"    perf_analyzer on {server.label}, {payload}: no figures (exit {proc.returncode}): {tail}")
         return None
     row = rows[0]
-    cpu_us, share = cpu_per_request(samples)
-    return Figures(float(row["Inferences/Second"]), float(row["p50 latency"]), cpu_us, share)
+    cpu_us, share, batch = cpu_per_request(samples)
+    return Figures(float(row["Inferences/Second"]), float(row["p50 latency"]), cpu_us, share, batch)
 
 
 # --- the report ---------------------------------------------------------------------------------------------------
@@ -205,8 +213,8 @@ def median_range(values: list[float], fmt: str) -> str:
 
 
 def table(results: dict, labels: list[str], payloads: list[str]) -> list[str]:
-    lines = ["| payload | server | req/s | server CPU µs/req | server core busy % | p50 ms | rounds |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| payload | server | req/s | server CPU µs/req | server core busy % | batch | p50 ms | rounds |",
+             "|---|---|---|---|---|---|---|---|"]
     for payload in payloads:
         for label in labels:
             rounds = results.get((label, payload), [])
@@ -214,6 +222,7 @@ def table(results: dict, labels: list[str], payloads: list[str]) -> list[str]:
                 f"| {PAYLOAD_LABELS[payload]} | {label} | {median_range([r.requests_per_s for r in rounds], '.0f')} "
                 f"| {median_range([r.cpu_us_per_request for r in rounds], '.0f')} "
                 f"| {median_range([100 * r.cpu_share for r in rounds], '.0f')} "
+                f"| {median_range([r.batch for r in rounds], '.1f')} "
                 f"| {median_range([r.p50_us / 1000 for r in rounds], '.2f')} | {len(rounds)} |")
     return lines
 
