@@ -322,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(os.sched_getaffinity(0)) < 2:
         raise SystemExit("needs two cores (servers on core 0, perf_analyzer on core 1)")
     os.sched_setaffinity(0, {CLIENT_CORE})  # this script's own sampling stays off the servers' core
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a SIGTERM unwinds like Ctrl-C: servers stopped
+    for signum in (signal.SIGINT, signal.SIGTERM):  # both unwind as KeyboardInterrupt: the servers are stopped
+        signal.signal(signum, signal.default_int_handler)
     chosen = servers(args.server_args)
     started_at, load_at_start = time.monotonic(), os.getloadavg()[0]
     running: list[ServedProcess] = []
@@ -349,4 +350,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted: perf_analyzer and the servers were stopped", file=sys.stderr)
+        sys.exit(130)
