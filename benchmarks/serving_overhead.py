@@ -1,217 +1,357 @@
-"""Serving overhead of ipsbench-serve on a 2-core box: server pinned to core 0, load generator to core 1.
+"""What ipsbench-serve's request path costs per request, beside two yardstick servers, on a 2-core box.
 
-Measures, in one run, with ONNX Runtime at one intra-op and one inter-op thread for both the server and the
-in-process engine:
+Every server runs pinned to core 0 and Triton's perf_analyzer (the load, gRPC, closed loop at concurrency 16) to
+core 1, on 127.0.0.1, against a model whose compute is negligible (``tiny_pool_linear``: GlobalAveragePool over
+3x224x224 FP32 -> Flatten -> Gemm to 1000, one ONNX Runtime thread), so what is measured is the cost of moving a
+request through each server. Payloads: ``fp32`` (the 602 KB tensor), ``uint8`` (150 KB of 224x224x3 pixels to the
+model's ``_uint8`` front) and ``jpeg`` (one 500x375 quality-90 JPEG to its ``_jpeg`` front, which decodes, resizes
+and crops it).
 
-(a) end-to-end images/sec at saturation (best step of an ipsbench-load sweep) / the engine's best images/sec
-    (`ipsbench-serve bench`, batch sizes up to max_batch_size), for ResNet-18 (and ResNet-50 unless --quick);
-(b) requests/sec on one server core for a model whose compute is negligible (GlobalAveragePool -> Flatten ->
-    Gemm to 1000 over a 3x224x224 FP32 input), with the client's and the server's CPU share per step;
-(c) the p50 latency the server adds at batch 1: sweep concurrency-1 p50 minus the engine's batch-1 p50.
+Servers (``SERVERS``; one more configuration is one more entry, or one more ``--server-args``):
 
-Cross-checks (b) with Triton's perf_analyzer through scripts/perf-analyzer.sh, skipped when it cannot be set up.
+* ``ipsbench-serve`` with the given extra flags (``--server-args "..."``, repeatable: one server per value);
+* ``inline servicer``: a grpc.aio servicer of Triton's GRPCInferenceService that runs the model (and a front's
+  preprocessing) in its event loop, one ONNX Runtime session, no batching (``yardstick_servers.py inline``);
+* ``fixed response``: the same servicer answering every request with one prebuilt response (``... fixed``).
 
-Usage: .venv/bin/python benchmarks/serving_overhead.py [--quick]
+For each, per payload: perf_analyzer's throughput (its ``-f`` CSV), and the server's CPU per request: user + system
+CPU seconds of the server's process tree (psutil, every 0.2 s) differenced over the interval in which the server
+counted requests (its ModelStatistics success count, sampled alongside), divided by the requests it counted there;
+beside it the requests per batch execution the server reported over the same interval.
+Rounds alternate the servers (ipsbench-serve, inline, fixed, ipsbench-serve, ...); the table gives each figure's
+median over the rounds with its range, and the ratios the aims are set in, each the median of the rounds' own ratios.
+
+Usage: .venv/bin/python benchmarks/serving_overhead.py [--rounds 3] [--seconds 4] [--payloads fp32,uint8,jpeg]
+       [--server-args "--flag value"]... [--out FILE.md]
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import csv
 import json
 import os
-import re
+import shlex
+import signal
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import psutil
-from _common import (
-    CLIENT_CORE,
-    MAX_BATCH_SIZE,
-    PERF_ANALYZER_SCRIPT,
-    REPO_ROOT,
-    SERVER_CORE,
-    THREAD_PARAMETERS,
-    TINY,
-    Server,
-    pinned,
-    run_pinned,
-    tree_cpu_s,
-    write_tiny_model,
-)
+from _common import CLIENT_CORE, PERF_ANALYZER_SCRIPT, REPO_ROOT, SERVER_CORE, TINY, pinned, write_tiny_model
+from preprocess_speed import photo_jpeg
+from served import CHILD_ENV, ServedProcess, server_cpu_s
 
-# --- model repository -------------------------------------------------------------------------------------------
-
-
-def export_model(name: str, repo: Path) -> None:
-    print(f"exporting {name} ...", flush=True)
-    run_pinned(
-        [sys.executable, "-m", "ipsbench.export", name, "--out", str(repo), "--max-batch-size", str(MAX_BATCH_SIZE)],
-        CLIENT_CORE,
-        600,
-    )
-    config = repo / name / "config.pbtxt"
-    config.write_text(config.read_text(encoding="utf-8") + THREAD_PARAMETERS, encoding="utf-8")
+YARDSTICKS = Path(__file__).resolve().parent / "yardstick_servers.py"
+CONCURRENCY = 16
+PAYLOADS = ("fp32", "uint8", "jpeg")
+MODELS = {"fp32": TINY, "uint8": f"{TINY}_uint8", "jpeg": f"{TINY}_jpeg"}
+PAYLOAD_LABELS = {"fp32": "fp32 602 KB", "uint8": "uint8 150 KB", "jpeg": "jpeg 500x375"}
+STABILITY_PERCENT = 400
+"""perf_analyzer calls three windows stable when max/min of their throughput and latency is <= 1 + this / 100. Every
+figure here is a median over alternating rounds, so its windows are taken as they come: on a shared box latency
+swings past 2x, and a level that never settles gets no row at all."""
+MAX_TRIALS = 4
+SAMPLE_PERIOD_S = 0.2
+EDGE_S = 0.5
+"""CPU and count are differenced from this long after the server counted its first request of the run to the last
+sample at which its count still grew, so start-up and the tail of the run stay out."""
+AIMS = (("inline servicer", 1.0), ("fixed response", 0.85))
+AIM_UINT8_OVER_FP32 = 3.0
+AIM_FP32_RPS = 1500.0
 
 
-# --- engine bench -----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Server:
+    """One server to measure: its label and its command line (``{repo}`` stands for the model repository)."""
+
+    label: str
+    argv: tuple[str, ...]
+    ours: bool = False
 
 
-def engine_bench(model: str, repo: Path, out: Path, duration_s: float) -> dict:
-    path = out / f"bench-{model}.json"
-    batch_sizes = ",".join(str(b) for b in (1, 2, 4, MAX_BATCH_SIZE))
-    print(f"engine bench {model} (batch sizes {batch_sizes}) ...", flush=True)
-    run_pinned(
-        [sys.executable, "-m", "ipsbench.server", "bench", model, "--model-repository", str(repo),
-         "--batch-sizes", batch_sizes, "--duration", f"{duration_s:g}s", "--warmup", "1s", "--json", str(path)],
-        SERVER_CORE,
-        300,
-    )
-    return json.loads(path.read_text(encoding="utf-8"))
+def servers(server_args: list[str]) -> list[Server]:
+    ipsbench = [Server("ipsbench-serve" + (f" {extra}" if extra else ""),
+                       (sys.executable, "-m", "ipsbench.server", "--model-repository", "{repo}", "--grpc-port", "0",
+                        "--metrics-port", "0", *shlex.split(extra)), ours=True)
+                for extra in server_args or [""]]
+    yardsticks = [Server(label, (sys.executable, str(YARDSTICKS), kind, "--model-repository", "{repo}"))
+                  for label, kind in (("inline servicer", "inline"), ("fixed response", "fixed"))]
+    return [*ipsbench, *yardsticks]
 
 
-# --- load -------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Figures:
+    """One server, one payload, one round."""
+
+    requests_per_s: float
+    p50_us: float
+    cpu_us_per_request: float
+    cpu_share: float
+    """The server's CPU seconds per second over the interval (1.0 = its core fully busy)."""
+    batch: float
+    """Requests per batch execution the server reported over the interval (1 for the yardsticks)."""
 
 
-SWEEP_TRIALS = 3
-"""Measurement windows per concurrency level: the three the stability check compares, no retries, so a run's length
-is known."""
+# --- the model repository and perf_analyzer's input ---------------------------------------------------------------
 
 
-def sweep(server: Server, model: str, levels: list[int], out: Path, duration_s: float) -> list[dict]:
-    """Closed-loop sweep on core 1; returns the report's steps with client/server CPU % of each window."""
-    folder = out / f"sweep-{model}"
-    cmd = [sys.executable, "-m", "ipsbench.loadgen", "sweep", "--target", f"127.0.0.1:{server.port}", "--model", model,
-           "--concurrency", ",".join(map(str, levels)), "--duration", f"{duration_s:g}s", "--warmup", "1s",
-           "--max-trials", str(SWEEP_TRIALS), "--out", str(folder), "--log-level", "warning"]
-    print(f"sweep {model} at concurrency {','.join(map(str, levels))} ...", flush=True)
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, preexec_fn=pinned(CLIENT_CORE), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    client = psutil.Process(proc.pid)
-    samples = []  # (unix time, client cpu s, server cpu s)
-    limit = time.monotonic() + 60 + len(levels) * (SWEEP_TRIALS * duration_s + 10)
-    while proc.poll() is None and time.monotonic() < limit:
-        samples.append((time.time(), tree_cpu_s(client), server.cpu_s()))
-        time.sleep(0.25)
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(timeout=10)
-        raise SystemExit(f"sweep of {model} ran past its bound")
-    stderr = proc.stderr.read()
-    if proc.returncode == 1:  # a level stayed UNSTABLE: its figures stand, flagged in the report
-        print(f"note: some levels of the {model} sweep did not settle within {SWEEP_TRIALS} windows", flush=True)
-    elif proc.returncode != 0:
-        sys.stderr.write(stderr[-3000:])
-        raise SystemExit(f"sweep of {model} failed ({proc.returncode})")
-    report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
-    times = np.array([s[0] for s in samples])
-    for step in report["steps"]:
-        start, end = step["window_start_unix"], step["window_end_unix"]
-        for key, col in (("client_cpu_pct", 1), ("server_cpu_pct", 2)):
-            values = np.array([s[col] for s in samples])
-            used = np.interp(end, times, values) - np.interp(start, times, values)
-            step[key] = 100.0 * used / (end - start)
-    return report["steps"]
+def build_repository(repo: Path, payloads: list[str]) -> None:
+    from ipsbench.export.preprocess_front import write_preprocess_front
+    from ipsbench.server.preprocess.recipe import Recipe
+
+    write_tiny_model(repo)
+    for kind in payloads:
+        if kind != "fp32":
+            write_preprocess_front(repo, TINY, kind, Recipe.imagenet(224))
 
 
-def perf_analyzer(port: int, concurrency: int) -> float | None:
-    if not PERF_ANALYZER_SCRIPT.exists():
-        print(f"perf_analyzer cross-check skipped: {PERF_ANALYZER_SCRIPT.relative_to(REPO_ROOT)} not found")
-        return None
-    print(f"perf_analyzer on {TINY} at concurrency {concurrency} (first call sets itself up) ...", flush=True)
-    cmd = ["bash", str(PERF_ANALYZER_SCRIPT), "-m", TINY, "-u", f"127.0.0.1:{port}", "-i", "grpc",
-           "--concurrency-range", str(concurrency), "--measurement-interval", "3000"]
+def jpeg_input(folder: Path) -> Path:
+    """perf_analyzer's --input-data for the jpeg front: one image; for a BYTES input perf_analyzer takes "b64" as the
+    serialized tensor (each element's 4-byte little-endian length, then its bytes)."""
+    path = folder / "jpeg-input.json"
+    jpeg = photo_jpeg(0)
+    image = base64.b64encode(struct.pack("<I", len(jpeg)) + jpeg).decode("ascii")
+    path.write_text(json.dumps({"data": [{"image": {"b64": image}}]}), encoding="utf-8")
+    return path
+
+
+# --- one measurement ----------------------------------------------------------------------------------------------
+
+
+def sample_server(server: ServedProcess, model: str, stop: threading.Event, deadline: float, samples: list) -> None:
+    """(monotonic s, server CPU s, successes, executions) every SAMPLE_PERIOD_S until ``stop`` or the deadline."""
+    while not stop.is_set() and time.monotonic() < deadline:
+        counts = server.counts(model)
+        if counts is not None:  # a statistics call that timed out leaves that sample out
+            samples.append((time.monotonic(), server_cpu_s(server.ps), *counts))
+        stop.wait(SAMPLE_PERIOD_S)
+
+
+def cpu_per_request(samples: list) -> tuple[float, float, float]:
+    """(µs of server CPU per request, CPU share, requests per batch execution) over the interval in which the
+    server's count grew; NaN where too few samples cover it."""
+    nothing = (float("nan"),) * 3
+    if len(samples) < 3:
+        return nothing
+    times, cpu, count, executions = np.array(samples, dtype=float).T
+    grew = np.nonzero(np.diff(count) > 0)[0]
+    if len(grew) == 0:
+        return nothing
+    start, end = times[grew[0]] + EDGE_S, times[grew[-1]]
+    if end - start < 1.0:
+        return nothing
+
+    def delta(values: np.ndarray) -> float:
+        return float(np.interp(end, times, values) - np.interp(start, times, values))
+
+    used, served, batches = delta(cpu), delta(count), delta(executions)
+    return 1e6 * used / served, used / (end - start), served / batches if batches else float("nan")
+
+
+def perf_analyzer_cmd(port: int, model: str, seconds: float, csv_path: Path, input_data: Path | None) -> list[str]:
+    cmd = ["bash", str(PERF_ANALYZER_SCRIPT), "-m", model, "-i", "grpc", "-u", f"127.0.0.1:{port}",
+           "--concurrency-range", str(CONCURRENCY), "--measurement-interval", str(round(seconds * 1000)),
+           "-s", str(STABILITY_PERCENT), "-r", str(MAX_TRIALS), "-f", str(csv_path)]
+    return cmd + (["--input-data", str(input_data)] if input_data else [])
+
+
+def measure(server: ServedProcess, payload: str, seconds: float, out: Path, input_data: Path | None
+            ) -> Figures | None:
+    """perf_analyzer against one server on one payload; None (with a message) when it gave no figures."""
+    model = MODELS[payload]
+    csv_path = out / f"pa-{server.slug}-{payload}.csv"
+    cmd = perf_analyzer_cmd(server.port, model, seconds, csv_path, input_data if payload == "jpeg" else None)
+    limit_s = 60 + (MAX_TRIALS + 2) * (seconds + 2)
+    samples: list = []
+    stop = threading.Event()
+    sampler = threading.Thread(target=sample_server, args=(server, model, stop, time.monotonic() + limit_s, samples))
+    sampler.start()
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, preexec_fn=pinned(CLIENT_CORE), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=CHILD_ENV)
     try:
-        result = subprocess.run(cmd, cwd=REPO_ROOT, preexec_fn=pinned(CLIENT_CORE), capture_output=True,
-                                text=True, timeout=240)
+        output, _ = proc.communicate(timeout=limit_s)
     except subprocess.TimeoutExpired:
-        print("perf_analyzer cross-check skipped: it ran past 240 s")
+        proc.kill()
+        output, _ = proc.communicate(timeout=10)
+        output += f"\n(ran past {limit_s:.0f} s)"
+    finally:
+        if proc.poll() is None:  # an interrupt: stop the load before the servers
+            proc.kill()
+            proc.wait(timeout=10)
+        stop.set()
+        sampler.join(timeout=10)
+    rows = []
+    if csv_path.exists():
+        with csv_path.open(newline="", encoding="utf-8") as file:
+            rows = list(csv.DictReader(file))
+    if proc.returncode != 0 or not rows:  # it writes no row for a level that never settled
+        tail = output.strip().splitlines()[-1][:300] if output.strip() else ""
+        print(f"    perf_analyzer on {server.label}, {payload}: no figures (exit {proc.returncode}): {tail}")
         return None
-    match = re.findall(r"Throughput: ([\d.]+) infer/sec", result.stdout)
-    if result.returncode != 0 or not match:
-        print(f"perf_analyzer cross-check failed ({result.returncode}): {(result.stdout + result.stderr)[-800:]}")
-        return None
-    return float(match[-1])
+    row = rows[0]
+    cpu_us, share, batch = cpu_per_request(samples)
+    return Figures(float(row["Inferences/Second"]), float(row["p50 latency"]), cpu_us, share, batch)
 
 
-# --- main -------------------------------------------------------------------------------------------------------
+# --- the report ---------------------------------------------------------------------------------------------------
 
 
-def best(steps: list[dict], key: str) -> dict:
-    return max(steps, key=lambda s: s[key])
+def median_range(values: list[float], fmt: str) -> str:
+    values = [v for v in values if np.isfinite(v)]
+    if not values:
+        return "-"
+    text = format(float(np.median(values)), fmt)
+    return text if len(values) == 1 else f"{text} ({format(min(values), fmt)}-{format(max(values), fmt)})"
+
+
+def table(results: dict, labels: list[str], payloads: list[str]) -> list[str]:
+    lines = ["| payload | server | req/s | server CPU µs/req | server core busy % | batch | p50 ms | rounds |",
+             "|---|---|---|---|---|---|---|---|"]
+    for payload in payloads:
+        for label in labels:
+            rounds = results.get((label, payload), [])
+            lines.append(
+                f"| {PAYLOAD_LABELS[payload]} | {label} | {median_range([r.requests_per_s for r in rounds], '.0f')} "
+                f"| {median_range([r.cpu_us_per_request for r in rounds], '.0f')} "
+                f"| {median_range([100 * r.cpu_share for r in rounds], '.0f')} "
+                f"| {median_range([r.batch for r in rounds], '.1f')} "
+                f"| {median_range([r.p50_us / 1000 for r in rounds], '.2f')} | {len(rounds)} |")
+    return lines
+
+
+def paired_ratio(numerator: list[Figures | None], denominator: list[Figures | None]) -> list[float]:
+    """The rounds' own req/s ratios (rounds where both have figures)."""
+    return [a.requests_per_s / b.requests_per_s for a, b in zip(numerator, denominator) if a and b]
+
+
+def verdict(ratios: list[float], aim: float) -> str:
+    if not ratios:
+        return "no figures"
+    return f"{median_range(ratios, '.2f')}, aim >= {aim:g}: {'met' if np.median(ratios) >= aim else 'NOT met'}"
+
+
+def ratio_lines(rounds: dict, ours: list[str], payloads: list[str]) -> list[str]:
+    """``rounds``: (label, payload) -> per-round Figures or None, aligned by round."""
+    lines = ["ratios (median of the rounds' own ratios, range):"]
+    for label in ours:
+        for payload in payloads:
+            for yardstick, aim in AIMS:
+                ratios = paired_ratio(rounds[(label, payload)], rounds[(yardstick, payload)])
+                lines.append(f"- {label} / {yardstick} req/s, {payload}: {verdict(ratios, aim)}")
+        if "fp32" in payloads and "uint8" in payloads:
+            ratios = paired_ratio(rounds[(label, "uint8")], rounds[(label, "fp32")])
+            lines.append(f"- {label} uint8 / fp32 req/s: {verdict(ratios, AIM_UINT8_OVER_FP32)}")
+        else:
+            lines.append(f"- {label} uint8 / fp32 req/s: needs --payloads with both fp32 and uint8")
+        if "fp32" in payloads:
+            lines.append(fp32_line(label, rounds))
+    return lines
+
+
+def fp32_line(label: str, rounds: dict) -> str:
+    ours = [r.requests_per_s for r in rounds[(label, "fp32")] if r]
+    inline = [r.requests_per_s for r in rounds[("inline servicer", "fp32")] if r]
+    if not ours or not inline:
+        return f"- {label} fp32 req/s: no figures"
+    mine, theirs = float(np.median(ours)), float(np.median(inline))
+    if theirs < AIM_FP32_RPS:
+        judged = f"not judged here: the inline servicer does {theirs:.0f} < {AIM_FP32_RPS:.0f} on this box"
+    else:
+        judged = "met" if mine >= AIM_FP32_RPS else "NOT met"
+    return (f"- {label} fp32 req/s: {mine:.0f} (inline servicer {theirs:.0f}); aim >= {AIM_FP32_RPS:.0f} where the "
+            f"inline servicer does >= {AIM_FP32_RPS:.0f}: {judged}")
+
+
+# --- main ---------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
+    parser.add_argument("--seconds", type=float, default=4.0, help="perf_analyzer's measurement window (default 4)")
+    parser.add_argument("--payloads", default=",".join(PAYLOADS), help="comma-separated, of fp32,uint8,jpeg")
+    parser.add_argument("--server-args", action="append", default=[], metavar='"FLAGS"',
+                        help="extra ipsbench-serve flags; repeat to measure several configurations")
+    parser.add_argument("--out", type=Path, help="also write the table and ratios to this Markdown file")
+    args = parser.parse_args(argv)
+    args.payloads = [p.strip() for p in args.payloads.split(",") if p.strip()]
+    unknown = sorted(set(args.payloads) - set(PAYLOADS))
+    if unknown or not args.payloads:
+        parser.error(f"--payloads: choose from {','.join(PAYLOADS)} (got {unknown or 'none'})")
+    if not 1 <= args.rounds <= 20 or not 0.5 <= args.seconds <= 120:
+        parser.error("--rounds must be 1-20 and --seconds 0.5-120")
+    return args
+
+
+def run_rounds(args, started: list[ServedProcess], out: Path, input_data: Path) -> dict:
+    rounds: dict = {(s.label, p): [] for s in started for p in args.payloads}
+    for number in range(1, args.rounds + 1):
+        for payload in args.payloads:
+            for server in started:
+                print(f"round {number}/{args.rounds}: {payload} on {server.label} ...", flush=True)
+                rounds[(server.label, payload)].append(measure(server, payload, args.seconds, out, input_data))
+    return rounds
+
+
+def report(args, chosen: list[Server], rounds: dict, took_s: float, load: tuple[float, float]) -> str:
+    labels = [s.label for s in chosen]
+    results = {key: [r for r in values if r] for key, values in rounds.items()}
+    command = "benchmarks/serving_overhead.py " + " ".join(
+        [f"--rounds {args.rounds}", f"--seconds {args.seconds:g}", f"--payloads {','.join(args.payloads)}",
+         *(f"--server-args {shlex.quote(extra)}" for extra in args.server_args)])
+    lines = [f"servers on core {SERVER_CORE}, perf_analyzer (gRPC, concurrency {CONCURRENCY}, "
+             f"{args.seconds:g} s windows) on core {CLIENT_CORE}; model {TINY} (negligible compute); "
+             f"medians of {args.rounds} alternating rounds, range in brackets", "",
+             *table(results, labels, args.payloads), "",
+             *ratio_lines(rounds, [s.label for s in chosen if s.ours], args.payloads), "",
+             f"load average (1 min) {load[0]:.1f} at start, {load[1]:.1f} at end, on {os.cpu_count()} cores; "
+             f"run took {took_s:.0f} s; reproduce with: .venv/bin/python {command}"]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="ResNet-18 only, shorter windows (about 2.5 min)")
-    parser.add_argument("--keep", type=Path, help="copy reports and logs into this folder instead of discarding")
-    args = parser.parse_args(argv)
-    if os.cpu_count() is None or len(os.sched_getaffinity(0)) < 2:
-        raise SystemExit("needs two cores (server on core 0, load generator on core 1)")
-    started = time.monotonic()
-    window_s = 3.0 if args.quick else 4.0
-    bench_s = 2.0 if args.quick else 3.0
-    models = ["resnet18"] if args.quick else ["resnet18", "resnet50"]
-    # A CNN step completes whole batches of 8, so its window must hold many batches for a steady images/sec.
-    cnn_window_s = {"resnet18": 4.0 if args.quick else 6.0, "resnet50": 10.0}
-    cnn_levels = {"resnet18": [1, 8, 16], "resnet50": [1, 16]}
-    tiny_levels = [1, 16, 64] if args.quick else [1, 8, 32, 64, 128]
-
-    with tempfile.TemporaryDirectory(prefix="ipsbench-overhead-") as tmp:
-        out = Path(args.keep) if args.keep else Path(tmp)
-        out.mkdir(parents=True, exist_ok=True)
-        repo = Path(tmp) / "models"
+    args = parse_args(argv)
+    if len(os.sched_getaffinity(0)) < 2:
+        raise SystemExit("needs two cores (servers on core 0, perf_analyzer on core 1)")
+    os.sched_setaffinity(0, {CLIENT_CORE})  # this script's own sampling stays off the servers' core
+    for signum in (signal.SIGINT, signal.SIGTERM):  # both unwind as KeyboardInterrupt: the servers are stopped
+        signal.signal(signum, signal.default_int_handler)
+    chosen = servers(args.server_args)
+    started_at, load_at_start = time.monotonic(), os.getloadavg()[0]
+    running: list[ServedProcess] = []
+    with tempfile.TemporaryDirectory(prefix="ipsbench-serving-overhead-") as tmp:
+        out = Path(tmp)
+        repo = out / "models"
         repo.mkdir()
-        for model in models:
-            export_model(model, repo)
-        write_tiny_model(repo)
-        benches = {m: engine_bench(m, repo, out, bench_s) for m in [*models, TINY]}
-
-        server = Server(repo, out / "server.log")
+        build_repository(repo, args.payloads)
+        input_data = jpeg_input(out)
         try:
-            sweeps = {m: sweep(server, m, cnn_levels[m], out, cnn_window_s[m]) for m in models}
-            sweeps[TINY] = sweep(server, TINY, tiny_levels, out, window_s)
-            pa_rps = perf_analyzer(server.port, tiny_levels[-1])
+            for server in chosen:
+                argv_ = [a.replace("{repo}", str(repo)) for a in server.argv]
+                running.append(ServedProcess(server.label, argv_, out / f"{len(running)}.log", SERVER_CORE))
+            rounds = run_rounds(args, running, out, input_data)
         finally:
-            server.stop()
-
-    lines = [f"ipsbench serving overhead: server on core {SERVER_CORE}, load generator on core {CLIENT_CORE}, "
-             f"ONNX Runtime 1 intra-op + 1 inter-op thread, max_batch_size {MAX_BATCH_SIZE}"]
-    lines.append("(a) end-to-end / engine images/sec at saturation")
-    for m in models:
-        e2e = best(sweeps[m], "images_per_s")
-        eng = max(benches[m]["results"], key=lambda r: r["images_per_s"])
-        lines.append(f"    {m:<9} e2e {e2e['images_per_s']:7.1f} img/s (concurrency {e2e['concurrency']})   "
-                     f"engine {eng['images_per_s']:7.1f} img/s (batch {eng['batch_size']})   "
-                     f"ratio {e2e['images_per_s'] / eng['images_per_s']:.3f}")
-    lines.append(f"(b) {TINY} (negligible compute) requests/sec on one server core")
-    for s in sweeps[TINY]:
-        lines.append(f"    concurrency {s['concurrency']:>4}: {s['requests_per_s']:8.1f} req/s  "
-                     f"p50 {s['latency_us']['p50'] / 1000:6.2f} ms  server CPU {s['server_cpu_pct']:5.1f}%  "
-                     f"client CPU {s['client_cpu_pct']:5.1f}%")
-    top = best(sweeps[TINY], "requests_per_s")
-    eng_tiny = max(benches[TINY]["results"], key=lambda r: r["images_per_s"])
-    saturated_side = "client (load generator)" if top["client_cpu_pct"] > top["server_cpu_pct"] else "server"
-    lines.append(f"    best {top['requests_per_s']:.1f} req/s at concurrency {top['concurrency']} "
-                 f"(engine alone: {eng_tiny['images_per_s']:.0f} img/s at batch {eng_tiny['batch_size']}); "
-                 f"server CPU {top['server_cpu_pct']:.0f}%, client CPU {top['client_cpu_pct']:.0f}%: "
-                 f"the {saturated_side} core is the busier one")
-    if pa_rps is not None:
-        lines.append(f"    perf_analyzer (gRPC, concurrency {tiny_levels[-1]}): {pa_rps:.1f} infer/sec")
-    lines.append("(c) p50 latency the server adds at batch 1 (sweep concurrency 1 p50 - engine batch 1 p50)")
-    for m in [*models, TINY]:
-        c1 = next(s for s in sweeps[m] if s["concurrency"] == 1)
-        b1 = next(r for r in benches[m]["results"] if r["batch_size"] == 1)
-        e2e_ms, eng_ms = c1["latency_us"]["p50"] / 1000, b1["latency_ms"]["p50"]
-        lines.append(f"    {m:<16} e2e p50 {e2e_ms:7.2f} ms - engine p50 {eng_ms:7.2f} ms = {e2e_ms - eng_ms:+6.2f} ms")
-    lines.append(f"run took {time.monotonic() - started:.0f} s; reproduce with: "
-                 f".venv/bin/python benchmarks/serving_overhead.py{' --quick' if args.quick else ''}")
-    print("\n" + "=" * 100 + "\n" + "\n".join(lines) + "\n" + "=" * 100)
+            for server in running:
+                server.stop()
+    text = report(args, chosen, rounds, time.monotonic() - started_at, (load_at_start, os.getloadavg()[0]))
+    print("\n" + "=" * 100 + "\n" + text + "\n" + "=" * 100)
+    if args.out:
+        args.out.write_text("# ipsbench-serve serving overhead\n\n" + text + "\n", encoding="utf-8")
+        print(f"written to {args.out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted: perf_analyzer and the servers were stopped", file=sys.stderr)
+        sys.exit(130)
