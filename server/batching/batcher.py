@@ -27,7 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from ipsbench.server.backends.base import ModelInstance
-from ipsbench.server.batching.batch import merge, split
+from ipsbench.server.batching.batch import MergeBuffers, split
 from ipsbench.server.dataplane import ModelInputs, QueuedRequest, RequestResult
 from ipsbench.server.errors import (
     QUEUE_FULL_MESSAGE,
@@ -79,6 +79,8 @@ class Batcher:
         self._running: set[asyncio.Future] = set()
         """One future per batch being executed, resolved when its requests have their results."""
         self._closed_reason: ServerError | None = None
+        self._buffers = {id(instance): MergeBuffers() for instance in self._instances}
+        """Each instance's batch arrays (used only on that instance's thread)."""
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
 
@@ -350,10 +352,13 @@ class Batcher:
         self, instance: ModelInstance, inputs: list[dict[str, np.ndarray]], sizes: list[int]
     ) -> tuple[list[list[np.ndarray]], Timing]:
         t0 = time.perf_counter_ns()
-        merged = merge(inputs)
+        buffers = self._buffers[id(instance)]
+        merged = buffers.merge(inputs)
         t1 = time.perf_counter_ns()
         outputs = instance.run(merged, self._output_names)
         t2 = time.perf_counter_ns()
+        if len(inputs) > 1:
+            outputs = buffers.detach(outputs)
         if len(outputs) != len(self._output_names):
             raise RuntimeError(f"engine returned {len(outputs)} outputs, expected {len(self._output_names)}")
         parts = split(outputs, sizes) if self._batched else [list(outputs)]
