@@ -126,7 +126,7 @@ trap 'rm -rf "$work"' EXIT
 "$PY312" -m venv "$work/venv"
 "$work/venv/bin/python" -m pip install --quiet --disable-pip-version-check numpy pillow psutil requests rich \
   prometheus-client nvidia-ml-py msgpack werkzeug jinja2 markupsafe click typing-extensions packaging pytest h11 \
-  ml-dtypes pyyaml onnxruntime
+  ml-dtypes pyyaml matplotlib onnxruntime
 "$work/venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-index --no-deps --no-compile \
   --no-cache-dir --upgrade --target "$work/site" "$DEST"/*.whl
 mkdir -p "$work/shim/ipsbench"
@@ -144,6 +144,29 @@ for module in ("locust", "gevent", "hdrh.histogram", "tritonclient.grpc", "trito
 print("gpu-check-wheels: every module of the check imports")
 EOF
 "$work/venv/bin/python" -m ipsbench.loadgen sweep --help >/dev/null
-"$work/venv/bin/python" -m ipsbench.server --help >/dev/null
-"$work/venv/bin/python" "$ROOT/deploy/gpu_probe.py" --help >/dev/null
+
+# Then the check's path for real, from that Python: a server with two front ends (a tiny ONNX ResNet-18 and its jpeg
+# front, exported by EXPORT_PYTHON, which has torch), the probe, and a two-process jpeg sweep against it.
+EXPORT_PYTHON=${EXPORT_PYTHON:-$ROOT/.venv/bin/python}
+[ -x "$EXPORT_PYTHON" ] || { echo "gpu-check-wheels: imports verified; no EXPORT_PYTHON to export a model, no load run"; exit 0; }
+PYTHONPATH= timeout 300 "$EXPORT_PYTHON" -m ipsbench.export resnet18 --image-size 64 --max-batch-size 8 --front jpeg \
+  --verify-image-count 0 --out "$work/models" >"$work/export.log" 2>&1 || { cat "$work/export.log"; exit 1; }
+"$work/venv/bin/python" -m ipsbench.server --model-repository "$work/models" --grpc-port 0 --metrics-port 0 \
+  --frontends 2 --grace-period-s 5 >"$work/server.log" 2>&1 &
+server=$!
+trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 600); do
+  grep -q '^ipsbench-serve: ready' "$work/server.log" && break
+  kill -0 "$server" 2>/dev/null || { cat "$work/server.log"; exit 1; }
+  sleep 0.2
+done
+target=$(sed -n 's/^ipsbench-serve: gRPC listening on \(.*\)$/\1/p' "$work/server.log" | head -n 1)
+[ -n "$target" ] || { cat "$work/server.log"; exit 1; }
+"$work/venv/bin/python" "$ROOT/deploy/gpu_probe.py" --target "$target" --out "$work/models.json" resnet18 resnet18_jpeg
+timeout 300 "$work/venv/bin/python" -m ipsbench.loadgen sweep --target "$target" --model resnet18_jpeg --payload jpeg \
+  --concurrency 2 --duration 1s --warmup 1s --max-trials 1 --processes 2 --cache-dir "$work/images" \
+  --out "$work/load" >"$work/load.log" 2>&1 || { cat "$work/load.log"; exit 1; }
+"$work/venv/bin/python" -c 'import json, sys; r = json.load(open(sys.argv[1])); s = r["steps"][0]
+assert s["ok"] > 0 and s["errors_total"] == 0, s
+print("gpu-check-wheels: jpeg sweep from that Python:", s["ok"], "requests, no errors")' "$work/load/report.json"
 echo "gpu-check-wheels: verified in a fresh Python 3.12 with box packages only"

@@ -38,7 +38,7 @@ REHEARSAL=${GPU_CHECK_REHEARSAL:-0}
 if [ "$REHEARSAL" = 1 ]; then
   : "${MODEL:=resnet18}" "${PRECISION:=fp32}" "${IMAGE_SIZE:=64}" "${MAX_BATCH_SIZE:=8}" "${BATCH_SIZES:=1,8}"
   : "${CONCURRENCY:=1,4}" "${IMAGES_PER_REQUEST:=2}" "${DURATION:=1s}" "${WARMUP:=1s}" "${MAX_TRIALS:=1}"
-  : "${BENCH_DURATION:=1s}" "${LOAD_PROCESSES:=2}" "${FRONTENDS:=2,1}" "${GPU_CHECK_BUDGET_S:=240}"
+  : "${BENCH_DURATION:=1s}" "${LOAD_PROCESSES:=2}" "${FRONTENDS:=2,1}" "${GPU_CHECK_BUDGET_S:=420}"
 fi
 MODEL=${MODEL:-resnet50}
 PRECISION=${PRECISION:-fp16}                 # fp16 or fp32 (TorchScript on CUDA)
