@@ -223,6 +223,7 @@ fi
   payloads "$PAYLOADS" frontends "$FRONTENDS" concurrency "$CONCURRENCY" images_per_request "$IMAGES_PER_REQUEST" \
   duration "$DURATION" warmup "$WARMUP" max_trials "$MAX_TRIALS" load_processes "$LOAD_PROCESSES" \
   bench_duration "$BENCH_DURATION" budget_s "$GPU_CHECK_BUDGET_S" started "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+  cpus "$(nproc 2>/dev/null || echo '?')" shm_free_mib "$(df -Pm /dev/shm 2>/dev/null | awk 'NR == 2 {print $4}')" \
   >"$RUN_DIR/run.json"
 say "$gpu_name, $backend, $MODEL $PRECISION, output in $RUN_DIR"
 
@@ -235,7 +236,8 @@ if (( exported == 0 )); then
     --batch-sizes "$BATCH_SIZES" --duration "$BENCH_DURATION" --warmup 1s --json "$RUN_DIR/bench.json"
 fi
 
-if [ "$REHEARSAL" != 1 ]; then  # NVML through nvidia-smi, for the whole run; the summary cuts each step's window
+# NVML through nvidia-smi, for the whole run (a rehearsal too, where there is one); the summary cuts each step's window
+if [ "$REHEARSAL" != 1 ] || nvidia-smi -L >/dev/null 2>&1; then
   nvidia-smi --query-gpu=timestamp,utilization.gpu,power.draw,memory.used --format=csv,noheader,nounits -lms 500 \
     >"$RUN_DIR/gpu-samples.csv" 2>/dev/null &
   sampler_pid=$!

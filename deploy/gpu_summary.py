@@ -204,7 +204,9 @@ def render(run_dir: Path) -> str:
     lines += [f"Started {meta.get('started', '?')}; per level {meta.get('warmup', '?')} warm-up, up to "
               f"{meta.get('max_trials', '?')} windows of {meta.get('duration', '?')}; {meta.get('images_per_request', '?')} "
               f"images per request; {meta.get('load_processes', '?')} load-generator processes on the same box; "
-              f"front ends {meta.get('frontends', '?')}; budget {meta.get('budget_s', '?')} s.", ""]
+              f"front ends {meta.get('frontends', '?')}; budget {meta.get('budget_s', '?')} s; "
+              f"{meta.get('cpus', '?')} CPUs, {meta.get('shm_free_mib') or '?'} MiB free in /dev/shm (the front "
+              "ends' rings).", ""]
     lines += ["### Verdict against the aims", "", "| aim | measured | verdict |", "|---|---|---|"]
     lines += [f"| {aim} | {figures} | **{verdict}** |" for aim, figures, verdict in verdicts(rows, best)]
     lines += ["", "Only steps without errors count; the best point is the one with the most images/s. GPU "
