@@ -149,7 +149,7 @@ EOF
 # front, exported by EXPORT_PYTHON, which has torch), the probe, and a two-process jpeg sweep against it.
 EXPORT_PYTHON=${EXPORT_PYTHON:-$ROOT/.venv/bin/python}
 [ -x "$EXPORT_PYTHON" ] || { echo "gpu-check-wheels: imports verified; no EXPORT_PYTHON to export a model, no load run"; exit 0; }
-PYTHONPATH= timeout 300 "$EXPORT_PYTHON" -m ipsbench.export resnet18 --image-size 64 --max-batch-size 8 --front jpeg \
+PYTHONPATH='' timeout 300 "$EXPORT_PYTHON" -m ipsbench.export resnet18 --image-size 64 --max-batch-size 8 --front jpeg \
   --verify-image-count 0 --out "$work/models" >"$work/export.log" 2>&1 || { cat "$work/export.log"; exit 1; }
 "$work/venv/bin/python" -m ipsbench.server --model-repository "$work/models" --grpc-port 0 --metrics-port 0 \
   --frontends 2 --grace-period-s 5 >"$work/server.log" 2>&1 &

@@ -28,7 +28,8 @@
 # Where ipsbench's load-generator packages are missing (the bare H200 box: no locust, gevent, tritonclient, ...),
 # fetch them here first with `bash deploy/gpu-check-wheels.sh` (into .whl/), then on the GPU box, as one command:
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site && GPU_CHECK_DIR=/tmp/gc bash deploy/gpu-check.sh; rc=$?; cp /tmp/gc/summary.md "$OUT"/; tar czf "$OUT"/gpu-check-run.tgz -C /tmp/gc --exclude=./models --exclude=./image-cache .; exit $rc
-# (the device tool: name .whl in carry, timeout_s 540; what comes back is the summary and the run's logs/reports).
+# (the device tool: name .whl in carry, timeout_s 540; what comes back is the summary and the run's logs/reports:
+# commit the summary as results/gpu-check-<gpu>.md, since the copy the script makes stays on that machine).
 #
 # GPU_CHECK_REHEARSAL=1 rehearses every phase on the CPU (no GPU needed, nothing copied to results/): a tiny
 # ResNet-18 at 64×64, FP32 TorchScript, frontends 2 and 1, 1 s windows. tests/e2e/test_gpu_check.py runs it.
@@ -103,7 +104,7 @@ mkdir -p "$RUN_DIR/logs" || die "cannot create $RUN_DIR"
 phases=$RUN_DIR/phases.tsv
 printf 'phase\tstatus\tseconds\tlimit_s\n' >"$phases"
 deadline=$(( SECONDS + GPU_CHECK_BUDGET_S ))
-failed=0 current= server_pid= sampler_pid= summarized=0
+failed=0 current='' server_pid='' sampler_pid='' summarized=0
 
 # phase NAME LIMIT_S COMMAND...: run COMMAND bounded by LIMIT_S (and by what is left of the budget), its output in
 # logs/NAME.log, its outcome in phases.tsv. Returns its exit status (124: timed out, 125: skipped).
@@ -202,7 +203,7 @@ summarize() {  # the summary from whatever the phases left; copied to results/ a
   fi
   cat "$RUN_DIR/summary.md"
   [ "$REHEARSAL" = 1 ] && return 0
-  local slug=${GPU_SLUG:-$(echo "$gpu_name" | tr 'A-Z' 'a-z' | tr ' -' '\n\n' | grep -m1 '[0-9]')}
+  local slug=${GPU_SLUG:-$(echo "$gpu_name" | tr '[:upper:]' '[:lower:]' | tr ' -' '\n' | grep -m1 '[0-9]')}
   local copy=$ROOT/results/gpu-check-${slug:-gpu}.md
   [ -e "$copy" ] && copy=$ROOT/results/gpu-check-${slug:-gpu}-$(date +%Y%m%d-%H%M).md
   mkdir -p "$ROOT/results" && cp "$RUN_DIR/summary.md" "$copy" && say "summary copied to ${copy#"$ROOT"/}"
