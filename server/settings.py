@@ -69,8 +69,9 @@ class Settings:
         bounds=(1, MAX_FRONTENDS),
     )
     frontend_ring_mb: int = option(
-        64, "With --frontends above 1: MiB of shared memory per front end for tensors on their way to and from the "
-        "engine (slots of 2 MiB; a request that finds no free slot travels in its message instead).",
+        256, "With --frontends above 1: MiB of shared memory per front end for tensors on their way to and from the "
+        "engine, in slots of 8 MiB (only the slots busy at once are ever touched); a request that finds no free or "
+        "large enough slot travels in its message instead.",
         bounds=(4, 4096),
     )
     shm_max_regions: int = option(

@@ -29,7 +29,8 @@ from ipsbench.server.wire import InferRequestWire, join_infer_response
 
 log = logging.getLogger(__name__)
 
-SLOT_BYTES = 2 * 1024 * 1024
+MAX_SLOT_BYTES = 8 * 1024 * 1024
+"""A slot holds a request of 8 FP32 224×224 images (4.8 MB) and its response; larger ones travel in the frame."""
 MIN_SLOTS = 4
 
 
@@ -101,14 +102,18 @@ class FrontendServicer(InferenceServicer):
         return forward
 
 
-def ring_slots(settings: Settings) -> int:
-    return max(MIN_SLOTS, settings.frontend_ring_mb * 1024 * 1024 // SLOT_BYTES)
+def ring_layout(settings: Settings) -> tuple[int, int]:
+    """(slots, bytes per slot) of a front end's ring: ``--frontend-ring-mb`` in slots of at most 8 MiB, at least
+    four of them."""
+    ring_bytes = settings.frontend_ring_mb * 1024 * 1024
+    slot_bytes = min(MAX_SLOT_BYTES, ring_bytes // MIN_SLOTS)
+    return ring_bytes // slot_bytes, slot_bytes
 
 
 async def serve_frontend(settings: Settings, index: int, socket_path, report) -> int:
     """Run front end ``index`` until SIGTERM; ``report(message)`` tells the supervisor how start-up went."""
     health = Health()
-    link = EngineLink(socket_path, index, ring_slots(settings), SLOT_BYTES, on_ready=health.set_serving)
+    link = EngineLink(socket_path, index, *ring_layout(settings), on_ready=health.set_serving)
     share = max(settings.max_inflight_bytes // settings.frontends, settings.grpc_max_message_bytes)
     budget = ByteBudget(share, link.counters)
     max_bytes = settings.grpc_max_message_bytes

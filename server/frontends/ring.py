@@ -125,8 +125,9 @@ class Ring:
     # -- slots -------------------------------------------------------------------------------------------------
 
     def acquire(self) -> int | None:
-        """A free slot's number, or None when every slot is in use (the caller sends inline instead)."""
-        return self._free.popleft() if self._free else None
+        """A free slot's number, or None when every slot is in use (the caller sends inline instead). Slots are
+        reused last-freed first, so a ring touches (and the machine backs) only as many as are busy at once."""
+        return self._free.pop() if self._free else None  # the last freed: pages already touched
 
     def release(self, slot: int) -> None:
         self._free.append(slot)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ipsbench.server.app import _url_host
-from ipsbench.server.frontends.frontend import SLOT_BYTES, ring_slots
+from ipsbench.server.frontends.frontend import ring_layout
 from ipsbench.server.frontends.ring import shared_memory_free
 from ipsbench.server.logformat import configure_logging
 from ipsbench.server.settings import Settings
@@ -113,7 +113,8 @@ class Supervisor:
         changes: dict = {"grpc_port": self.port}
         if settings.allow_metrics and settings.metrics_port == 0:
             changes["metrics_port"] = _free_port(settings.host)  # one port for every engine life
-        ring_bytes = settings.frontends * ring_slots(settings) * SLOT_BYTES
+        slots, slot_bytes = ring_layout(settings)
+        ring_bytes = settings.frontends * slots * slot_bytes
         free = shared_memory_free()
         if ring_bytes > free // 2:
             mb = max(4, free // 2 // settings.frontends // (1024 * 1024))

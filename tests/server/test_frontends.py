@@ -25,7 +25,8 @@ class Channel:
     """One client connection (the kernel gives each connection to one front end)."""
 
     def __init__(self, url: str) -> None:
-        self.channel = grpc.insecure_channel(url, options=[("grpc.use_local_subchannel_pool", 1)])
+        self.channel = grpc.insecure_channel(url, options=[("grpc.use_local_subchannel_pool", 1),
+                                                          ("grpc.max_receive_message_length", 64 << 20)])
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
 
     def infer(self, model: str, array: np.ndarray, timeout: float = CALL_TIMEOUT_S, wait_for_ready=None) -> np.ndarray:
@@ -135,7 +136,7 @@ def test_load_and_unload_apply_to_every_front_end(repository, start_server):
 
 
 def test_streams_and_requests_too_large_for_a_slot_are_served(repository, write_test_model, start_server):
-    features = 700_000  # 2.8 MB per sample: more than a 2 MiB slot, so it travels in the link's message
+    features = 2_200_000  # 8.8 MB per sample: more than an 8 MiB slot, so it travels in the link's message
     write_test_model(repository, "wide", features=features, max_batch_size=2)
     server = start_server(repository, "--frontends", "2")
     channel = Channel(server.grpc_url)
