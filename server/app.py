@@ -48,9 +48,23 @@ def package_version() -> str:
         return "0+unknown"
 
 
-def _url_host(host: str) -> str:
+def url_host(host: str) -> str:
     """``[::1]`` for IPv6 literals, the host itself otherwise."""
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def new_grpc_server(settings: Settings, reuse_port: bool) -> grpc.aio.Server:
+    """A gRPC server with the settings' message and RPC limits; ``reuse_port``: it shares its port with the other
+    front ends (SO_REUSEPORT); without it a port already in use is an error."""
+    max_bytes = settings.grpc_max_message_bytes
+    return grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_bytes),
+            ("grpc.max_send_message_length", max_bytes),
+            ("grpc.so_reuseport", int(reuse_port)),
+        ],
+        maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
+    )
 
 
 def _stdout(line: str) -> None:
@@ -147,7 +161,7 @@ class App:
             return False
         if not await self._start_front(AdminAuth(admin_token), credentials):
             return False
-        host = _url_host(settings.host)
+        host = url_host(settings.host)
         if settings.allow_metrics:
             try:
                 self._start_metrics()
@@ -217,7 +231,7 @@ class App:
         """Start taking requests (here: the gRPC server) before the models load."""
         if not await self._start_grpc(admin, credentials):
             return False
-        self.announce(f"ipsbench-serve: gRPC listening on {_url_host(self.settings.host)}:{self.grpc_port}")
+        self.announce(f"ipsbench-serve: gRPC listening on {url_host(self.settings.host)}:{self.grpc_port}")
         return True
 
     def _on_shutdown_begun(self) -> None:
@@ -237,19 +251,11 @@ class App:
 
     async def _start_grpc(self, admin: AdminAuth, credentials: grpc.ServerCredentials | None) -> bool:
         settings = self.settings
-        max_bytes = settings.grpc_max_message_bytes
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", max_bytes),
-                ("grpc.max_send_message_length", max_bytes),
-                ("grpc.so_reuseport", 0),
-            ],
-            maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
-        )
+        server = new_grpc_server(settings, reuse_port=False)
         budget = ByteBudget(settings.max_inflight_bytes, self.server_stats)
         InferenceServicer(self.core, self.control, admin, budget, self.shared_memory_registry()).add_to_server(server)
         self.health.add_to_server(server)
-        address = f"{_url_host(settings.host)}:{settings.grpc_port}"
+        address = f"{url_host(settings.host)}:{settings.grpc_port}"
         try:
             if credentials is None:
                 port = server.add_insecure_port(address)

@@ -17,7 +17,7 @@ import grpc
 from tritonclient.grpc import service_pb2
 
 from ipsbench.server.admission import ByteBudget
-from ipsbench.server.app import STOP_GRACE_S, _url_host
+from ipsbench.server.app import STOP_GRACE_S, new_grpc_server, url_host
 from ipsbench.server.errors import ServerError, new_request_id
 from ipsbench.server.frontends.engine_link import EngineLink
 from ipsbench.server.frontends.engine_side import FORWARDED_METHODS
@@ -116,18 +116,10 @@ async def serve_frontend(settings: Settings, index: int, socket_path, report) ->
     link = EngineLink(socket_path, index, *ring_layout(settings), on_ready=health.set_serving)
     share = max(settings.max_inflight_bytes // settings.frontends, settings.grpc_max_message_bytes)
     budget = ByteBudget(share, link.counters)
-    max_bytes = settings.grpc_max_message_bytes
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", max_bytes),
-            ("grpc.max_send_message_length", max_bytes),
-            ("grpc.so_reuseport", 1),
-        ],
-        maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
-    )
+    server = new_grpc_server(settings, reuse_port=True)
     FrontendServicer(link, budget).add_to_server(server)
     health.add_to_server(server)
-    address = f"{_url_host(settings.host)}:{settings.grpc_port}"
+    address = f"{url_host(settings.host)}:{settings.grpc_port}"
     try:
         credentials = server_credentials(settings)
         port = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address,

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ipsbench.server.app import _url_host
+from ipsbench.server.app import url_host
 from ipsbench.server.frontends.frontend import ring_layout
 from ipsbench.server.frontends.ring import shared_memory_free
 from ipsbench.server.logformat import configure_logging
@@ -177,7 +177,7 @@ class Supervisor:
             self.lines.bound.add(child.index)
             if not self.lines.listening and len(self.lines.bound) == self.settings.frontends:
                 self.lines.listening = True
-                _print(f"ipsbench-serve: gRPC listening on {_url_host(self.settings.host)}:{self.port}")
+                _print(f"ipsbench-serve: gRPC listening on {url_host(self.settings.host)}:{self.port}")
                 if self.lines.ready_waiting:
                     self._print_ready()
         elif kind == "failed":
