@@ -294,12 +294,16 @@ class SharedMemoryRegistry:
         try:
             yield use
         finally:
-            with self._lock:
-                for region in use.regions:
-                    region.users -= 1
-                done = [r for r in set(use.regions) if r.users == 0 and r.unregistered]
-            for region in done:
-                self._close(region)
+            if use.regions:  # most requests take none: no lock for them
+                self._release(use)
+
+    def _release(self, use: RegionUse) -> None:
+        with self._lock:
+            for region in use.regions:
+                region.users -= 1
+            done = [r for r in set(use.regions) if r.users == 0 and r.unregistered]
+        for region in done:
+            self._close(region)
 
     def _take(self, name: str, offset: int, byte_size: int) -> Region:
         """Triton's checks of a tensor's (region, offset, byte size), the region counted in use."""

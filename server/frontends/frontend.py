@@ -10,6 +10,7 @@ every other RPC is the engine's answer.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 
@@ -89,17 +90,15 @@ class FrontendServicer(InferenceServicer):
         link = self._link
         not_ready = service_pb2.ServerReadyResponse(ready=False).SerializeToString()
 
-        async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        async def forward(_self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             if name == "ServerReady" and not link.connected.is_set():
                 return not_ready
             metadata = tuple((m.key, m.value) for m in context.invocation_metadata() or ())
-            try:
-                return await link.call(name, request, metadata, context.peer())
-            except ServerError as exc:
-                await context.abort(exc.code, exc.message)
+            return await link.call(name, request, metadata, context.peer())
 
         forward.__name__ = name
-        return forward
+        # rpc: a ServerError becomes its status, anything else (a link broken mid-call) INTERNAL with a request id.
+        return functools.partial(rpc(forward), self)
 
 
 def ring_layout(settings: Settings) -> tuple[int, int]:

@@ -42,6 +42,7 @@ def shared_memory_free() -> int:
 COUNTER_FIELDS = ("inflight_request_bytes", "requests_refused_for_bytes", "requests_received")
 """A front end's counts: the first two are :class:`ipsbench.server.stats.ServerStats`'s that its byte budget keeps,
 the last its inference requests sent to the engine."""
+_COUNTER_INDEX = {name: index for index, name in enumerate(COUNTER_FIELDS)}
 
 
 class FrontendCounters:
@@ -68,11 +69,12 @@ class FrontendCounters:
             raise AttributeError(name) from None
 
     def __setattr__(self, name: str, value: int) -> None:
-        if name not in COUNTER_FIELDS:
+        index = _COUNTER_INDEX.get(name)
+        if index is None:
             raise AttributeError(f"{name} is not a front-end counter")
         self._values[name] = value
         if self._mirror is not None:
-            self._mirror[COUNTER_FIELDS.index(name)] = value
+            self._mirror[index] = value
 
 
 class Ring:
