@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from ipsbench.loadgen.arrivals import ARRIVALS
-from ipsbench.loadgen.slo import parse_objective
+from ipsbench.loadgen.slo import DEFAULT_PERCENTILE, parse_objective, with_percentile
 from ipsbench.server.flags import duration, option
 
 # Hard upper bounds, so a typo cannot start an unbounded run.
@@ -57,9 +57,9 @@ def host_port(text: str) -> str:
 
 
 def latency_objective(text: str) -> str:
-    """``--latency-slo p99=100ms``, checked."""
+    """``--latency-slo p99=100ms`` (or a bare ``100ms``, at ``--percentile``), checked."""
     try:
-        parse_objective(text)
+        parse_objective(with_percentile(text, DEFAULT_PERCENTILE))
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return text.strip()
@@ -245,16 +245,25 @@ class ValiditySettings:
 
     max_error_rate: float = option(0.0, "largest share of issued requests that may end in an error (0..1)")
     latency_slo: tuple[str, ...] = option(
-        (), "latency objective PERCENTILE=DURATION over successful requests, e.g. p99=100ms (repeatable)",
-        parse=latency_objective, repeat=True, metavar="pNN=DURATION",
+        (), (
+            "latency objective PERCENTILE=DURATION over successful requests, e.g. p99=100ms, or a bare DURATION "
+            "judged at --percentile (repeatable)"
+        ), parse=latency_objective, repeat=True, metavar="pNN=DURATION",
     )
+    percentile: float = option(DEFAULT_PERCENTILE, (
+        "the percentile a bare --latency-slo DURATION is judged at, so the verdict and the slo search use it "
+        "(perf_analyzer's --percentile)"
+    ))
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_error_rate <= 1.0:
             raise ValueError(f"max error rate must be in [0, 1], got {self.max_error_rate:g}")
-        for text in self.latency_slo:
+        if not 0 < self.percentile < 100:
+            raise ValueError(f"percentile must be in (0, 100), got {self.percentile:g}")
+        objectives = tuple(with_percentile(text, self.percentile) for text in self.latency_slo)
+        for text in objectives:
             parse_objective(text)  # the parser's errors are the settings' errors
-        object.__setattr__(self, "latency_slo", tuple(self.latency_slo))
+        object.__setattr__(self, "latency_slo", objectives)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ from ipsbench.server.durations import parse_duration_s
 
 _OBJECTIVE = re.compile(r"^\s*p(\d{1,2}(?:\.\d+)?)\s*=\s*(.+?)\s*$")
 ERROR_RATE = "error_rate"
+DEFAULT_PERCENTILE = 99.0
+"""The percentile of an objective written as a bare duration, unless ``--percentile`` says otherwise."""
 
 
 def min_samples(percentile: float) -> int:
@@ -30,6 +32,14 @@ class LatencyObjective:
     percentile: float
     target: str
     target_us: int
+
+
+def with_percentile(text: str, percentile: float) -> str:
+    """``15ms`` → ``p99=15ms`` at ``percentile`` (perf_analyzer's ``--percentile``); ``p95=15ms`` stays itself."""
+    if "=" in text:
+        return text.strip()
+    number = f"{percentile:.6f}".rstrip("0").rstrip(".")
+    return f"p{number}={text.strip()}"
 
 
 def parse_objective(text: str) -> LatencyObjective:

@@ -26,9 +26,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ipsbench.loadgen.arrivals import MAX_RATE_PER_S, read_trace
+from ipsbench.loadgen.levels import level_list
 from ipsbench.loadgen.scenarios.base import Scenario, StepPlan, StepPlanner
 from ipsbench.loadgen.settings import MAX_TRACE_ARRIVALS, OpenLoopSettings, RunSettings
-from ipsbench.server.flags import comma_list, option, values
+from ipsbench.server.flags import option, values
 
 TRACE_END_SLACK_S = 0.001
 """A trace step's window runs this long past the trace's last arrival, so that arrival falls inside it."""
@@ -44,8 +45,8 @@ class RateSettings(OpenLoopSettings):
     """Open-loop arrivals at fixed rates: one step per rate; latency from each request's intended send time."""
 
     rates_per_s: tuple[float, ...] = option(
-        help="comma-separated arrival rates in requests/s, e.g. 20,40", flag="--rate",
-        parse=comma_list(float, "rate", "20,40"),
+        help="arrival rates in requests/s: 20,40, or a range, 100:1000:100 or 10:160:x2 (doubling)", flag="--rate",
+        parse=level_list(float, "rate", "20,40 or 100:1000:100"),
     )
 
     def __post_init__(self) -> None:

@@ -8,9 +8,10 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ipsbench.loadgen.levels import level_list
 from ipsbench.loadgen.scenarios.base import Scenario, StepPlan, StepPlanner
 from ipsbench.loadgen.settings import MAX_TRIALS, RunSettings, StepSettings, check_concurrency
-from ipsbench.server.flags import comma_list, option, values
+from ipsbench.server.flags import option, values
 
 MAX_RAMP_STEPS = 100
 
@@ -21,7 +22,8 @@ class SweepSettings(StepSettings):
     agree (images/sec and p99) or the trials run out (perf_analyzer's stability rule)."""
 
     concurrency: tuple[int, ...] = option(
-        (1, 2, 4), "comma-separated concurrency levels, e.g. 1,2,4", parse=comma_list(int, "concurrency", "1,2,4")
+        (1, 2, 4), "concurrency levels: 1,2,4, or a range as perf_analyzer takes it, 1:16:4 or 1:64:x2 (doubling)",
+        parse=level_list(int, "concurrency", "1,2,4 or 1:64:x2"),
     )
     stability: float = option(0.10, (
         "the last 3 windows of a level must agree within this fraction of their mean, for images/sec and p99"
