@@ -41,6 +41,7 @@ from ipsbench.loadgen.report.destination import (
 )
 from ipsbench.loadgen.report.schema import VERDICT_EXIT_CODES, write_report
 from ipsbench.loadgen.request_log import RequestLogError, describe, open_request_log
+from ipsbench.loadgen.sample_plan import plan_lines, sample_plan
 from ipsbench.loadgen.scenarios.catalog import SCENARIOS
 from ipsbench.loadgen.scrape import SCRAPE_TIMEOUT_S, StepScrapes
 from ipsbench.loadgen.client import is_local_target
@@ -163,6 +164,9 @@ class LoadRun:
     def execute(self) -> None:
         """Run the scenario in locust until its last step ends, or a signal stops it."""
         planner = SCENARIOS[self.settings.scenario].planner(self.settings)
+        objectives = [parse_objective(text) for text in self.settings.validity.latency_slo]
+        for line in plan_lines(sample_plan(objectives, self.settings.steps)):
+            logger.info("%s", line)
         self._shape = StepShape(planner, self.recorder, drain_s=self.settings.steps.drain_s)
         self._judge = StabilityJudge(self._shape)
         target = self.settings.target
