@@ -1,5 +1,5 @@
 """What a step must hold to claim each objective's percentile, worked out before any load: the samples needed
-(``slo.min_samples``), the request rate at which the measured time holds them, and for each rate the run asks
+(``slo.min_samples``), the request rate at which the measured time holds them (with a margin for Poisson arrivals), and for each rate the run asks
 for (open loop) whether it can; a step that cannot will count its objective as not met, so the plan names the
 ``--duration`` that would let it."""
 
@@ -9,6 +9,14 @@ import math
 
 from ipsbench.loadgen.slo import LatencyObjective, min_samples
 from ipsbench.loadgen.trials import STABLE_WINDOWS
+
+POISSON_MARGIN_SIGMAS = 3
+"""Arrivals in a window vary (Poisson: by about √n), so a step is planned to expect the samples needed plus 3 σ."""
+
+
+def samples_to_expect(needed: int) -> int:
+    """The expected sample count at which a step holds ``needed`` with Poisson arrivals (99.9 % of the time)."""
+    return math.ceil(needed + POISSON_MARGIN_SIGMAS * math.sqrt(needed))
 
 
 def judged_windows(steps) -> int:
@@ -34,14 +42,15 @@ def sample_plan(objectives: list[LatencyObjective], steps) -> list[dict]:
     plan = []
     for objective in objectives:
         needed = min_samples(objective.percentile)
+        expect = samples_to_expect(needed)
         short = [
             {"rate_per_s": rate, "samples": math.floor(rate * seconds),
-             "duration_needed_s": math.ceil(needed / rate / windows)}
-            for rate in asked_rates(steps) if rate * seconds < needed
+             "duration_needed_s": math.ceil(expect / rate / windows)}
+            for rate in asked_rates(steps) if rate * seconds < expect
         ]
         plan.append({
             "objective": objective.name, "samples_needed": needed, "measured_s": seconds,
-            "rate_needed_per_s": math.ceil(needed / seconds) if seconds > 0 else None, "too_short_at": short,
+            "rate_needed_per_s": math.ceil(expect / seconds) if seconds > 0 else None, "too_short_at": short,
         })
     return plan
 

@@ -1,6 +1,7 @@
 """Parse ipsbench-* command lines with the CLIs' own argparse parsers, in a process of its own.
 
-Reads a JSON list of argv lists on stdin and writes a JSON list of ``{"ok": bool, "error": str}`` to stdout. Run
+A scenario's line must also be able to earn its objectives: every step the sample plan can foresee holds the
+samples its percentile needs. Reads a JSON list of argv lists on stdin and writes a JSON list of ``{"ok": bool, "error": str}`` to stdout. Run
 as a script so the test process never imports the load generator (locust patches a process for gevent when it is
 imported).
 """
@@ -45,10 +46,18 @@ def check(argv: list[str]) -> dict:
         # The CLI's own range checks, which run after parsing.
         from ipsbench.loadgen.cli import settings_from_args
 
+        from ipsbench.loadgen.sample_plan import sample_plan
+        from ipsbench.loadgen.slo import parse_objective
+
         try:
-            settings_from_args(namespace)
+            settings = settings_from_args(namespace)
         except ValueError as error:
             return {"ok": False, "error": f"settings: {error}"}
+        # A shipped SLO run whose steps cannot hold the samples their percentile needs ends FAIL whatever the server.
+        objectives = [parse_objective(text) for text in settings.validity.latency_slo]
+        for entry in sample_plan(objectives, settings.steps):
+            if entry["too_short_at"]:
+                return {"ok": False, "error": f"sample plan: {entry['objective']} cannot be earned: {entry}"}
     return {"ok": True, "error": ""}
 
 

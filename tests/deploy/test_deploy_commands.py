@@ -5,6 +5,7 @@ the CLI's own argparse parser (and the load generator's settings checks) accept 
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -62,11 +63,34 @@ def test_every_command_is_accepted_by_the_clis_own_parser():
 
 
 def test_the_parser_check_refuses_a_flag_the_cli_does_not_have():
-    # The check above must be able to fail: an unknown option and a missing required one are refused.
+    # The check above must be able to fail: an unknown option, a missing required one and an SLO search whose
+    # lower end cannot hold the 10,000 samples p99 needs (10 requests/s for 30 s: 300) are refused.
     lines = [["ipsbench-serve", "--model-repository", "/models", "--no-such-flag"],
-             ["ipsbench-load", "slo", "--model", "m"]]
+             ["ipsbench-load", "slo", "--model", "m"],
+             ["ipsbench-load", "slo", "--target", "h:1", "--model", "m", "--latency-slo", "p99=100ms", "--low", "10",
+              "--high", "2000", "--duration", "30s"]]
+    outcomes = parse_outcomes(lines)
+    assert [o["ok"] for o in outcomes] == [False, False, False]
+    assert "--no-such-flag" in outcomes[0]["error"] and "--target" in outcomes[1]["error"]
+    assert "sample plan: p99 cannot be earned" in outcomes[2]["error"]
+
+
+def parse_outcomes(lines: list[list[str]]) -> list[dict]:
     result = subprocess.run([sys.executable, str(PARSE_SCRIPT)], input=json.dumps(lines), cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=HELP_TIMEOUT_S)
-    outcomes = json.loads(result.stdout)
-    assert [o["ok"] for o in outcomes] == [False, False]
-    assert "--no-such-flag" in outcomes[0]["error"] and "--target" in outcomes[1]["error"]
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def readme_slo_examples() -> list[list[str]]:
+    """The ``ipsbench-load slo`` lines of README's code blocks, as a user would paste them."""
+    lines = (REPO_ROOT / "README.md").read_text().splitlines()
+    return [shlex.split(line.split("#", 1)[0]) for line in lines if line.startswith("ipsbench-load slo ")]
+
+
+def test_readme_slo_examples_are_accepted_and_can_earn_their_percentile():
+    examples = readme_slo_examples()
+    assert examples, "README has no ipsbench-load slo example"
+    refused = [f"{' '.join(argv)}\n    {outcome['error']}"
+               for argv, outcome in zip(examples, parse_outcomes(examples)) if not outcome["ok"]]
+    assert not refused, "\n".join(refused)
