@@ -1,22 +1,14 @@
 """What a step must hold to claim each objective's percentile, worked out before any load: the samples needed
 (``slo.min_samples``), the request rate at which the measured time holds them (with a margin for Poisson arrivals), and for each rate the run asks
-for (open loop) whether it can; a step that cannot will count its objective as not met, so the plan names the
+for (open loop) whether it can; a step that cannot ends INCONCLUSIVE on that objective, so the plan names the
 ``--duration`` that would let it."""
 
 from __future__ import annotations
 
 import math
 
-from ipsbench.loadgen.slo import LatencyObjective, min_samples
+from ipsbench.loadgen.slo import LatencyObjective, min_samples, samples_to_expect
 from ipsbench.loadgen.trials import STABLE_WINDOWS
-
-POISSON_MARGIN_SIGMAS = 3
-"""Arrivals in a window vary (Poisson: by about √n), so a step is planned to expect the samples needed plus 3 σ."""
-
-
-def samples_to_expect(needed: int) -> int:
-    """The expected sample count at which a step holds ``needed`` with Poisson arrivals (99.9 % of the time)."""
-    return math.ceil(needed + POISSON_MARGIN_SIGMAS * math.sqrt(needed))
 
 
 def judged_windows(steps) -> int:
@@ -66,7 +58,7 @@ def plan_lines(plan: list[dict]) -> list[str]:
         for short in entry["too_short_at"]:
             lines.append(
                 f"  at {short['rate_per_s']:g} requests/s a step holds about {short['samples']:,}: too few to claim "
-                f"{entry['objective']}, so it will count as not met (--duration {short['duration_needed_s']}s "
+                f"{entry['objective']}, so it cannot be judged (--duration {short['duration_needed_s']}s "
                 f"would hold them)"
             )
     return lines

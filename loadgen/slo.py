@@ -24,6 +24,15 @@ def min_samples(percentile: float) -> int:
     return math.ceil(round(100 / (1 - percentile / 100), 6))
 
 
+POISSON_MARGIN_SIGMAS = 3
+"""Arrivals in a window vary (Poisson: by about √n), so a step is planned to expect the samples needed plus 3 σ."""
+
+
+def samples_to_expect(needed: int) -> int:
+    """The expected sample count at which a step holds ``needed`` with Poisson arrivals (99.9 % of the time)."""
+    return math.ceil(needed + POISSON_MARGIN_SIGMAS * math.sqrt(needed))
+
+
 @dataclass(frozen=True)
 class LatencyObjective:
     """``name`` (e.g. p99) of successful requests' latency at most ``target_us``."""

@@ -196,11 +196,11 @@ def run_warnings(entries: list[dict], server: dict | None) -> list[str]:
 
 
 def verdict(reasons: list[str], slo: dict | None, unstable: list[int]) -> str:
-    """INVALID before FAIL before UNSTABLE before PASS."""
+    """INVALID before FAIL before INCONCLUSIVE (too few samples to judge) before UNSTABLE before PASS."""
     if reasons:
         return "INVALID"
-    if slo is not None and slo["verdict"] == "FAIL":
-        return "FAIL"
+    if slo is not None and slo["verdict"] in ("FAIL", "INCONCLUSIVE"):
+        return slo["verdict"]
     return "UNSTABLE" if unstable else "PASS"
 
 
@@ -266,11 +266,21 @@ def slo_block(entries: list[dict], search: dict | None) -> dict:
         best_step = next((s["step"] for s in search["steps"] if s["met"] and s["value"] == search["best"]), None)
         shown = by_index.get(best_step) or (entries[0] if entries else None)
         objectives = shown["slo"]["objectives"] if shown else []
-        outcome = "PASS" if search["best"] is not None else "FAIL"
+        first = by_index.get(search["steps"][0]["step"]) if search["steps"] else None
+        if search["best"] is not None:
+            outcome = "PASS"
+        else:  # the lower end did not meet the objectives: on the merits, or for want of samples
+            outcome = "INCONCLUSIVE" if first is not None and first["slo"]["inconclusive"] else "FAIL"
+        unsettled = [first] if outcome == "INCONCLUSIVE" else []
     else:
-        judged = [entry["slo"]["objectives"] for entry in entries if not entry["interrupted"] or entry["window_s"] > 0]
-        objectives = worst(judged)
-        outcome = "PASS" if judged and all(o["met"] for objectives_ in judged for o in objectives_) else "FAIL"
-    return {"verdict": outcome, "objectives": objectives, "search": search}
+        steps = [entry for entry in entries if not entry["interrupted"] or entry["window_s"] > 0]
+        objectives = worst([entry["slo"]["objectives"] for entry in steps])
+        missed = [entry for entry in steps if not entry["slo"]["met"] and not entry["slo"]["inconclusive"]]
+        unsettled = [entry for entry in steps if entry["slo"]["inconclusive"]]
+        outcome = "FAIL" if missed or not steps else "INCONCLUSIVE" if unsettled else "PASS"
+    durations = [entry["slo"]["settle_duration_s"] for entry in unsettled if entry["slo"]["settle_duration_s"]]
+    return {"verdict": outcome, "objectives": objectives, "search": search,
+            "inconclusive_steps": [entry["index"] for entry in unsettled],
+            "settle_duration_s": max(durations) if durations else None}
 
 

@@ -23,10 +23,13 @@ while the run goes on) has status ``incomplete``, an ``incomplete_reason``, verd
 and ``valid`` / ``stable`` null: the run-level judgements are stated by the final report only. Later added to 4,
 optional for readers (None when absent): ``simulated`` (``backend``, ``device``, ``label``: the target served the
 model with the device-time model backend, so no device computed and every rendering heads the report with
-``label``) and the model's ``backend`` (from its ModelConfig; None where the target has none)."""
+``label``) and the model's ``backend`` (from its ModelConfig; None where the target has none). Later added to 4:
+verdict ``INCONCLUSIVE`` (exit 4: an objective's percentile lacked the samples to be judged and nothing else
+failed), each step's ``slo.inconclusive`` and ``slo.settle_duration_s``, the SLO block's ``inconclusive_steps`` and
+``settle_duration_s`` (the ``--duration`` that would hold the samples)."""
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
-VERDICT_EXIT_CODES = {"PASS": 0, "FAIL": 1, "UNSTABLE": 1, "INVALID": 2}
+VERDICT_EXIT_CODES = {"PASS": 0, "FAIL": 1, "UNSTABLE": 1, "INVALID": 2, "INCONCLUSIVE": 4}
 """Exit code of a run that ended on its own, by its verdict."""
 INCOMPLETE = "INCOMPLETE"
 """The verdict of a partial report: the run had not ended, so it reached none."""

@@ -63,6 +63,10 @@ def verdict_line(report: dict) -> Sentence:
     slo = report.get("slo")
     if slo and slo.get("verdict"):
         parts += ["; SLO ", Strong(slo["verdict"])]
+        if slo["verdict"] == "INCONCLUSIVE":
+            settle = slo.get("settle_duration_s")
+            parts.append(" (too few samples to claim its percentile, so neither met nor missed"
+                         + (f"; --duration {settle}s would settle it)" if settle else ")"))
     parts.append(f"; started {report['started_at']}, {report['duration_s']:.1f} s.")
     return tuple(parts)
 

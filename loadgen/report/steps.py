@@ -3,13 +3,14 @@ load, its SLO judgement and its validity, from the step's record."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 from ipsbench.loadgen.histograms import add_histogram, new_histogram
 from ipsbench.loadgen.outcomes import COMPLETED, ERRORS, Outcome
 from ipsbench.loadgen.recorder import StepRecord
 from ipsbench.loadgen.report.schema import COUNT_FIELDS, PERCENTILES
-from ipsbench.loadgen.slo import LatencyObjective, judge, min_samples
+from ipsbench.loadgen.slo import LatencyObjective, judge, min_samples, samples_to_expect
 from ipsbench.loadgen.stability import stability_entry
 
 CLIENT_CPU_BOUND_PERCENT = 90.0
@@ -118,7 +119,22 @@ def slo_entry(step: StepRecord, objectives: Sequence[LatencyObjective] | None, e
     if objectives is None:
         return None
     judged = judge(list(objectives), step.histograms[Outcome.OK], error_rate, step.issued, max_error_rate)
-    return {"met": all(o["met"] for o in judged), "objectives": judged}
+    met = all(o["met"] for o in judged)
+    unmet = [o for o in judged if not o["met"]]
+    # short of samples and nothing else: the step neither meets nor misses its objectives
+    inconclusive = bool(unmet) and all(o.get("enough_samples") is False for o in unmet)
+    return {"met": met, "inconclusive": inconclusive,
+            "settle_duration_s": settle_duration_s(step, unmet) if inconclusive else None, "objectives": judged}
+
+
+def settle_duration_s(step: StepRecord, short: list[dict]) -> int | None:
+    """The ``--duration`` at which this step, at the rate it ran, would hold the samples ``short`` objectives need
+    (samples grow with each window's length; a 3 σ margin for Poisson arrivals); None without a sample."""
+    samples = max(o["samples"] for o in short)
+    if samples <= 0:
+        return None
+    expect = max(samples_to_expect(o["samples_needed"]) for o in short)
+    return math.ceil(step.window_s * expect / samples)
 
 
 def client_entry(step: StepRecord, open_loop: dict | None) -> dict:

@@ -186,7 +186,7 @@ def slo_table(slo: dict) -> TableData:
         if objective.get("enough_samples") is False:
             samples_cell = Flag(f"{samples_cell} (too few to claim)")
         rows.append([str(objective.get("name", DASH)), target, measured, samples_cell,
-                     "PASS" if objective.get("met") else Flag("FAIL"), str(objective.get("why") or "")])
+                     objective_verdict(objective), str(objective.get("why") or "")])
     return TableData(["objective", "target", "measured", "samples", "verdict", "why"], rows)
 
 
@@ -195,3 +195,10 @@ def _share(value) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return percent(value, 2)
     return DASH if value is None else str(value)
+
+
+def objective_verdict(objective: dict) -> str:
+    """PASS, FAIL, or INCONCLUSIVE where the percentile had too few samples to be judged either way."""
+    if objective.get("met"):
+        return "PASS"
+    return Flag("INCONCLUSIVE" if objective.get("enough_samples") is False else "FAIL")

@@ -3,6 +3,7 @@ import pytest
 
 from ipsbench.loadgen.outcomes import Outcome
 from ipsbench.loadgen.recorder import StepRecord
+from ipsbench.loadgen.report.schema import VERDICT_EXIT_CODES
 from ipsbench.loadgen.step_encoding import decode_step, encode_step, merge_step
 from load_helpers import report_from
 from ipsbench.loadgen.slo import Search, min_samples, parse_objective
@@ -114,17 +115,35 @@ def test_trials_merge_across_processes():
     assert merged.settled().window_counts[Outcome.OK] == 60
 
 
-def test_slo_verdict_refuses_a_percentile_without_enough_samples():
+def test_a_percentile_without_enough_samples_is_inconclusive_with_the_duration_that_would_settle_it():
     step = stability_step()
     report = report_from(
         steps=[step], settings={}, target={}, model={}, payload={}, scenario="sweep", started_at="", duration_s=8.0,
         interrupted_by=None, max_error_rate=0.0, objectives=[parse_objective("p50=1s")],
     )
     p50, error_rate = report["slo"]["objectives"]
-    assert report["slo"]["verdict"] == "FAIL" and report["verdict"] == "FAIL"
+    assert report["slo"]["verdict"] == "INCONCLUSIVE" and report["verdict"] == "INCONCLUSIVE"
+    assert VERDICT_EXIT_CODES["INCONCLUSIVE"] == 4
     assert p50["measured_us"] <= 5000 and not p50["enough_samples"] and not p50["met"]
     assert p50["samples"] == 30 and p50["samples_needed"] == min_samples(50) == 200 and "30 samples" in p50["why"]
     assert error_rate["name"] == "error_rate" and error_rate["met"]
+    # 30 samples in three 1 s windows; 200 + 3 √200 = 243 expected would need 9 s windows
+    assert report["steps"][0]["slo"]["inconclusive"] and report["steps"][0]["slo"]["settle_duration_s"] == 9
+    assert report["slo"]["inconclusive_steps"] == [0] and report["slo"]["settle_duration_s"] == 9
+
+
+def test_a_missed_objective_fails_even_beside_one_short_of_samples():
+    objectives = ["p50=1s", "p10=1us"]  # p10 holds its 112 samples and misses its target; p50 lacks its 200
+    step = StepRecord(index=0, concurrency=2, warmup_s=0.0, window_s=1.0, start_ns=0)
+    for number in range(150):
+        step.record_issued()
+        step.record_ok(number * MS, (number + 2) * MS, images=1)
+    report = report_from(
+        steps=[step], settings={}, target={}, model={}, payload={}, scenario="sweep", started_at="", duration_s=2.0,
+        interrupted_by=None, max_error_rate=0.0, objectives=[parse_objective(o) for o in objectives],
+    )
+    assert report["slo"]["verdict"] == "FAIL" and report["verdict"] == "FAIL"
+    assert report["slo"]["inconclusive_steps"] == [] and not report["steps"][0]["slo"]["inconclusive"]
 
 
 def test_client_bound_when_the_load_generator_is_busy():
