@@ -46,7 +46,7 @@ def _range_count(start: float, end: float, step_text: str, kind: type) -> tuple[
 
 
 def expand_levels(text: str, kind: type = int) -> tuple:
-    """The levels ``text`` names, in order, duplicates dropped; ValueError saying what is wrong otherwise."""
+    """The levels ``text`` names, in order; ValueError saying what is wrong otherwise."""
     levels: list = []
     for part in (piece for piece in text.split(",") if piece.strip()):
         fields = part.split(":")
@@ -57,11 +57,13 @@ def expand_levels(text: str, kind: type = int) -> tuple:
             count, level_at = _range_count(start, end, fields[2] if len(fields) == 3 else "1", kind)
             if len(levels) + count > MAX_LEVELS:
                 raise ValueError(f"{part.strip()[:40]!r} makes more than {MAX_LEVELS} levels")
-            new = [level_at(index) for index in range(count)]
-            new = [round(value) if kind is int else round(value, _ROUNDING) for value in new]
+            rounded = [round(level_at(index)) if kind is int else round(level_at(index), _ROUNDING)
+                       for index in range(count)]
+            # a fractional factor can round two levels to one (1:10:x1.5 → 1, 2, 2, ...): run that level once
+            new = [value for index, value in enumerate(rounded) if index == 0 or value != rounded[index - 1]]
         else:
             raise ValueError(f"{part.strip()[:40]!r} has {len(fields) - 1} colons: use START:END[:STEP]")
-        levels.extend(value for value in new if value not in levels)
+        levels.extend(new)  # a level named twice runs twice, as a comma list always has
         if len(levels) > MAX_LEVELS:
             raise ValueError(f"more than {MAX_LEVELS} levels")
     if not levels:
