@@ -1,13 +1,13 @@
 """What a step must hold to claim each objective's percentile, worked out before any load: the samples needed
-(``slo.min_samples``), the request rate at which the measured time holds them (with a margin for Poisson arrivals), and for each rate the run asks
-for (open loop) whether it can; a step that cannot ends INCONCLUSIVE on that objective, so the plan names the
-``--duration`` that would let it."""
+(``slo.min_samples``), the request rate at which the measured time holds them (with a margin for Poisson
+arrivals), and for each rate the run asks for (open loop) whether it can; a step that cannot ends INCONCLUSIVE on
+that objective, so the plan names the ``--duration`` that would let it."""
 
 from __future__ import annotations
 
 import math
 
-from ipsbench.loadgen.slo import LatencyObjective, min_samples, samples_to_expect
+from ipsbench.loadgen.slo import LatencyObjective, duration_to_hold, min_samples, samples_to_expect
 from ipsbench.loadgen.trials import STABLE_WINDOWS
 
 
@@ -22,7 +22,8 @@ def asked_rates(steps) -> list[float]:
     if getattr(steps, "search", None) == "rate":
         return [steps.low]  # the search's lower end is where samples are fewest
     if getattr(steps, "arrival", None) == "trace":
-        return [len(steps.interarrivals_s) / sum(steps.interarrivals_s)] if sum(steps.interarrivals_s) else []
+        total_s = sum(steps.interarrivals_s)
+        return [len(steps.interarrivals_s) / total_s] if total_s else []
     return sorted(getattr(steps, "rates_per_s", ()))
 
 
@@ -37,7 +38,7 @@ def sample_plan(objectives: list[LatencyObjective], steps) -> list[dict]:
         expect = samples_to_expect(needed)
         short = [
             {"rate_per_s": rate, "samples": math.floor(rate * seconds),
-             "duration_needed_s": math.ceil(expect / rate / windows)}
+             "duration_needed_s": duration_to_hold(needed, rate * windows)}
             for rate in asked_rates(steps) if rate * seconds < expect
         ]
         plan.append({

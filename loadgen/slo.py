@@ -33,6 +33,12 @@ def samples_to_expect(needed: int) -> int:
     return math.ceil(needed + POISSON_MARGIN_SIGMAS * math.sqrt(needed))
 
 
+def duration_to_hold(needed: int, samples_per_duration_s: float) -> int:
+    """The ``--duration`` (whole seconds) at which a step holds ``needed`` samples, given the samples each second
+    of ``--duration`` brings (the rate, times the windows the step is judged on)."""
+    return math.ceil(samples_to_expect(needed) / samples_per_duration_s)
+
+
 @dataclass(frozen=True)
 class LatencyObjective:
     """``name`` (e.g. p99) of successful requests' latency at most ``target_us``."""

@@ -35,7 +35,8 @@ def _objective_words(objective: dict) -> str:
         target = str(objective.get("target") or ms(objective.get("target_us")) + " ms")
     else:
         measured, target = f"{objective.get('measured', 0):.2%}", f"{objective.get('target', 0):.2%}"
-    outcome = "met" if objective.get("met") else "too few samples" if objective.get("enough_samples") is False else "FAIL"
+    short = objective.get("enough_samples") is False
+    outcome = "met" if objective.get("met") else "too few samples" if short else "FAIL"
     return f"{objective.get('name')} {measured} (target {target}) {outcome}"
 
 

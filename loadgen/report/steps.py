@@ -3,14 +3,13 @@ load, its SLO judgement and its validity, from the step's record."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 from ipsbench.loadgen.histograms import add_histogram, new_histogram
 from ipsbench.loadgen.outcomes import COMPLETED, ERRORS, Outcome
 from ipsbench.loadgen.recorder import StepRecord
 from ipsbench.loadgen.report.schema import COUNT_FIELDS, PERCENTILES
-from ipsbench.loadgen.slo import LatencyObjective, judge, min_samples, samples_to_expect
+from ipsbench.loadgen.slo import LatencyObjective, duration_to_hold, judge, min_samples
 from ipsbench.loadgen.stability import stability_entry
 
 CLIENT_CPU_BOUND_PERCENT = 90.0
@@ -133,8 +132,7 @@ def settle_duration_s(step: StepRecord, short: list[dict]) -> int | None:
     samples = max(o["samples"] for o in short)
     if samples <= 0:
         return None
-    expect = max(samples_to_expect(o["samples_needed"]) for o in short)
-    return math.ceil(step.window_s * expect / samples)
+    return duration_to_hold(max(o["samples_needed"] for o in short), samples / step.window_s)
 
 
 def client_entry(step: StepRecord, open_loop: dict | None) -> dict:
