@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 
+from ipsbench.loadgen.sample_plan import asked_rates, judged_windows, plan_lines, sample_plan
 from ipsbench.loadgen.scenarios.base import Scenario
 from ipsbench.loadgen.scenarios.catalog import SCENARIOS
 from ipsbench.loadgen.settings import (
@@ -22,6 +23,7 @@ from ipsbench.loadgen.settings import (
     WorkloadSettings,
     host_port,
 )
+from ipsbench.loadgen.slo import parse_objective
 from ipsbench.server.flags import add_options, values
 
 logger = logging.getLogger("ipsbench.loadgen")
@@ -48,7 +50,11 @@ def _add_scenario(commands, scenario: Scenario) -> None:
     if scenario.add_arguments is not None:
         scenario.add_arguments(steps)
     add_options(parser.add_argument_group("validity"), ValiditySettings, defaults=defaults)
-    add_options(parser.add_argument_group("run"), RunSettings, defaults=defaults)
+    run = parser.add_argument_group("run")
+    add_options(run, RunSettings, defaults=defaults)
+    run.add_argument("--plan-only", action="store_true",
+                     help="say the run's plan (its steps, the samples each objective needs and how long each step "
+                          "measures to hold them) and exit, sending nothing")
     _add_log_level(parser)
 
 
@@ -57,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ipsbench-load", description="Load a KServe v2 gRPC inference server and report images/sec and latency.",
         epilog="Exit codes: 0 valid and every SLO met; 1 SLO FAIL or UNSTABLE; 2 INVALID (accounting or errors, "
                "or the run could not start, --out unwritable included) and usage errors; 3 the report could not be "
-               "written into --out at the end (written to the folder named on stderr instead); 130 SIGINT, "
-               "143 SIGTERM (reports still written).",
+               "written into --out at the end (written to the folder named on stderr instead); 4 INCONCLUSIVE (a "
+               "step too short of samples to judge its percentile); 130 SIGINT, 143 SIGTERM (reports still "
+               "written).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for scenario in SCENARIOS.values():
@@ -101,6 +108,25 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
     )
 
 
+def run_plan_lines(settings: RunSettings) -> list[str]:
+    """``--plan-only``: the run's steps and timing, then its sample plan, in sentences."""
+    steps, validity = settings.steps, settings.validity
+    objectives = [parse_objective(text) for text in validity.latency_slo]
+    grows = objectives and judged_windows(steps) == 1 and steps.longest_window_s > steps.window_s
+    measured = f"{steps.window_s:g} s measured" + (f" (up to {steps.longest_window_s:g} s)" if grows else "")
+    if judged_windows(steps) > 1:
+        measured = f"{steps.windows_per_step} windows of {steps.window_s:g} s at most (stability)"
+    lines = [f"{settings.scenario}: up to {steps.step_count} steps, each {steps.warmup_s:g} s warm-up + {measured} + "
+             f"up to {steps.drain_s:g} s drain"]
+    if rates := asked_rates(steps):
+        lines.append("rates: " + ", ".join(f"{rate:g}" for rate in rates) + " requests/s"
+                     + (" (the search's lower end)" if getattr(steps, "search", None) == "rate" else ""))
+    lines += plan_lines(sample_plan(objectives, steps, validity.sample_rule))
+    if not objectives:
+        lines.append("no --latency-slo: each step measures for --duration")
+    return lines
+
+
 def configure_logging(level: str, worker: bool = False) -> None:
     who = f" worker {os.getpid()}" if worker else ""
     logging.basicConfig(
@@ -123,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings_from_args(args)
     except ValueError as error:
         parser.error(str(error))
+    if args.plan_only:
+        print("\n".join(run_plan_lines(settings)))
+        return 0
     configure_logging(args.log_level)
 
     from ipsbench.loadgen.report.console import print_summary

@@ -63,16 +63,22 @@ def announce_end_after_trials(runner: MasterRunner, step: StepRecord) -> None:
     }})
 
 
+def announce_window_resized(runner: MasterRunner, step: StepRecord) -> None:
+    """Tell every worker ``step``'s measured window's new length."""
+    runner.send_message(STEP_MESSAGE, {"resize_window": {"index": step.index, "window_s": step.measured_window_s}})
+
+
 def announce_interrupt(runner: MasterRunner) -> None:
     """Tell every worker to stop issuing: the current step's window ends now."""
     runner.send_message(STEP_MESSAGE, {"interrupt": True})
 
 
 def announce_steps(runner: MasterRunner, step_events) -> None:
-    """Tell the workers every step a shape opens, ends after its trials or interrupts (``step_events``: the
+    """Tell the workers every step a shape opens, grows, ends after its trials or interrupts (``step_events``: the
     shape's :class:`~ipsbench.loadgen.shape.StepEvents`)."""
     step_events.opened.add_listener(lambda step, **_: announce_step(runner, step))
     step_events.trials_ended.add_listener(lambda step, **_: announce_end_after_trials(runner, step))
+    step_events.window_resized.add_listener(lambda step, **_: announce_window_resized(runner, step))
     step_events.interrupted.add_listener(lambda **_: announce_interrupt(runner))
 
 
@@ -108,6 +114,11 @@ class WorkerSteps:
     def _on_step(self, environment, msg, **_) -> None:
         if msg.data.get("interrupt"):
             self.recorder.interrupt()
+            return
+        if resized := msg.data.get("resize_window"):
+            for step in self.recorder.steps:
+                if step.index == resized["index"]:
+                    step.resize_window(resized["window_s"], self.recorder.now_ns())
             return
         if ended := msg.data.get("end_after_trials"):
             for step in self.recorder.steps:

@@ -139,3 +139,16 @@ def add_encoded(into: HdrHistogram, encoded: str) -> None:
 def encode_histogram(histogram: HdrHistogram) -> str:
     """Compressed, base64 text: JSON- and msgpack-safe."""
     return histogram.encode().decode("ascii")
+
+
+def count_above(histogram: HdrHistogram, value: int) -> int:
+    """How many recorded values exceed ``value`` (at the histogram's precision: values equivalent to it count as
+    not above)."""
+    total = histogram.get_total_count()
+    if total == 0 or histogram.get_max_value() <= value:
+        return 0
+    if value < histogram.get_min_value():
+        return total
+    index = histogram._counts_index_for(value)  # hdrhistogram's own bucket arithmetic
+    counts = np.ctypeslib.as_array(histogram.counts)[: histogram.counts_len]
+    return total - int(counts[: index + 1].sum())

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import grpc
 from hdrh.histogram import HdrHistogram
 
+from ipsbench.loadgen.censoring import shortened_bounds
 from ipsbench.loadgen.histograms import (
     HIGHEST_LATENCY_US,
     LOWEST_LATENCY_US,
@@ -82,6 +83,10 @@ class StepRecord:
     first. Every scheduled arrival ends up sent or not sent."""
     capped: int = 0
     """Open loop: of those not sent, the ones that found the in-flight cap's worth of requests in flight."""
+    censored_bounds: HdrHistogram = field(default_factory=new_histogram)
+    """Open loop: the scheduled arrivals never sent or never answered, by the time from their intended send to the
+    planned window end (microseconds): their latency is censored at the window's end
+    (:mod:`ipsbench.loadgen.censoring`)."""
     service_histogram: HdrHistogram = field(default_factory=new_histogram)
     lateness_histogram: HdrHistogram = field(default_factory=new_histogram)
     window_end_ns: int = 0
@@ -168,6 +173,7 @@ class StepRecord:
         if self.in_window(intended_ns):
             self.not_sent += 1
             self.capped += capped
+            self._censor(intended_ns)
 
     def record_top_classes(self, labels, top_classes) -> None:
         """A checked response: each image's top classes against its label."""
@@ -180,8 +186,23 @@ class StepRecord:
         """A request still in flight when its step or the run stopped waiting for it (its send time and, open
         loop, its intended time, where the caller knows them: only the request log shows them)."""
         self.counts[Outcome.ABANDONED] += 1
+        if intended_ns is not None and self.in_window(intended_ns):
+            self._censor(intended_ns)  # sent, never answered: as unknown as never sent
         if self.request_log is not None:
             self.request_log.abandoned(self.index + 1, sent_ns, intended_ns)
+
+    @property
+    def planned_window_ns(self) -> int:
+        return round(self.window_s * self.trials_max * 1e9)
+
+    def _censor(self, intended_ns: int) -> None:
+        self.censored_bounds.record_value((self.window_start_ns + self.planned_window_ns - intended_ns) // 1000)
+
+    def censored_latencies(self) -> HdrHistogram:
+        """Open loop: the lower bounds (window end - intended time, microseconds) of the latencies of the window's
+        arrivals that were never sent or never answered."""
+        measured_ns = self.window_end_ns - self.window_start_ns
+        return shortened_bounds(self.censored_bounds, (self.planned_window_ns - measured_ns) // 1000)
 
     def in_window(self, at_ns: int) -> bool:
         return self.window_start_ns <= at_ns < self.window_end_ns
@@ -261,6 +282,21 @@ class StepRecord:
             self.interrupted = True
         if not self.cpu_percent:
             self._note_cpu(now_ns)
+
+    def resize_window(self, window_s: float, now_ns: int) -> bool:
+        """Make the open measured window ``window_s`` long: grown to hold more samples, or cut back (never below
+        its planned length, nor before now) once it holds them; False when it has ended or nothing changes."""
+        end_ns = max(self.window_start_ns + round(window_s * 1e9), self.window_start_ns + self.planned_window_ns,
+                     now_ns)
+        if self.interrupted or now_ns >= self.window_end_ns or end_ns == self.window_end_ns:
+            return False
+        self.window_end_ns = end_ns
+        return True
+
+    @property
+    def grown(self) -> bool:
+        """The measured window ran past its planned length to hold its objectives' samples."""
+        return self.window_end_ns - self.window_start_ns > self.planned_window_ns
 
     def end_after_trials(self, trials: int, stable: bool) -> None:
         """Stability judged after ``trials`` windows: the measured window ends with the last of them."""

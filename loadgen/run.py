@@ -50,7 +50,7 @@ from ipsbench.loadgen.settings import RunSettings
 from ipsbench.loadgen.shape import DRAIN_GRACE_S, StepShape
 from ipsbench.loadgen.slo import parse_objective
 from ipsbench.loadgen.users import Workload
-from ipsbench.loadgen.watchers import StabilityJudge, WindowScraper
+from ipsbench.loadgen.watchers import SampleKeeper, StabilityJudge, WindowScraper
 from ipsbench.loadgen.worker import LocalWorkers
 from ipsbench.loadgen.workload import PreparedWorkload, SetupError, prepare_workload
 from ipsbench.server.signals import capture_signals
@@ -112,6 +112,7 @@ class LoadRun:
         self._environment: Environment | None = None
         self._shape: StepShape | None = None
         self._judge: StabilityJudge | None = None
+        self._keeper: SampleKeeper | None = None
         self._scraper: WindowScraper | None = None
         self._master: MasterSteps | None = None
         self._prepared: PreparedWorkload | None = None
@@ -164,11 +165,14 @@ class LoadRun:
     def execute(self) -> None:
         """Run the scenario in locust until its last step ends, or a signal stops it."""
         planner = SCENARIOS[self.settings.scenario].planner(self.settings)
-        objectives = [parse_objective(text) for text in self.settings.validity.latency_slo]
-        for line in plan_lines(sample_plan(objectives, self.settings.steps)):
+        validity, steps = self.settings.validity, self.settings.steps
+        objectives = [parse_objective(text) for text in validity.latency_slo]
+        for line in plan_lines(sample_plan(objectives, steps, validity.sample_rule)):
             logger.info("%s", line)
-        self._shape = StepShape(planner, self.recorder, drain_s=self.settings.steps.drain_s)
+        self._shape = StepShape(planner, self.recorder, drain_s=steps.drain_s)
         self._judge = StabilityJudge(self._shape)
+        self._keeper = SampleKeeper(self._shape, objectives, validity.sample_rule, steps.longest_window_s,
+                                    validity.max_error_rate)
         target = self.settings.target
         if target.metrics_url:
             scrapes = StepScrapes(target.metrics_url, target.model, target.model_version)
@@ -188,6 +192,7 @@ class LoadRun:
             if self._scraper is not None:
                 self._scraper.wait(SCRAPE_TIMEOUT_S + 1.0)
             self._judge.stop()
+            self._keeper.stop()
 
     def finish(self) -> RunResult:
         """Write report.json, then the files rendered from it (elsewhere if ``--out`` cannot take them)."""
@@ -221,6 +226,7 @@ class LoadRun:
             objectives=[parse_objective(text) for text in validity.latency_slo] if judged else None,
             search=search,
             tolerance=getattr(self.settings.steps, "stability", None),
+            sample_rule=validity.sample_rule,
             engine=self._engine,
             running=running,
             request_log=self._request_log_entry(workers),
@@ -336,8 +342,10 @@ class LoadRun:
 
     def _run_limit_s(self) -> float:
         steps = self.settings.steps
-        per_step = (steps.warmup_s + steps.window_s * steps.windows_per_step + steps.drain_s + DRAIN_GRACE_S
-                    + TICK_SLACK_S)
+        window_s = steps.window_s * steps.windows_per_step
+        if self.settings.validity.latency_slo:  # a window may grow to hold its objectives' samples
+            window_s = max(window_s, steps.longest_window_s)
+        per_step = steps.warmup_s + window_s + steps.drain_s + DRAIN_GRACE_S + TICK_SLACK_S
         return per_step * steps.step_count + RUN_LIMIT_MARGIN_S
 
     def _on_signal(self, signum: int) -> None:

@@ -16,12 +16,15 @@ from pathlib import Path
 from typing import ClassVar
 
 from ipsbench.loadgen.arrivals import ARRIVALS
-from ipsbench.loadgen.slo import DEFAULT_PERCENTILE, parse_objective, with_percentile
+from ipsbench.loadgen.slo import DEFAULT_PERCENTILE, MIN_SAMPLES, SAMPLE_RULES, parse_objective, with_percentile
 from ipsbench.server.flags import duration, option
 
 # Hard upper bounds, so a typo cannot start an unbounded run.
 MAX_CONCURRENCY = 1024
 MAX_STEP_DURATION_S = 24 * 3600.0
+DEFAULT_MAX_WINDOW_S = 600.0
+"""How long a step's window may grow to hold its objectives' samples unless --max-duration says: MLPerf's minimum
+run length."""
 MAX_IMAGES_PER_REQUEST = 1024
 MAX_DISTINCT_REQUESTS = 4096
 MAX_DEADLINE_S = 3600.0
@@ -177,6 +180,11 @@ class StepSettings:
     warmup_s: float = option(2.0, "warm-up per step, counted but not measured", flag="--warmup", parse=duration)
     drain_s: float = option(10.0, "bound on waiting for in-flight requests after a step or on Ctrl-C",
                             flag="--drain", parse=duration)
+    max_window_s: float = option(0.0, (
+        "longest a step's measured window may grow past --duration to hold the samples its --latency-slo "
+        f"objectives need (0: the larger of --duration and {DEFAULT_MAX_WINDOW_S:g} s; equal to --duration: "
+        "never grow)"
+    ), flag="--max-duration", parse=duration)
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -189,6 +197,14 @@ class StepSettings:
             raise ValueError(f"warm-up must be in [0, {MAX_STEP_DURATION_S:g}] s")
         if not 0 <= self.drain_s <= MAX_DEADLINE_S:
             raise ValueError(f"drain must be in [0, {MAX_DEADLINE_S:g}] s")
+        if self.max_window_s and not self.window_s <= self.max_window_s <= MAX_STEP_DURATION_S:
+            raise ValueError(f"max duration must be in [--duration, {MAX_STEP_DURATION_S:g}] s, "
+                             f"got {self.max_window_s:g} s")
+
+    @property
+    def longest_window_s(self) -> float:
+        """The longest a step's measured window may grow to hold its objectives' samples."""
+        return self.max_window_s or max(self.window_s, DEFAULT_MAX_WINDOW_S)
 
     @property
     def open_loop(self) -> bool:
@@ -210,7 +226,10 @@ class OpenLoopSettings(StepSettings):
     """Timing and arrivals of a scenario whose requests go out on an arrival process's schedule."""
 
     arrival: str = option("poisson", "arrival process: poisson (MLPerf Server) or constant", choices=tuple(ARRIVALS))
-    max_in_flight: int = option(256, "cap on requests in flight; an arrival that finds it reached is not sent (counted, and the step invalid)")
+    max_in_flight: int = option(256, (
+        "cap on requests in flight; an arrival that finds it reached is not sent (counted, and in the latency as a "
+        "miss: the server is saturated)"
+    ))
     interarrivals_s: tuple[float, ...] = option((), "a trace's recorded inter-arrival times, in seconds", cli=False)
 
     def __post_init__(self) -> None:
@@ -254,12 +273,19 @@ class ValiditySettings:
         "the percentile a bare --latency-slo DURATION is judged at, so the verdict and the slo search use it "
         "(perf_analyzer's --percentile)"
     ))
+    sample_rule: str = option(MIN_SAMPLES, (
+        "when a step holds enough samples to judge a percentile: min-samples (100/(1-p), e.g. 10,000 for p99) or "
+        "early-stopping (a binomial test at 99% confidence, as MLPerf LoadGen's early stopping: a few hundred "
+        "when far from the target); each step's window grows until it does, up to --max-duration"
+    ), choices=SAMPLE_RULES)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_error_rate <= 1.0:
             raise ValueError(f"max error rate must be in [0, 1], got {self.max_error_rate:g}")
         if not 0 < self.percentile < 100:
             raise ValueError(f"percentile must be in (0, 100), got {self.percentile:g}")
+        if self.sample_rule not in SAMPLE_RULES:
+            raise ValueError(f"sample rule must be one of {', '.join(SAMPLE_RULES)}, got {self.sample_rule!r}")
         objectives = tuple(with_percentile(text, self.percentile) for text in self.latency_slo)
         for text in objectives:
             parse_objective(text)  # the parser's errors are the settings' errors

@@ -41,6 +41,9 @@ class StepEvents:
         """``step``, ``plan``: a step begins issuing now."""
         self.trials_ended = EventHook()
         """``step``: a stability-judged step ends after ``step.trials_used`` measured windows."""
+        self.window_resized = EventHook()
+        """``step``: a step's measured window grows to hold its objectives' samples, or ends once it holds them
+        (at ``step.window_end_ns``)."""
         self.interrupted = EventHook()
         """The current step's window ends now and no further step runs (Ctrl-C, SIGTERM, the run limit)."""
 
@@ -86,6 +89,13 @@ class StepShape(LoadTestShape):
         """A stability judge's verdict: ``step``'s measured window ends with its ``trials``-th window."""
         step.end_after_trials(trials, stable)
         self.events.trials_ended.fire(step=step)
+
+    def resize_window(self, step: StepRecord, window_s: float) -> bool:
+        """A sample keeper's word: ``step``'s measured window is ``window_s`` long (False: too late, it ended)."""
+        if not step.resize_window(window_s, self.recorder.now_ns()):
+            return False
+        self.events.window_resized.fire(step=step)
+        return True
 
     def interrupt(self) -> None:
         """Stop issuing at once and run no further step (Ctrl-C, SIGTERM)."""

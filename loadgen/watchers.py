@@ -1,6 +1,7 @@
 """What follows each step of a run on the gevent side, listening to its shape's events: the stability judge, which
-ends a closed-loop step once its last 3 windows agree, and the scraper, which reads the server's metrics at each
-window's start and end."""
+ends a closed-loop step once its last 3 windows agree; the sample keeper, which grows a step's window until it holds
+the samples its objectives need; and the scraper, which reads the server's metrics at each window's start and
+end."""
 
 from __future__ import annotations
 
@@ -8,9 +9,18 @@ import logging
 
 import gevent
 
+from ipsbench.loadgen.outcomes import Outcome
 from ipsbench.loadgen.recorder import StepRecord
 from ipsbench.loadgen.scrape import SCRAPE_LEAD_S, StepScrapes
 from ipsbench.loadgen.senders import DRAIN_PERIOD_S
+from ipsbench.loadgen.slo import (
+    EARLY_STOPPING,
+    LatencyObjective,
+    early_stopping_min_samples,
+    judge,
+    samples_needed,
+    samples_to_expect,
+)
 from ipsbench.loadgen.stability import is_stable
 from ipsbench.loadgen.trials import STABLE_WINDOWS
 
@@ -56,6 +66,114 @@ class StabilityJudge:
                 logger.info("step %d %s after %d windows", step.index + 1, "stable" if stable else "UNSTABLE", trials)
                 self.shape.end_after_trials(step, trials, stable)
                 return
+
+    def stop(self) -> None:
+        gevent.killall(self._greenlets, block=False)
+
+
+GROW_LEAD_S = 1.0
+"""A step's window is grown this long (at most a quarter of it) before it would end, so every worker hears of it
+in time."""
+GROW_MARGIN = 1.1
+"""A window grown to hold a sample count is planned 10 % longer than the rate so far says it needs."""
+
+
+SETTLE_CHECK_S = 1.0
+"""How often a grown window looks whether its objectives are settled (and ends if so)."""
+EARLY_STOPPING_GROWTH = 1.5
+"""An unsettled early-stopping step grows its window at least this much at a time."""
+ONE_SIDED_Z_99 = 2.326
+"""The normal quantile of a one-sided 99 % test."""
+
+
+def samples_to_settle(entry: dict, percentile: float) -> float:
+    """About how many samples settle an early-stopping objective, at the share over its target seen so far (the
+    normal approximation of the binomial test; unbounded when that share is the allowed tail itself)."""
+    tail = 1 - percentile / 100
+    seen = entry["over_target"] / entry["samples"] if entry["samples"] else 0.0
+    if seen == 0:
+        return early_stopping_min_samples(percentile)
+    if seen == tail:
+        return float("inf")
+    return ONE_SIDED_Z_99 ** 2 * tail * (1 - tail) / (seen - tail) ** 2
+
+
+def samples_so_far(step: StepRecord) -> int:
+    """What a step holds to judge a percentile on: its successes in the window, and (open loop) the window's
+    arrivals counted as misses."""
+    return step.histograms[Outcome.OK].get_total_count() + step.censored_bounds.get_total_count()
+
+
+class SampleKeeper:
+    """Grows each step's measured window past ``--duration`` until it holds the samples its objectives need under
+    the sample rule, up to ``longest_window_s``, and ends a grown window as soon as every objective is settled
+    (met, or missed: once more samples exceed a target than its percentile allows, no more can bring it back). A
+    window is grown when, shortly before its end, its objectives are not settled: ``min-samples`` by the rate so far
+    to the samples needed (not at all when even the longest window could not hold them: that step is INCONCLUSIVE
+    as planned), ``early-stopping`` to the samples the share over the target so far says would settle it. Steps
+    judged for stability over several windows keep their windows."""
+
+    def __init__(self, shape, objectives: list[LatencyObjective], rule: str, longest_window_s: float,
+                 max_error_rate: float) -> None:
+        self.shape = shape
+        self.objectives, self.rule = objectives, rule
+        self.longest_window_s, self.max_error_rate = longest_window_s, max_error_rate
+        self._greenlets: list[gevent.Greenlet] = []
+        if objectives:
+            shape.events.opened.add_listener(self._on_opened)
+
+    def _on_opened(self, step: StepRecord, **_) -> None:
+        if step.trials_max == 1 and self.longest_window_s > step.window_s:
+            self._greenlets.append(gevent.spawn(self._keep, step))
+
+    def _keep(self, step: StepRecord) -> None:
+        clock = self.shape.recorder.now_ns
+        planned_end_ns = step.window_end_ns
+        lead_ns = round(min(GROW_LEAD_S, step.window_s / 4) * 1e9)
+        while not step.interrupted and (now_ns := clock()) < step.window_end_ns:
+            grown = step.window_end_ns > planned_end_ns
+            decide_ns = step.window_end_ns - lead_ns
+            if grown or now_ns >= decide_ns:
+                merged = self.shape.merged(step)
+                judged = self._judged(merged)
+                elapsed_s = (now_ns - step.window_start_ns) / 1e9
+                if all(entry["enough_samples"] for entry in judged[:-1]):
+                    if grown and self.shape.resize_window(step, elapsed_s):
+                        logger.info("step %d: its objectives settled after %.1f s measured", step.index + 1,
+                                    elapsed_s)
+                    return
+                if now_ns >= decide_ns:
+                    samples = samples_so_far(merged)
+                    grown_s = self._grown_window_s(judged, samples, samples / elapsed_s, elapsed_s) if samples else None
+                    if grown_s is not None and grown_s > step.measured_window_s \
+                            and self.shape.resize_window(step, grown_s):
+                        logger.info("step %d: measured window grown to %.0f s to hold the samples its objectives "
+                                    "need (%s)", step.index + 1, grown_s, self.rule)
+                        continue
+                    if not grown:
+                        return  # not grown, and growing would not hold them: the window stays as planned
+            wait_ns = max(decide_ns - now_ns, 0) if not grown else 0
+            gevent.sleep(min(wait_ns / 1e9, SETTLE_CHECK_S) if wait_ns else SETTLE_CHECK_S)
+
+    def _judged(self, step: StepRecord) -> list[dict]:
+        censored = step.censored_latencies() if step.open_loop else None
+        return judge(self.objectives, step.histograms[Outcome.OK], 0.0, step.issued, 1.0, censored, self.rule)
+
+    def _grown_window_s(self, judged: list[dict], samples: int, rate_per_s: float, elapsed_s: float) -> float | None:
+        """The window a step with ``judged`` objectives unsettled should grow to, or None when even the longest
+        window could not hold what min-samples needs."""
+        if self.rule == EARLY_STOPPING:
+            needed = max(samples_to_settle(entry, objective.percentile)
+                         for entry, objective in zip(judged, self.objectives) if not entry["enough_samples"])
+            grown_s = elapsed_s + GROW_MARGIN * max(needed - samples, 0) / rate_per_s
+            return min(max(grown_s, EARLY_STOPPING_GROWTH * elapsed_s), self.longest_window_s)
+        needed = samples_to_expect(max(samples_needed(o.percentile, self.rule) for o in self.objectives))
+        grown_s = elapsed_s + GROW_MARGIN * max(needed - samples, 0) / rate_per_s
+        if grown_s > self.longest_window_s:
+            logger.info("at %.1f samples/s even a %g s window cannot hold the %d samples its objectives need: the "
+                        "step stays as it is (INCONCLUSIVE if short)", rate_per_s, self.longest_window_s, needed)
+            return None
+        return grown_s
 
     def stop(self) -> None:
         gevent.killall(self._greenlets, block=False)

@@ -15,8 +15,13 @@ from ipsbench.loadgen.report.schema import (
     is_open_loop,
     step_load,
 )
-from ipsbench.loadgen.report.steps import CLIENT_BOUND_SHARE, CLIENT_CPU_BOUND_PERCENT, step_entry
-from ipsbench.loadgen.slo import LatencyObjective, min_samples, worst
+from ipsbench.loadgen.report.steps import (
+    CLIENT_BOUND_SHARE,
+    CLIENT_CPU_BOUND_PERCENT,
+    SERVER_SATURATED,
+    step_entry,
+)
+from ipsbench.loadgen.slo import MIN_SAMPLES, LatencyObjective, min_samples, worst
 from ipsbench.loadgen.trials import STABLE_WINDOWS
 
 HEADLINE_PERCENTILES = {"single-stream": "p90"}
@@ -86,6 +91,8 @@ class RunFacts:
     """The ``slo`` search as :meth:`ipsbench.loadgen.slo.Search.describe` gives it."""
     tolerance: float | None = None
     """The stability tolerance of a run whose steps are judged for stability."""
+    sample_rule: str = MIN_SAMPLES
+    """When a step holds the samples to judge a percentile (``--sample-rule``)."""
     engine: dict | None = None
     """``ipsbench-serve bench --json`` results, for the engine vs end-to-end table."""
     running: bool = False
@@ -159,7 +166,7 @@ def step_entries(steps: list[StepRecord], run: RunFacts) -> list[dict]:
     entries = [
         step_entry(step, run.max_error_rate, run.unix_s,
                    objectives=list(run.objectives or ()) if run.judged else None, tolerance=run.tolerance,
-                   errors_invalidate=run.search is None)
+                   errors_invalidate=run.search is None, sample_rule=run.sample_rule)
         for step in steps
     ]
     for entry in entries:
@@ -192,6 +199,14 @@ def run_warnings(entries: list[dict], server: dict | None) -> list[str]:
         "not a measure of the server's capacity"
         for entry in entries if entry["client"]["client_bound"]
     ]
+    found += [
+        f"step {entry['index']} ({step_load(entry)}): the server was saturated, "
+        f"{entry['open_loop']['not_sent_in_flight_cap']} of {entry['open_loop']['scheduled']} scheduled arrivals "
+        "found --max-in-flight requests still in flight and were not sent; they count in the latency as misses "
+        "(lower bounds at the window's end), so this rate is above what the server serves"
+        for entry in entries
+        if (entry.get("open_loop") or {}).get("unsent_cause") == SERVER_SATURATED and not entry["client"]["client_bound"]
+    ]
     return found + (server["warnings"] if server else [])
 
 
@@ -214,8 +229,10 @@ def method_block(run: RunFacts, entries: list[dict]) -> dict:
         "accounting": f"{IDENTITY}, per step",
         "open_loop": (
             f"{OPEN_LOOP_LATENCY_METHOD}; a send more than {LATE_TOLERANCE_US / 1000:g} ms after its intended "
-            f"time is late; an arrival that finds --max-in-flight requests still in flight is not sent, and "
-            f"makes the step invalid (the target did not keep up with the rate); client-bound below "
+            f"time is late; an arrival that finds --max-in-flight requests still in flight is not sent (the server "
+            f"is saturated at that rate); every arrival of the window counts in latency_scheduled_us and in the "
+            f"SLO judgement, one never sent or never answered as a miss whose latency is at least the time from "
+            f"its intended send to the window's end (a lower bound, flagged); client-bound below "
             f"{CLIENT_BOUND_SHARE:.0%} of the other scheduled arrivals sent"
         ) if open_loop else None,
         "server": SERVER_METHOD if run.server else None,

@@ -65,13 +65,21 @@ def load_cell(step: dict) -> str:
     return f"{step['target_rate_per_s']:g}" if is_open_loop(step) else str(step["concurrency"])
 
 
+def reported_latency(step: dict) -> dict | None:
+    """The latency a step's tables show: closed loop, its successful requests'; open loop, every scheduled
+    arrival's, those never sent or never answered counted as misses (``latency_scheduled_us``)."""
+    return step.get("latency_scheduled_us") or step["latency_us"]
+
+
 def latency_cell(step: dict, name: str) -> str:
-    """A percentile of the step's successful requests, starred when too few samples back it."""
-    latency = step["latency_us"]
+    """A percentile (or ``max``) of the step's latency, starred when too few samples back it, ``≥`` when it is a
+    lower bound (it falls among arrivals never answered in the window)."""
+    latency = reported_latency(step)
     if latency is None:
         return DASH
     mark = "*" if name in step.get("unsupported_percentiles", []) else ""
-    return ms(latency.get(name)) + mark
+    at_least = "≥" if name in latency.get("lower_bound", ()) else ""
+    return at_least + ms(latency.get(name)) + mark
 
 
 def stability_cell(step: dict) -> str:

@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from ipsbench.loadgen.report.cells import client_bound, load_cell, load_header, ms, rate
+from ipsbench.loadgen.report.cells import client_bound, latency_cell, load_cell, load_header, ms, rate
 from ipsbench.loadgen.report.schema import has_open_loop_steps, step_load
 from ipsbench.loadgen.report.sentences import headline_words, simulated_words
 
@@ -16,10 +16,7 @@ MAX_TABLE_WIDTH = 400
 
 
 def _latency(step: dict, name: str) -> str:
-    latency = step["latency_us"]
-    if latency is None:
-        return "–"
-    return ms(latency[name]) + ("*" if name in step["unsupported_percentiles"] else "")
+    return latency_cell(step, name)
 
 
 def _open_loop_cells(step: dict) -> list[str]:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from ipsbench.loadgen.censoring import scheduled_summary
 from ipsbench.loadgen.histograms import add_histogram, new_histogram
 from ipsbench.loadgen.outcomes import COMPLETED, ERRORS, Outcome
 from ipsbench.loadgen.recorder import StepRecord
 from ipsbench.loadgen.report.schema import COUNT_FIELDS, PERCENTILES
-from ipsbench.loadgen.slo import LatencyObjective, duration_to_hold, judge, min_samples
+from ipsbench.loadgen.slo import MIN_SAMPLES, LatencyObjective, duration_to_hold, judge, min_samples
 from ipsbench.loadgen.stability import stability_entry
 
 CLIENT_CPU_BOUND_PERCENT = 90.0
@@ -37,6 +38,7 @@ def step_entry(
     objectives: Sequence[LatencyObjective] | None = None,
     tolerance: float | None = None,
     errors_invalidate: bool = True,
+    sample_rule: str = MIN_SAMPLES,
 ) -> dict:
     """A step as the report states it, with its validity; ``unix_s`` maps the monotonic clock to wall-clock time;
     ``objectives`` (None: no SLO) judge it; ``tolerance``: of a stability-judged step; ``errors_invalidate``:
@@ -54,6 +56,7 @@ def step_entry(
         "target_rate_per_s": step.rate_per_s,
         "warmup_s": step.warmup_s,
         "planned_window_s": step.window_s,
+        "window_grown": step.grown,
         "window_s": round(window_s, 6),
         "window_start_unix": round(unix_s(step.window_start_ns), 3) if unix_s else None,
         "window_end_unix": round(unix_s(step.window_end_ns), 3) if unix_s else None,
@@ -68,6 +71,8 @@ def step_entry(
         "images_per_s": round(step.window_images_ok / window_s, 3) if window_s > 0 else None,
         "requests_per_s": round(ok_in_window / window_s, 3) if window_s > 0 else None,
         **latency_entries(step),
+        "latency_scheduled_us": scheduled_summary(step.histograms[Outcome.OK], step.censored_latencies())
+        if open_loop else None,
         "latencies_clamped": step.latencies_clamped,
         "service_time_us": latency_summary(step.service_histogram) if open_loop else None,
         "open_loop": open_loop_entry(step, window_s) if open_loop else None,
@@ -77,10 +82,10 @@ def step_entry(
         ),
     }
     entry["client"] = client_entry(step, entry["open_loop"])
-    entry["slo"] = slo_entry(step, objectives, entry["error_rate"], max_error_rate)
+    entry["slo"] = slo_entry(step, objectives, entry["error_rate"], max_error_rate, sample_rule)
+    # Arrivals the in-flight cap held back are the server's result (saturation), counted in latency_scheduled_us
+    # and against the SLO, not a fault of the run; those the client itself failed to send make it client-bound.
     reasons = step_invalid_reasons(entry, max_error_rate if errors_invalidate else 1.0)
-    if errors_invalidate and step.capped:  # in an SLO search it fails the SLO instead (scenarios/slo.py)
-        reasons.append(capped_reason(step))
     entry["valid"] = not reasons
     entry["invalid_reasons"] = reasons
     return entry
@@ -113,15 +118,19 @@ def error_entries(step: StepRecord) -> list[dict]:
 
 
 def slo_entry(step: StepRecord, objectives: Sequence[LatencyObjective] | None, error_rate: float,
-              max_error_rate: float) -> dict | None:
+              max_error_rate: float, sample_rule: str = MIN_SAMPLES) -> dict | None:
     """The step judged against the latency objectives (None: the run has no SLO)."""
     if objectives is None:
         return None
-    judged = judge(list(objectives), step.histograms[Outcome.OK], error_rate, step.issued, max_error_rate)
+    censored = step.censored_latencies() if step.open_loop else None
+    judged = judge(list(objectives), step.histograms[Outcome.OK], error_rate, step.issued, max_error_rate, censored,
+                   sample_rule)
     met = all(o["met"] for o in judged)
     unmet = [o for o in judged if not o["met"]]
-    # short of samples and nothing else: the step neither meets nor misses its objectives
-    inconclusive = bool(unmet) and all(o.get("enough_samples") is False for o in unmet)
+    # short of samples and nothing else: the step neither meets nor misses its objectives; a saturated server
+    # misses them, however few the samples
+    inconclusive = (bool(unmet) and all(o.get("enough_samples") is False for o in unmet)
+                    and unsent_cause(step) != SERVER_SATURATED)
     return {"met": met, "inconclusive": inconclusive,
             "settle_duration_s": settle_duration_s(step, unmet) if inconclusive else None, "objectives": judged}
 
@@ -154,6 +163,21 @@ def client_entry(step: StepRecord, open_loop: dict | None) -> dict:
             "reasons": reasons}
 
 
+CLIENT = "client"
+SERVER_SATURATED = "server_saturated"
+
+
+def unsent_cause(step: StepRecord) -> str | None:
+    """Why a rate step's arrivals went unsent: ``server_saturated`` when most found the in-flight cap's worth
+    of requests in flight, answers slow to come back, and the load generator was not short of CPU; ``client``
+    when the load generator fell behind its schedule or was too busy to take answers; None when all were sent."""
+    if not step.not_sent:
+        return None
+    client_busy = bool(step.cpu_percent) and max(step.cpu_percent) >= CLIENT_CPU_BOUND_PERCENT
+    held_back = step.capped
+    return SERVER_SATURATED if held_back * 2 >= step.not_sent and not client_busy else CLIENT
+
+
 def open_loop_entry(step: StepRecord, window_s: float) -> dict:
     """What the sender did against what the arrival process asked for, in the measured window."""
     lateness = step.lateness_histogram
@@ -168,6 +192,8 @@ def open_loop_entry(step: StepRecord, window_s: float) -> dict:
         "late_sends": step.late_sends,
         "not_sent": step.not_sent,
         "not_sent_in_flight_cap": step.capped,
+        "censored": step.censored_bounds.get_total_count(),
+        "unsent_cause": unsent_cause(step),
         "send_lateness_us": None if lateness.get_total_count() == 0 else {
             "p50": lateness.get_value_at_percentile(50.0),
             "p99": lateness.get_value_at_percentile(99.0),
@@ -178,10 +204,10 @@ def open_loop_entry(step: StepRecord, window_s: float) -> dict:
 
 
 def capped_reason(step: StepRecord) -> str:
-    """Why a rate step whose arrivals met the in-flight cap is no measure of latency at its rate."""
+    """What a rate step whose arrivals met the in-flight cap says of the target at its rate."""
     return (f"{step.capped} of {step.scheduled} scheduled arrivals were not sent: the in-flight cap "
-            "(--max-in-flight) was reached, so the target did not keep up with the rate and the latency of "
-            "those arrivals is unknown")
+            "(--max-in-flight) was reached, so the server did not keep up with the rate (saturated); they count "
+            "in the latency as misses, at least until the window's end")
 
 
 def step_invalid_reasons(entry: dict, max_error_rate: float) -> list[str]:

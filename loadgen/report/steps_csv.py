@@ -14,10 +14,12 @@ COLUMNS = (
     *(f"latency_{name}_us" for name in LATENCY_FIELDS), "latency_count",
     "service_p50_us", "service_p99_us",
     "scheduled", "sent", "achieved_send_rate_per_s", "late_sends", "not_sent", "send_lateness_p99_us",
-    "send_lateness_max_us", "client_cpu_percent", "client_bound", "phase", "stable", "trials", "slo_met",
+    "send_lateness_max_us", "scheduled_p99_us", "scheduled_p99_lower_bound", "censored", "unsent_cause",
+    "client_cpu_percent", "client_bound", "phase", "stable", "trials", "slo_met",
     "valid", "invalid_reasons",
 )
-"""Units in the names; empty cells where a value does not apply (closed-loop steps have no send columns)."""
+"""Units in the names; empty cells where a value does not apply (closed-loop steps have no send columns). The
+``latency_*`` columns are the successful requests'; ``scheduled_p99_us`` every scheduled arrival's (open loop)."""
 
 
 def _row(step: dict) -> dict:
@@ -25,6 +27,7 @@ def _row(step: dict) -> dict:
     service = step.get("service_time_us") or {}
     open_loop = step.get("open_loop") or {}
     lateness = open_loop.get("send_lateness_us") or {}
+    scheduled = step.get("latency_scheduled_us") or {}
     return {
         "step": step["index"], "concurrency": step["concurrency"], "target_rate_per_s": step["target_rate_per_s"],
         "warmup_s": step["warmup_s"], "window_s": step["window_s"], "interrupted": step["interrupted"],
@@ -38,6 +41,9 @@ def _row(step: dict) -> dict:
         "achieved_send_rate_per_s": open_loop.get("achieved_send_rate_per_s"),
         "late_sends": open_loop.get("late_sends"), "not_sent": open_loop.get("not_sent"),
         "send_lateness_p99_us": lateness.get("p99"), "send_lateness_max_us": lateness.get("max"),
+        "scheduled_p99_us": scheduled.get("p99"),
+        "scheduled_p99_lower_bound": "p99" in scheduled["lower_bound"] if scheduled else None,
+        "censored": open_loop.get("censored"), "unsent_cause": open_loop.get("unsent_cause"),
         "client_cpu_percent": (step.get("client") or {}).get("cpu_percent"),
         "client_bound": (step.get("client") or {}).get("client_bound", open_loop.get("client_bound")),
         "phase": step.get("phase"),

@@ -36,11 +36,10 @@ def steps_table(report: dict) -> TableData:
     header += ["SLO"] if with_slo else []
     rows = []
     for step in steps:
-        latency = step["latency_us"] or {}
         row = [load_cell(step), *([str(step.get("phase") or DASH)] if with_phase else []),
                f"{step['window_s']:.2f}", str(step["window_requests"]["ok"]), str(step["images_ok"]),
                rate(step["images_per_s"]), rate(step["requests_per_s"]),
-               *[latency_cell(step, name) for name, _ in PERCENTILES], ms(latency.get("max")),
+               *[latency_cell(step, name) for name, _ in PERCENTILES], latency_cell(step, "max"),
                str(step["errors_total"]), yes_no(step["valid"])]
         row += [stability_cell(step)] if with_stability else []
         row += [client_cell(step)] if with_client else []
@@ -63,9 +62,12 @@ def _step_slo_cell(step: dict) -> str:
     return "met" if slo.get("met") else Flag("not met")
 
 
+UNSENT_CAUSE_WORDS = {"client": Flag("load generator"), "server_saturated": "server saturated"}
+
+
 def open_loop_table(report: dict) -> TableData:
-    header = ["rate/s", "scheduled", "sent", "sent/s", "late", "not sent", "lateness p99 ms", "lateness max ms",
-              "service p50 ms", "service p99 ms", "client-bound"]
+    header = ["rate/s", "scheduled", "sent", "sent/s", "late", "not sent", "unsent because", "lateness p99 ms",
+              "lateness max ms", "service p50 ms", "service p99 ms", "client-bound"]
     rows = []
     for step in report["steps"]:
         open_loop, service = step.get("open_loop") or {}, step.get("service_time_us") or {}
@@ -73,7 +75,8 @@ def open_loop_table(report: dict) -> TableData:
         rows.append([
             load_cell(step), str(open_loop.get("scheduled", DASH)), str(open_loop.get("sent", DASH)),
             rate(open_loop.get("achieved_send_rate_per_s")), str(open_loop.get("late_sends", DASH)),
-            str(open_loop.get("not_sent", DASH)), ms(lateness.get("p99")), ms(lateness.get("max")),
+            str(open_loop.get("not_sent", DASH)), UNSENT_CAUSE_WORDS.get(open_loop.get("unsent_cause"), DASH),
+            ms(lateness.get("p99")), ms(lateness.get("max")),
             ms(service.get("p50")), ms(service.get("p99")),
             Flag("yes") if open_loop.get("client_bound") else "no",
         ])

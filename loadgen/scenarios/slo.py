@@ -13,7 +13,7 @@ from ipsbench.loadgen.report.steps import capped_reason
 from ipsbench.loadgen.scenarios.base import Scenario, StepPlan, StepPlanner
 from ipsbench.loadgen.scenarios.rate import check_rate
 from ipsbench.loadgen.settings import MAX_SEARCH_STEPS, OpenLoopSettings, RunSettings, check_concurrency
-from ipsbench.loadgen.slo import LatencyObjective, Search, judge, parse_objective
+from ipsbench.loadgen.slo import MIN_SAMPLES, LatencyObjective, Search, judge, parse_objective
 from ipsbench.server.flags import option, values
 
 logger = logging.getLogger(__name__)
@@ -61,12 +61,14 @@ class SearchSettings(OpenLoopSettings):
 
 
 def step_meets(
-    step: StepRecord, objectives: Sequence[LatencyObjective], max_error_rate: float
+    step: StepRecord, objectives: Sequence[LatencyObjective], max_error_rate: float, sample_rule: str = MIN_SAMPLES
 ) -> tuple[bool, list[str]]:
     """Whether a (settled, merged) step meets every objective, and why not."""
     errors = sum(step.counts[o] for o in ERRORS)
     error_rate = errors / step.issued if step.issued else 0.0
-    judged = judge(list(objectives), step.histograms[Outcome.OK], error_rate, step.issued, max_error_rate)
+    censored = step.censored_latencies() if step.open_loop else None
+    judged = judge(list(objectives), step.histograms[Outcome.OK], error_rate, step.issued, max_error_rate, censored,
+                   sample_rule)
     why = [entry["why"] for entry in judged if not entry["met"]]
     if not step.identity_holds():
         why.append("not every issued request is accounted for")
@@ -81,11 +83,12 @@ class SearchPlanner(StepPlanner):
     """Chooses each step from the result of the one before (see :class:`ipsbench.loadgen.slo.Search`)."""
 
     def __init__(self, search: Search, objectives: Sequence[LatencyObjective], max_error_rate: float,
-                 warmup_s: float, window_s: float) -> None:
+                 warmup_s: float, window_s: float, sample_rule: str = MIN_SAMPLES) -> None:
         super().__init__()
         self.search = search
         self.objectives = tuple(objectives)
         self.max_error_rate = max_error_rate
+        self.sample_rule = sample_rule
         self.warmup_s, self.window_s = warmup_s, window_s
         self._values: list[float] = []
 
@@ -100,7 +103,7 @@ class SearchPlanner(StepPlanner):
         if self._values and previous is not None:
             if previous.interrupted:
                 return None
-            met, why = step_meets(previous, self.objectives, self.max_error_rate)
+            met, why = step_meets(previous, self.objectives, self.max_error_rate, self.sample_rule)
             self.search.record(self._values[-1], met, previous.index, why)
             logger.info("%s %g: %s", self.search.kind, self._values[-1], "meets the SLO" if met else "; ".join(why))
         value = self.search.next_value()
@@ -118,7 +121,7 @@ def search_planner(settings: RunSettings) -> SearchPlanner:
     return SearchPlanner(
         Search(steps.search, steps.low, steps.high, steps.max_steps, steps.resolution),
         [parse_objective(text) for text in settings.validity.latency_slo],
-        settings.validity.max_error_rate, steps.warmup_s, steps.window_s,
+        settings.validity.max_error_rate, steps.warmup_s, steps.window_s, settings.validity.sample_rule,
     )
 
 

@@ -55,7 +55,7 @@ def check(argv: list[str]) -> dict:
             return {"ok": False, "error": f"settings: {error}"}
         # A shipped SLO run whose steps cannot hold the samples their percentile needs ends FAIL whatever the server.
         objectives = [parse_objective(text) for text in settings.validity.latency_slo]
-        for entry in sample_plan(objectives, settings.steps):
+        for entry in sample_plan(objectives, settings.steps, settings.validity.sample_rule):
             if entry["too_short_at"]:
                 return {"ok": False, "error": f"sample plan: {entry['objective']} cannot be earned: {entry}"}
     return {"ok": True, "error": ""}

@@ -218,6 +218,25 @@ def test_open_loop_state_encodes_and_merges():
     assert merged.capped == 2
     assert merged.service_histogram.get_total_count() == 2
     assert merged.lateness_histogram.get_max_value() == pytest.approx(50_000, rel=1e-3)
+    # the four not sent in the window, censored at its end (3 s): 100 ms and 50 ms from their intended times
+    censored = merged.censored_latencies()
+    assert censored.get_total_count() == 4
+    assert censored.get_min_value() == pytest.approx(50_000, rel=1e-3)
+    assert censored.get_max_value() == pytest.approx(100_000, rel=1e-3)
+
+
+def test_unsent_and_unanswered_arrivals_are_censored_at_the_window_end_even_a_shortened_one():
+    step = open_loop_step()  # window [1 s, 3 s)
+    step.record_not_sent(1_200 * MS, capped=True)
+    step.record_issued()
+    step.record_send(1_400 * MS, 1_400 * MS)
+    step.record_abandoned(1_400 * MS, 1_400 * MS)  # sent, never answered
+    step.record_abandoned(1_450 * MS)  # closed loop style: no intended time, nothing to censor
+    assert step.censored_bounds.get_total_count() == 2
+    step.interrupt(2_000 * MS)  # stopped early: the window ends at 2 s, and so do the bounds
+    bounds = step.censored_latencies()
+    # bounds kept to 3 significant digits, rounded down: still lower bounds
+    assert 799_000 <= bounds.get_max_value() <= 800_000 and 598_000 <= bounds.get_min_value() <= 600_000
 
 
 def test_merging_an_empty_histogram_keeps_the_minimum():

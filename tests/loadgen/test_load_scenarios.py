@@ -67,9 +67,10 @@ def test_a_server_that_stalls_in_one_window_makes_the_level_unstable(server, sta
 
 def test_slo_verdict_states_each_objective_and_refuses_an_unsupported_percentile(server, start_load):
     """L11: p10 has the samples it needs and is met; p99 has not, so it is neither met nor missed: the run is
-    INCONCLUSIVE (exit 4), and says the duration that would settle it."""
+    INCONCLUSIVE (exit 4), and says the duration that would settle it. (--max-duration 3s: the window may not
+    grow to hold them.)"""
     run = start_load(server.grpc_url, "--concurrency", "2", "--duration", "3s", "--latency-slo", "p10=60s",
-                     "--latency-slo", "p99=60s", "--max-error-rate", "0.5", *QUICK)
+                     "--latency-slo", "p99=60s", "--max-error-rate", "0.5", "--max-duration", "3s", *QUICK)
     assert run.finish(timeout=90) == 4, run.stdout + run.stderr()
     report = run.report()
     assert report["valid"] and report["verdict"] == "INCONCLUSIVE" and report["slo"]["verdict"] == "INCONCLUSIVE"
@@ -90,7 +91,7 @@ def test_slo_verdict_states_each_objective_and_refuses_an_unsupported_percentile
 
 @pytest.mark.parametrize(("objectives", "verdict", "exit_code"), [
     (("--max-error-rate", "0.5"), "PASS", 0),  # an error-rate objective only: met at both ends
-    # never met: the lower end fails (or, short of p10's 112 samples, is unjudged), so nothing in the bracket is
+    # never met: the lower end, measured until it holds p10's 112 samples, fails, so nothing in the bracket is
     (("--latency-slo", "p10=1us"), "FAIL", 1),
 ])
 def test_slo_search_reports_the_bracket_every_step_and_the_best(server, start_load, objectives, verdict, exit_code):
@@ -98,8 +99,6 @@ def test_slo_search_reports_the_bracket_every_step_and_the_best(server, start_lo
                      "--duration", "1s", "--max-steps", "4", *QUICK, scenario="slo")
     code = run.finish(timeout=90)
     report = run.report()
-    if verdict == "FAIL" and report["steps"][0]["latency_us"]["count"] < 112:
-        verdict, exit_code = "INCONCLUSIVE", 4  # the lower end could not hold p10's samples: the rule says so
     assert code == exit_code, run.stdout + run.stderr()
     assert report["valid"] and report["verdict"] == verdict and report["slo"]["verdict"] == verdict
     assert_accounted(report)
@@ -109,7 +108,8 @@ def test_slo_search_reports_the_bracket_every_step_and_the_best(server, start_lo
     assert [step["concurrency"] for step in report["steps"]] == values and values == [1.0, 2.0][:len(values)]
     for searched, step in zip(search["steps"], report["steps"]):
         assert searched["met"] == step["slo"]["met"] and step["phase"] == "search"
-    if verdict in ("FAIL", "INCONCLUSIVE"):
+    if verdict == "FAIL":
+        assert report["steps"][0]["latency_us"]["count"] >= 112
         assert values == [1.0] and search["best"] is None and "lower end" in search["stopped_because"]
         return
     assert values == [1.0, 2.0] and search["best"] == 2.0 and "upper end meets" in search["stopped_because"]

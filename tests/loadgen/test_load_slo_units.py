@@ -6,7 +6,7 @@ from ipsbench.loadgen.recorder import StepRecord
 from ipsbench.loadgen.report.schema import VERDICT_EXIT_CODES
 from ipsbench.loadgen.step_encoding import decode_step, encode_step, merge_step
 from load_helpers import report_from
-from ipsbench.loadgen.slo import Search, min_samples, parse_objective
+from ipsbench.loadgen.slo import Search, judge, min_samples, parse_objective
 from ipsbench.loadgen.stability import is_stable
 
 MS = 1_000_000
@@ -177,7 +177,26 @@ def test_L21_an_slo_search_step_whose_arrivals_met_the_in_flight_cap_does_not_me
     objectives = [parse_objective("p50=1s")]
     met, why = step_meets(step, objectives, max_error_rate=0.0)
     assert not met and why == ["300 of 600 scheduled arrivals were not sent: the in-flight cap (--max-in-flight) "
-                               "was reached, so the target did not keep up with the rate and the latency of those "
-                               "arrivals is unknown"]
+                               "was reached, so the server did not keep up with the rate (saturated); they count "
+                               "in the latency as misses, at least until the window's end"]
     step.capped = step.not_sent = 0  # the same answers with every arrival sent: met
+    step.censored_bounds.reset()
     assert step_meets(step, objectives, max_error_rate=0.0) == (True, [])
+
+
+def test_min_samples_misses_a_percentile_once_more_samples_exceed_its_target_than_it_allows():
+    """p99 allows 100 of its 10,000 samples over the target: with 101 over, no later samples could bring it back,
+    so it is missed (judged) from 150 samples; with 90 over of 150 it is still unjudged."""
+    from ipsbench.loadgen.histograms import new_histogram
+
+    objectives = [parse_objective("p99=100ms")]
+    slow = new_histogram()
+    slow.record_value(200_000, 150)
+    (p99, _error_rate) = judge(objectives, slow, 0.0, 150, 0.0)
+    assert p99["enough_samples"] and not p99["met"]
+    assert p99["why"] == "p99 above 100ms: 150 of 150 samples over it, more than the 100 of 10,000 p99 allows"
+    mixed = new_histogram()
+    mixed.record_value(200_000, 90)
+    mixed.record_value(1_000, 60)
+    (p99, _error_rate) = judge(objectives, mixed, 0.0, 150, 0.0)
+    assert not p99["enough_samples"] and not p99["met"] and p99["why"] == "150 samples, 10000 needed to claim p99"

@@ -19,7 +19,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from load_helpers import LoadRun, assert_accounted, start_load_run  # noqa: F401 - re-exported to the tests
 from waiting import wait_until  # noqa: F401 - re-exported to the tests
-from onnx_test_models import SLOW_ITERATIONS_PER_MS, busy_output, save_test_model
+from onnx_test_models import write_image_model  # noqa: F401 - the reliability tests import it from here
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,58 +156,6 @@ def server_flags() -> str:
         [sys.executable, "-m", "ipsbench.server", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     return result.stdout
-
-
-# -- an image-shaped model the load generator can drive --------------------------------------------------------
-
-
-def write_image_model(
-    repository: Path,
-    name: str,
-    *,
-    delay_ms: int = 0,
-    max_batch_size: int = 8,
-    max_queue_size: int = 0,
-    max_queue_delay_us: int = 0,
-    size: int = 8,
-    extra_config: str = "",
-) -> Path:
-    """``repository/name``: input FP32 [-1,3,size,size], output FP32 [-1,3] (the per-channel mean). With
-    ``delay_ms``, every execution first spends about that long in a loop of 256x256 MatMuls (one thread)."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    nodes = [helper.make_node("ReduceMean", ["input"], ["mean"], axes=[2, 3], keepdims=0)]
-    inits = []
-    if delay_ms:
-        loop_nodes, inits = busy_output("trip", "W", "mean")
-        nodes += loop_nodes
-        inits.append(numpy_helper.from_array(np.array(delay_ms * SLOW_ITERATIONS_PER_MS, np.int64), "trip"))
-    else:
-        nodes.append(helper.make_node("Identity", ["mean"], ["output"]))
-    graph = helper.make_graph(
-        nodes,
-        name,
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size, size])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 3])],
-        inits,
-    )
-    folder = Path(repository) / name
-    save_test_model(graph, folder)
-    warm_one = (
-        'model_warmup [ { name: "one" batch_size: 1 inputs { key: "input" value { data_type: TYPE_FP32 '
-        f"dims: [ 3, {size}, {size} ] zero_data: true }} }} }} ]\n"
-    )
-    (folder / "config.pbtxt").write_text(
-        f'name: "{name}"\nbackend: "onnxruntime"\nmax_batch_size: {max_batch_size}\n'
-        f'input [ {{ name: "input" data_type: TYPE_FP32 dims: [ 3, {size}, {size} ] }} ]\n'
-        'output [ { name: "output" data_type: TYPE_FP32 dims: [ 3 ] } ]\n'
-        f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us}"
-        f" default_queue_policy {{ max_queue_size: {max_queue_size} }} }}\n"
-        "instance_group [ { count: 1 kind: KIND_CPU } ]\n"
-        'parameters { key: "intra_op_thread_count" value { string_value: "1" } }\n'
-        f"{warm_one if delay_ms else ''}{extra_config}"
-    )
-    return folder
 
 
 # -- ipsbench-load subprocess runs: the load generator's own test helpers --------------------------------------
