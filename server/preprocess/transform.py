@@ -2,10 +2,11 @@
 
 The geometry is torchvision's ``Resize(resize)`` + ``CenterCrop(crop)``: the shorter side becomes ``resize`` (the
 longer one ``int(resize * long / short)``), then a ``crop``×``crop`` square is cut at
-``round((size - crop) / 2)``, as ``torchvision.transforms.functional.center_crop`` cuts it. Only the cropped region is resampled (Pillow's ``resize(box=...)`` gives the same
-pixels as resizing the whole image and cropping, since the filter still reads the pixels around the box). Pixels
-are scaled to [0, 1] and normalized with mean/std in one multiply-add per channel, the channels taken in the
-recipe's order (``bgr``: the decoded RGB planes reversed, a view, so it costs nothing).
+``round((size - crop) / 2)``, as ``torchvision.transforms.functional.center_crop`` cuts it. Only the cropped
+region is resampled (Pillow's ``resize(box=...)`` gives the same pixels as resizing the whole image and cropping,
+since the filter still reads the pixels around the box). Pixels are scaled to [0, 1] and normalized with mean/std
+in one multiply-add per channel, the channels taken in the recipe's order (``bgr``: the decoded RGB planes
+reversed, a view, so it costs nothing).
 """
 
 from __future__ import annotations
