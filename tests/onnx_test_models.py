@@ -200,3 +200,78 @@ def write_test_model(
         f"{extra_config}"
     )
     return folder
+
+
+KNOWN_COLOURS = (
+    ("red", (185, 20, 20)),
+    ("blue", (20, 20, 185)),
+    ("orange", (185, 130, 20)),
+    ("azure", (20, 130, 185)),
+    ("yellow", (235, 235, 20)),
+    ("cyan", (20, 235, 235)),
+)
+"""The classes of :func:`write_colour_classifier`, in class-index order: RGB colours in pairs that swapping R and B
+turns into each other (so a front feeding BGR to an RGB model answers the other colour of the pair, every time), at
+least 110 levels apart, and placed so that unnormalized input (mean 0, std 1) lands nearest its own prototype for
+only two of the six (orange and azure), each with a margin of over 20 levels."""
+
+
+def write_colour_classifier(
+    repository: Path,
+    name: str,
+    *,
+    colours: tuple[tuple[str, tuple[int, int, int]], ...] = KNOWN_COLOURS,
+    size: int = 32,
+    resize: int = 36,
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225),
+    max_batch_size: int = 8,
+) -> Path:
+    """Write ``repository/name``: an image classifier whose right answer is known; return the model folder.
+
+    Input ``input``: FP32 ``[3, size, size]`` per sample, an RGB image normalized as ``(pixel / 255 - mean) / std``
+    (what a front or ipsbench-load's fp32 payload feeds; the config states that recipe, with ``resize``). Output
+    ``output``: FP32 logits over the ``colours``, class k being the k-th colour: the image's mean per channel is
+    compared with each colour's normalized prototype p_k, the logits being ``2 x·p_k - |p_k|²`` (``|x|² - |x - p_k|²``,
+    so the top class is the nearest colour). A GlobalAveragePool and a MatMul plus bias; ``labels.txt`` names the
+    classes (the classification extension's ``score:index:name``).
+    """
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ipsbench.server.preprocess.recipe import Recipe
+
+    rgb = np.array([colour for _, colour in colours], dtype=np.float64)
+    prototypes = (rgb / 255.0 - np.asarray(mean)) / np.asarray(std)  # N x 3, in the normalized space
+    weights = (2.0 * prototypes.T).astype(np.float32)  # 3 x N
+    bias = -(prototypes**2).sum(axis=1).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["input"], ["channel_means"]),
+            helper.make_node("Flatten", ["channel_means"], ["means"], axis=1),
+            helper.make_node("MatMul", ["means", "weights"], ["scores"]),
+            helper.make_node("Add", ["scores", "bias"], ["output"]),
+        ],
+        name,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", len(colours)])],
+        [numpy_helper.from_array(weights, "weights"), numpy_helper.from_array(bias, "bias")],
+    )
+    folder = Path(repository) / name
+    save_test_model(graph, folder)
+    recipe = "".join(
+        f'parameters {{ key: "{key}" value {{ string_value: "{value}" }} }}\n'
+        for key, value in Recipe(size, resize, mean, std).parameters().items()
+    )
+    (folder / "config.pbtxt").write_text(
+        f'name: "{name}"\nbackend: "onnxruntime"\nmax_batch_size: {max_batch_size}\n'
+        f'input [ {{ name: "input" data_type: TYPE_FP32 dims: [ 3, {size}, {size} ] }} ]\n'
+        f'output [ {{ name: "output" data_type: TYPE_FP32 dims: [ {len(colours)} ]'
+        ' label_filename: "labels.txt" } ]\n'
+        "dynamic_batching { }\n"
+        "instance_group [ { count: 1 kind: KIND_CPU } ]\n"
+        'parameters { key: "intra_op_thread_count" value { string_value: "1" } }\n'
+        f"{recipe}"
+    )
+    (folder / "labels.txt").write_text("".join(f"{label}\n" for label, _ in colours))
+    return folder

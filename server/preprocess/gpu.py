@@ -3,12 +3,12 @@
 The same recipe as the CPU path (:mod:`~ipsbench.server.preprocess.image`), with torch ops:
 
 * ``uint8``: the request's HWC pixels go to the device in one host-to-device copy; the layout (NHWC → NCHW), the
-  scaling and the normalization run there, as ``pixel * scale + bias`` in FP32 (the CPU path's two roundings),
-  then the engine's type.
+  channel order (``bgr``: the RGB planes reversed), the scaling and the normalization run there, as
+  ``pixel * scale + bias`` in FP32 (the CPU path's two roundings), then the engine's type.
 * ``jpeg``: a request's JPEGs are decoded together by ``torchvision.io.decode_jpeg(list, device=...)`` (nvJPEG on
   CUDA), each resized on the device (``torch.nn.functional.interpolate``: the recipe's filter, antialiased, the
-  shorter side to ``resize``; rounded to whole pixel values as Pillow's resize gives them), centre-cropped and
-  normalized. What nvJPEG is not given or does not decode goes through the CPU path image by image
+  shorter side to ``resize``; rounded to whole pixel values as Pillow's resize gives them), centre-cropped, put in
+  the channel order and normalized. What nvJPEG is not given or does not decode goes through the CPU path image by image
   (:func:`~ipsbench.server.preprocess.image.cropped_pixels`): PNG, CMYK/YCCK JPEGs, truncated files, anything
   the batched decode refuses. That path raises the CPU path's errors, so a bad image is refused with the same
   INVALID_ARGUMENT text on either device. Limits are checked from the header before any pixel is decoded.
@@ -70,6 +70,7 @@ class DevicePreprocessor:
         normalizer = Normalizer.for_recipe(front.recipe)
         self._scale = torch.from_numpy(normalizer.scale).to(self.device)
         self._bias = torch.from_numpy(normalizer.bias).to(self.device)
+        self._reverse_channels = normalizer.channel_order == "bgr"
         self._dtype = torch.from_numpy(np.empty(0, dtype=front.engine_input.datatype.numpy)).dtype
         self._count_lock = threading.Lock()
         self.decoded_on_device = 0
@@ -93,9 +94,12 @@ class DevicePreprocessor:
             return out
 
     def _normalize(self, nchw: torch.Tensor) -> torch.Tensor:
-        """NCHW pixel values (uint8, or float holding whole values) → normalized, contiguous, the engine's type."""
+        """NCHW RGB pixel values (uint8, or float holding whole values) → in the recipe's channel order,
+        normalized, contiguous, the engine's type."""
         import torch
 
+        if self._reverse_channels:
+            nchw = nchw.flip(1)
         normalized = nchw.to(torch.float32) * self._scale + self._bias
         return normalized.to(self._dtype).contiguous()
 

@@ -7,8 +7,10 @@ export's verification preprocesses its images with it; the pixels all come from 
 Config ``parameters`` (string values) under the prefix ``ipsbench.preprocess``:
 
 * the recipe, on any image model: ``.resize`` (the shorter side after resizing), ``.crop`` (the square centre
-  crop), ``.mean`` / ``.std`` (three comma-separated values applied to pixels scaled to [0, 1]), ``.interpolation``
-  (``bilinear`` or ``bicubic``);
+  crop), ``.mean`` / ``.std`` (three comma-separated values applied to pixels scaled to [0, 1], one per channel of
+  the engine's input, in its order), ``.interpolation`` (``bilinear`` or ``bicubic``), ``.channel_order`` (the
+  engine's channel order: ``rgb``, the default, or ``bgr``, as Caffe-trained models take; with ``bgr`` the
+  mean and std are listed B, G, R, as Caffe states them);
 * a *front*, a model that takes images and runs its engine on the recipe's tensor: ``ipsbench.preprocess`` itself
   (``jpeg``: BYTES input of encoded JPEG/PNG images; ``uint8``: decoded, resized and cropped HWC RGB pixels),
   ``.engine_input`` (the engine's input name), ``.engine_datatype`` (``FP32`` or ``FP16``), ``.max_pixels`` and
@@ -30,6 +32,8 @@ FRONT_KINDS = ("jpeg", "uint8")
 FRONT_INPUT = "image"
 """The client-facing input of a front."""
 INTERPOLATIONS = ("bilinear", "bicubic")
+CHANNEL_ORDERS = ("rgb", "bgr")
+"""The engine input's channel order; images are decoded to RGB and reordered while being normalized."""
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_RATIO = 256 / 224
@@ -37,7 +41,7 @@ RESIZE_RATIO = 256 / 224
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024
 ENGINE_DATATYPES = ("FP32", "FP16")
-RECIPE_KEYS = ("resize", "crop", "mean", "std", "interpolation")
+RECIPE_KEYS = ("resize", "crop", "mean", "std", "interpolation", "channel_order")
 FRONT_KEYS = ("engine_input", "engine_datatype", "max_pixels", "max_image_bytes", "device")
 REPORTED_KEYS = ("device_effective",)
 """Keys the server writes into the ModelConfig it returns; read back (by ipsbench-load), they are ignored."""
@@ -54,23 +58,27 @@ class RecipeError(ValueError):
 
 @dataclass(frozen=True)
 class Recipe:
-    """Resize the shorter side to ``resize``, cut the centre ``crop`` square, scale to [0, 1], normalize."""
+    """Resize the shorter side to ``resize``, cut the centre ``crop`` square, scale to [0, 1], put the channels in
+    ``channel_order``, normalize (``mean`` and ``std`` are per channel in that order)."""
 
     crop: int
     resize: int
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
+    channel_order: str = "rgb"
 
     def __post_init__(self) -> None:
         if not 0 < self.crop <= self.resize:
             raise RecipeError(f"a recipe needs 0 < crop <= resize, got crop {self.crop}, resize {self.resize}")
         if len(self.mean) != 3 or len(self.std) != 3 or not all(math.isfinite(v) for v in (*self.mean, *self.std)):
-            raise RecipeError("mean and std need three finite values each (one per RGB channel)")
+            raise RecipeError("mean and std need three finite values each (one per channel)")
         if any(not v > 0 for v in self.std):
             raise RecipeError(f"std values must be > 0, got {list(self.std)}")
         if self.interpolation not in INTERPOLATIONS:
             raise RecipeError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
+        if self.channel_order not in CHANNEL_ORDERS:
+            raise RecipeError(f"channel_order must be one of {', '.join(CHANNEL_ORDERS)}, got {self.channel_order!r}")
 
     @classmethod
     def imagenet(cls, crop: int) -> Recipe:
@@ -78,18 +86,23 @@ class Recipe:
         return cls(crop=crop, resize=round(crop * RESIZE_RATIO))
 
     def parameters(self) -> dict[str, str]:
-        """The recipe as config ``parameters``."""
-        return {
+        """The recipe as config ``parameters``; the channel order only when it is not the default ``rgb`` (a
+        config without it reads as ``rgb``, so configs written before the key existed still mean what they did)."""
+        parameters = {
             f"{PARAMETER_PREFIX}.resize": str(self.resize),
             f"{PARAMETER_PREFIX}.crop": str(self.crop),
             f"{PARAMETER_PREFIX}.mean": _numbers(self.mean),
             f"{PARAMETER_PREFIX}.std": _numbers(self.std),
             f"{PARAMETER_PREFIX}.interpolation": self.interpolation,
         }
+        if self.channel_order != "rgb":
+            parameters[f"{PARAMETER_PREFIX}.channel_order"] = self.channel_order
+        return parameters
 
     def describe(self) -> str:
+        order = f", channels {self.channel_order.upper()}" if self.channel_order != "rgb" else ""
         return (f"shorter side resized to {self.resize} ({self.interpolation}), centre-cropped to "
-                f"{self.crop}x{self.crop}, mean {_numbers(self.mean)}, std {_numbers(self.std)}")
+                f"{self.crop}x{self.crop}{order}, mean {_numbers(self.mean)}, std {_numbers(self.std)}")
 
 
 @dataclass(frozen=True)
@@ -160,7 +173,11 @@ def read_parameters(parameters: Mapping[str, str]) -> tuple[Recipe | None, Front
     if interpolation not in INTERPOLATIONS:
         raise RecipeError(f"parameter '{PARAMETER_PREFIX}.interpolation' must be one of {', '.join(INTERPOLATIONS)}, "
                           f"got '{interpolation}'")
-    recipe = Recipe(crop, resize, _triple(values, "mean", IMAGENET_MEAN), std, interpolation)
+    channel_order = values.get("channel_order", "").lower() or "rgb"
+    if channel_order not in CHANNEL_ORDERS:
+        raise RecipeError(f"parameter '{PARAMETER_PREFIX}.channel_order' must be one of {', '.join(CHANNEL_ORDERS)}, "
+                          f"got '{values['channel_order'][:64]}'")
+    recipe = Recipe(crop, resize, _triple(values, "mean", IMAGENET_MEAN), std, interpolation, channel_order)
     if kind is None:
         return recipe, None
     engine_input = values.get("engine_input", "")

@@ -2,9 +2,11 @@
 
 The geometry is torchvision's ``Resize(resize)`` + ``CenterCrop(crop)``: the shorter side becomes ``resize`` (the
 longer one ``int(resize * long / short)``), then a ``crop``×``crop`` square is cut at
-``round((size - crop) / 2)``, as ``torchvision.transforms.functional.center_crop`` cuts it. Only the cropped region is resampled (Pillow's ``resize(box=...)`` gives the same
-pixels as resizing the whole image and cropping, since the filter still reads the pixels around the box). Pixels
-are scaled to [0, 1] and normalized with mean/std in one multiply-add per channel.
+``round((size - crop) / 2)``, as ``torchvision.transforms.functional.center_crop`` cuts it. Only the cropped
+region is resampled (Pillow's ``resize(box=...)`` gives the same pixels as resizing the whole image and cropping,
+since the filter still reads the pixels around the box). Pixels are scaled to [0, 1] and normalized with mean/std
+in one multiply-add per channel, the channels taken in the recipe's order (``bgr``: the decoded RGB planes
+reversed, a view, so it costs nothing).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from ipsbench.server.preprocess.recipe import Recipe
+from ipsbench.server.preprocess.recipe import CHANNEL_ORDERS, Recipe
 
 RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 """Pillow's filters by recipe name, antialiased when downscaling (as torchvision's PIL path uses them)."""
@@ -34,26 +36,38 @@ def crop_offsets(width: int, height: int, crop: int) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Normalizer:
-    """``(pixel / 255 - mean) / std`` per channel as ``pixel * scale + bias``."""
+    """``(pixel / 255 - mean) / std`` per channel as ``pixel * scale + bias``; output channel ``c`` is input
+    channel ``source_channels[c]`` of the RGB pixels (``mean``, ``std``, ``scale`` and ``bias`` are in output
+    order)."""
 
     scale: np.ndarray
     bias: np.ndarray
+    channel_order: str = "rgb"
 
     @classmethod
     def for_recipe(cls, recipe: Recipe) -> Normalizer:
-        return cls.from_mean_std(recipe.mean, recipe.std)
+        return cls.from_mean_std(recipe.mean, recipe.std, recipe.channel_order)
 
     @classmethod
-    def from_mean_std(cls, mean, std) -> Normalizer:
+    def from_mean_std(cls, mean, std, channel_order: str = "rgb") -> Normalizer:
+        if channel_order not in CHANNEL_ORDERS:
+            raise ValueError(f"channel order must be one of {', '.join(CHANNEL_ORDERS)}, got {channel_order!r}")
         mean = np.asarray(mean, dtype=np.float64)
         std = np.asarray(std, dtype=np.float64)
         scale = (1.0 / (255.0 * std)).astype(np.float32).reshape(3, 1, 1)
         bias = (-mean / std).astype(np.float32).reshape(3, 1, 1)
-        return cls(scale, bias)
+        return cls(scale, bias, channel_order)
+
+    @property
+    def source_channels(self) -> tuple[int, int, int]:
+        """For each output channel, the RGB channel it is taken from."""
+        return (2, 1, 0) if self.channel_order == "bgr" else (0, 1, 2)
 
     def hwc_to_chw(self, pixels: np.ndarray, out: np.ndarray) -> None:
-        """Normalize one HxWx3 uint8 image into ``out`` (3xHxW, FP32 or FP16)."""
+        """Normalize one HxWx3 uint8 RGB image into ``out`` (3xHxW, FP32 or FP16, in the channel order)."""
         chw = pixels.transpose(2, 0, 1)
+        if self.channel_order == "bgr":
+            chw = chw[::-1]
         if out.dtype == np.float32:
             np.multiply(chw, self.scale, out=out)
             out += self.bias
@@ -61,7 +75,8 @@ class Normalizer:
             out[...] = chw * self.scale + self.bias
 
     def nhwc_to_nchw(self, pixels: np.ndarray, out: np.ndarray) -> None:
-        """Normalize a batch of NxHxWx3 uint8 images into ``out`` (Nx3xHxW, FP32 or FP16)."""
+        """Normalize a batch of NxHxWx3 uint8 RGB images into ``out`` (Nx3xHxW, FP32 or FP16, in the channel
+        order)."""
         for index in range(pixels.shape[0]):
             self.hwc_to_chw(pixels[index], out[index])
 

@@ -18,7 +18,6 @@ from ipsbench.loadgen.payloads import (
     build_payloads,
     input_spec_from_metadata,
     model_recipe,
-    request_tensor,
 )
 from ipsbench.server.preprocess.image import cropped_pixels
 
@@ -127,32 +126,3 @@ def test_payload_modes_against_the_servers_fronts(model_repository, start_server
     report = run.report()
     assert_accounted(report)
     assert report["payload"]["mode"] == mode and report["steps"][0]["images_ok"] > 0
-
-
-def test_accuracy_under_load_counts_top1_and_top5_against_folder_labels(server, model_repository, start_load,
-                                                                         tmp_path):
-    """Images filed under the class the model itself predicts for them (a folder per class, in sorted order):
-    every checked answer must be right at top-1."""
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(model_repository / "resnet18" / "1" / "model.onnx"),
-                                           providers=["CPUExecutionProvider"])
-    encoded = [synthetic_image(7, number).jpeg for number in range(4)]
-    spec = InputSpec(name="input", datatype="FP32", shape=(-1, 3, 64, 64))
-    recipe = model_recipe(spec, None)
-    batch = request_tensor([cropped_pixels(jpeg, recipe) for jpeg in encoded], spec, "fp32", recipe)
-    (logits,) = session.run(None, {session.get_inputs()[0].name: batch.astype(np.float32)})
-    predicted = logits.argmax(axis=1)
-    folder = tmp_path / "val"
-    for label in range(logits.shape[1]):
-        (folder / f"c{label:04d}").mkdir(parents=True)
-    for number, (jpeg, label) in enumerate(zip(encoded, predicted)):
-        (folder / f"c{label:04d}" / f"image{number}.jpg").write_bytes(jpeg)
-
-    run = start_load(server.grpc_url, "--images", str(folder), "--accuracy-every", "1", "--distinct-requests", "4",
-                     "--concurrency", "1", *QUICK)
-    assert run.finish(timeout=60) == 0, run.stdout + run.stderr()
-    accuracy = run.report()["accuracy"]
-    assert accuracy["checked_images"] > 4 and accuracy["every_nth_request"] == 1
-    assert accuracy["top1"] == 1.0 and accuracy["top5"] == 1.0
-

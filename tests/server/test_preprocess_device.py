@@ -184,14 +184,16 @@ def test_merge_of_numpy_arrays_stays_numpy_and_a_single_request_passes_through()
 # -- the device path's code, on torch's CPU device ----------------------------------------------------------------
 
 
-def front_spec(kind: str, datatype: str = "FP32", interpolation: str = "bilinear") -> ModelSpec:
+def front_spec(
+    kind: str, datatype: str = "FP32", interpolation: str = "bilinear", channel_order: str = "rgb"
+) -> ModelSpec:
     config = mc.ModelConfig(name=f"m_{kind}", max_batch_size=8)
     if kind == "jpeg":
         config.input.add(name="image", data_type=mc.TYPE_STRING, dims=[1])
     else:
         config.input.add(name="image", data_type=mc.TYPE_UINT8, dims=[CROP, CROP, 3])
     config.output.add(name="output", data_type=mc.TYPE_FP32, dims=[3, CROP, CROP])
-    recipe = Recipe(CROP, RESIZE, tuple(MEAN.tolist()), tuple(STD.tolist()), interpolation)
+    recipe = Recipe(CROP, RESIZE, tuple(MEAN.tolist()), tuple(STD.tolist()), interpolation, channel_order)
     parameters = {**FRONT, **recipe.parameters(), "ipsbench.preprocess": kind,
                   "ipsbench.preprocess.engine_datatype": datatype}
     for key, value in parameters.items():
@@ -245,6 +247,24 @@ def test_device_path_uint8_matches_the_cpu_path_and_can_return_host_arrays(datat
     expected = Preprocessor(front).run(pixels)
     assert isinstance(served, np.ndarray) and served.dtype == expected.dtype
     np.testing.assert_allclose(served.astype(np.float32), expected.astype(np.float32), rtol=0, atol=1e-6)
+
+
+def test_device_path_puts_the_channels_in_the_recipes_order_as_the_cpu_path_does():
+    pixels = np.random.default_rng(8).integers(0, 256, (2, CROP, CROP, 3), dtype=np.uint8)
+    uint8 = front_spec("uint8", channel_order="bgr").preprocess
+    served = DevicePreprocessor(uint8, "cpu", to_host=True).run(pixels)
+    np.testing.assert_allclose(served, Preprocessor(uint8).run(pixels), rtol=0, atol=1e-6)
+    rgb = DevicePreprocessor(front_spec("uint8").preprocess, "cpu", to_host=True).run(pixels)
+    # Channel 0 is the blue plane, normalized with the first mean and std (listed in the engine's order).
+    np.testing.assert_allclose(served[:, 0] * STD[0] + MEAN[0], rgb[:, 2] * STD[2] + MEAN[2], rtol=0, atol=1e-5)
+
+    jpeg = front_spec("jpeg", channel_order="bgr").preprocess
+    client = images_array([encode(photo(200, 150, 9)), encode(photo(200, 150, 10), "PNG")])
+    preprocessor = DevicePreprocessor(jpeg, "cpu")
+    error = pixel_error(preprocessor.run(client).numpy(), Preprocessor(jpeg).run(client))
+    assert preprocessor.decoded_on_device == 1
+    assert error[0].mean() < DEVICE_MEAN_PIXEL_ERROR and error[0].max() < DEVICE_MAX_PIXEL_ERROR
+    assert error[1].max() < 1e-3
 
 
 def problem_text(preprocessor, client: np.ndarray) -> tuple[int, str, str]:

@@ -23,6 +23,7 @@ from ipsbench.server.backends.registry import resolve_backend_name
 from ipsbench.server.loader import warmup_batches
 from ipsbench.server.model_spec import ConfigError, ModelSpec
 from ipsbench.server.preprocess.decode import DecodeLimits, ImageDecodeError, ImageTooLargeError, decode_rgb
+from ipsbench.server.preprocess.recipe import Recipe, RecipeError, read_parameters
 from ipsbench.server.preprocess.stage import Preprocessor
 from ipsbench.server.preprocess.decode import default_decoder
 from ipsbench.server.preprocess.transform import center_crop_resized
@@ -136,6 +137,8 @@ def test_plain_model_has_no_front_and_is_its_own_engine_spec():
         (front_config(extra={"ipsbench.preprocess.engine_datatype": "INT8"}), "must be FP32 or FP16"),
         (front_config(extra={"ipsbench.preprocess.max_pixels": "-5"}), "max_pixels' must be > 0"),
         (front_config(extra={"ipsbench.preprocess.cropp": "224"}), "unknown preprocessing parameter(s)"),
+        (front_config(extra={"ipsbench.preprocess.channel_order": "grb"}),
+         "parameter 'ipsbench.preprocess.channel_order' must be one of rgb, bgr, got 'grb'"),
         (front_config("uint8", image_input='name: "image" data_type: TYPE_UINT8 dims: [3, 224, 224]'),
          "input 'image' of a uint8 front must be TYPE_UINT8 with dims [224,224,3], got TYPE_UINT8 [3,224,224]"),
         (front_config("jpeg", image_input='name: "image" data_type: TYPE_UINT8 dims: [1]'),
@@ -149,6 +152,37 @@ def test_bad_front_parameters_are_config_errors_with_a_clear_message(text, messa
     with pytest.raises(ConfigError) as caught:
         spec_from(text)
     assert message in str(caught.value)
+
+
+def test_channel_order_is_rgb_unless_stated_and_round_trips_through_the_config():
+    assert spec_from(front_config()).preprocess.recipe.channel_order == "rgb"
+    stated = spec_from(front_config(extra={"ipsbench.preprocess.channel_order": " BGR "}))
+    assert stated.preprocess.recipe.channel_order == "bgr"
+    bgr = Recipe(32, 36, (0.4, 0.45, 0.5), (0.25, 0.2, 0.22), channel_order="bgr")
+    assert read_parameters(bgr.parameters())[0] == bgr and "channels BGR" in bgr.describe()
+    # The default is not written: configs exported before the key existed read back unchanged.
+    assert "ipsbench.preprocess.channel_order" not in Recipe(32, 36).parameters()
+    with pytest.raises(RecipeError, match="channel_order must be one of rgb, bgr, got 'rbg'"):
+        Recipe(32, 36, channel_order="rbg")
+
+
+def test_bgr_puts_blue_first_and_normalizes_each_channel_with_its_own_mean_and_std():
+    """With ``bgr`` the engine's channel 0 is the image's blue plane, normalized by the first mean and std (the
+    order Caffe states them in), on the uint8 and the jpeg fronts alike."""
+    mean, std = (0.1, 0.2, 0.3), (0.5, 0.25, 0.125)
+    extra = {"ipsbench.preprocess.mean": "0.1,0.2,0.3", "ipsbench.preprocess.std": "0.5,0.25,0.125",
+             "ipsbench.preprocess.channel_order": "bgr"}
+    pixels = np.random.default_rng(3).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+    out = Preprocessor(spec_from(front_config("uint8", extra)).preprocess).run(pixels)
+    bgr = pixels[..., ::-1].transpose(0, 3, 1, 2) / 255.0
+    expected = (bgr - np.reshape(mean, (1, 3, 1, 1))) / np.reshape(std, (1, 3, 1, 1))
+    np.testing.assert_allclose(out, expected, atol=1e-4)
+
+    # A 256x256 PNG is already at the resize: the front's crop is its centre, pixel for pixel.
+    full = np.pad(pixels[0], ((16, 16), (16, 16), (0, 0)))
+    jpeg_front = Preprocessor(spec_from(front_config("jpeg", extra)).preprocess)
+    served = jpeg_front.run(np.array([[encoded(Image.fromarray(full), "PNG")]], dtype=object))
+    np.testing.assert_allclose(served[0], expected[0], atol=1e-4)
 
 
 def test_front_warm_up_feeds_the_engine_a_preprocessed_image():
