@@ -220,7 +220,7 @@ class _Side:
         rates = [w.get("images_per_s") if isinstance(w, dict) else None for w in windows]
         if len(rates) < 2 or not all(isinstance(r, (int, float)) and math.isfinite(r) and r >= 0 for r in rates):
             raise FigureUnavailable(f"{metric} needs at least 2 measured windows per step in both runs; the {self.run} "
-                                    "run has fewer (run sweep with --max-trials 3 or more)")
+                                    "run has fewer (sweep levels judged for stability have them: --max-trials 3 or more)")
         if metric == "requests_per_s":  # a run sends a fixed number of images per request
             images, requests = self.step.get("images_per_s"), self.step.get("requests_per_s")
             if not images or not requests:

@@ -1,12 +1,13 @@
 """``ipsbench-load compare A.json B.json``: per-step deltas and verdict changes between two written reports, and a
-refusal (exit 2) for reports it cannot read."""
+refusal (exit 2) for reports it cannot read; ``--fail-on`` as a regression gate, on reports of recorded steps and on
+two real runs against a real ipsbench-serve serving a fast and a 4x slower device-time model."""
 import json
 import subprocess
 import sys
 
 import grpc
 import pytest
-from load_helpers import REPO_ROOT, sweep_report
+from load_helpers import REPO_ROOT, assert_accounted, sweep_report
 
 from ipsbench.loadgen.recorder import StepRecord
 from ipsbench.loadgen.report.compare import main
@@ -245,7 +246,7 @@ def test_a_bad_fail_on_exits_2_naming_the_clause(gate_runs, capsys, fail_on, mes
     ("p95>0%", "> +0.0%"), ("error_rate>+0.5pp", "> +0.50 pp"),
 ])
 def test_clauses_in_every_unit_parse(clause, threshold):
-    from ipsbench.loadgen.report.regression import judgement_row, parse_fail_on, Judgement, UNJUDGED
+    from ipsbench.loadgen.report.regression import UNJUDGED, Judgement, judgement_row, parse_fail_on
 
     (parsed,) = parse_fail_on(clause)
     assert judgement_row(Judgement(parsed, UNJUDGED, reason="r"))[5] == threshold
@@ -278,3 +279,69 @@ def test_no_matched_step_and_bad_output_paths_exit_2_before_any_work(gate_runs, 
         assert f"{option} {path}: " in err and message in err
     assert main([str(fast), str(fast), "--summary", str(tmp_path / "s.md")]) == 2
     assert "--summary needs --fail-on" in capsys.readouterr().err
+
+
+# -- the gate on two real runs -------------------------------------------------------------------------------------
+
+H100_PROFILE = REPO_ROOT / "results" / "profiles" / "h100-resnet50-fp16.json"
+BATCH_MS = {"fast": 2.0, "slow": 8.0}
+"""One request (a batch of 1) takes this long on each simulated device: the slow model is 4x slower."""
+GATE_RUN = ("--concurrency", "1", "--warmup", "500ms", "--duration", "1500ms", "--max-trials", "3",
+            "--stability", "1", "--drain", "5s")
+"""3 windows of 1.5 s (--stability 1: nearly always judged stable): windows for images/sec, and the 200 samples p50
+needs even at the slow model's pace on a busy machine."""
+
+
+@pytest.fixture(scope="module")
+def fast_and_slow_server(tmp_path_factory, start_module_server):
+    """ipsbench-serve with two ``ipsbench-export --simulate`` entries of resnet18's signature, ``fast`` and
+    ``slow``, whose profiles take 2 ms and 8 ms per request."""
+    folder = tmp_path_factory.mktemp("gate-models")
+    repository = folder / "models"
+    h100 = json.loads(H100_PROFILE.read_text())
+    exports = []
+    for name, batch_ms in BATCH_MS.items():
+        profile = folder / f"{name}.json"
+        profile.write_text(json.dumps({**h100, "results": [{"batch_size": 1, "images_per_s": 1000 / batch_ms}]}))
+        command = [sys.executable, "-m", "ipsbench.export", "resnet18", "--image-size", "64", "--simulate",
+                   str(profile), "--name", name, "--out", str(repository)]
+        exports.append(subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True))
+    for export in exports:
+        _, stderr = export.communicate(timeout=300)
+        assert export.returncode == 0, stderr
+    return start_module_server(repository)
+
+
+def compare_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ipsbench.loadgen", "compare", *map(str, args)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_gate_catches_a_4x_slower_model_in_two_real_runs(fast_and_slow_server, start_load, tmp_path, capsys):
+    reports = {}
+    for name in BATCH_MS:  # one after the other: both models share the one simulated device
+        run = start_load(fast_and_slow_server.grpc_url, *GATE_RUN, model=name)
+        code = run.finish(timeout=180)
+        report = run.report()
+        # a stall on a busy machine can still make one window's p99 twice the others' (UNSTABLE, exit 1): the
+        # windows are measured all the same, and the gate reads them
+        assert report["valid"] and code == (1 if report["verdict"] == "UNSTABLE" else 0), run.stdout + run.stderr()
+        assert_accounted(report)
+        assert report["steps"][0]["latency_histogram"] and len(report["steps"][0]["stability"]["windows"]) == 3
+        reports[name] = run.out / "report.json"
+    fast, slow = reports["fast"], reports["slow"]
+
+    summary = tmp_path / "summary.md"
+    regressed = compare_cli(fast, slow, "--fail-on", "p50>+10%,images_per_s<-5%", "--summary", summary)
+    assert regressed.returncode == 1, regressed.stdout + regressed.stderr
+    assert "## Regression gate: **REGRESSION**" in regressed.stdout
+    assert [row[6] for metric in ("p50", "images_per_s") for row in gate_rows(regressed.stdout, metric)] == \
+        ["REGRESSION"] * 2
+    assert summary.read_text().startswith("# Regression gate: **REGRESSION**")
+
+    assert main([str(slow), str(fast), "--fail-on", "p50>+10%"]) == 0
+    assert gate_rows(capsys.readouterr().out, "p50")[0][6] == "IMPROVEMENT"
+    assert main([str(fast), str(fast), "--fail-on", "p50>+10%"]) == 0
+    same = capsys.readouterr().out
+    assert gate_rows(same, "p50")[0][6] == "PASS" and "Regression gate: **PASS**" in same
