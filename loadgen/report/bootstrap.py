@@ -46,6 +46,8 @@ MAX_DECOMPRESSED_BYTES = 1 << 20
 """A histogram of ipsbench's layout decompresses to well under this (17,408 counters, at most 9 bytes each)."""
 ENCODING_HEADER_BYTES = 8
 """hdrhistogram's wire format: a cookie and the compressed length, then the zlib payload."""
+MAX_COUNT = 1 << 62
+"""The most requests one histogram or one step may hold here (numpy's draws take 64-bit counts)."""
 CELLS_PER_CHUNK = 1 << 21
 """Resamples are drawn in chunks of at most this many counters, to bound memory."""
 
@@ -157,9 +159,10 @@ def decode_latency_histogram(encoded: object) -> HdrHistogram:
 
 
 def recorded_values(histogram: HdrHistogram) -> RecordedValues:
-    counts = np.ctypeslib.as_array(histogram.counts)[: histogram.counts_len].astype(np.int64)
-    if (counts < 0).any():
-        raise FigureUnavailable("latency_histogram has negative counts")
+    counts = np.ctypeslib.as_array(histogram.counts)[: histogram.counts_len]
+    if sum(int(count) for count in counts[counts != 0]) > MAX_COUNT:  # Python ints: a 64-bit sum could wrap
+        raise FigureUnavailable(f"latency_histogram holds more than {MAX_COUNT} requests")
+    counts = counts.astype(np.int64)
     indexes = np.flatnonzero(counts)
     lowest = np.array([histogram.get_lowest_equivalent_value(histogram.get_value_from_index(int(i)))
                        for i in indexes], dtype=np.int64)
@@ -240,6 +243,8 @@ def window_interval(base: Sequence[float], new: Sequence[float], resampler: Resa
 
 def rate_interval(base: tuple[int, int], new: tuple[int, int], resampler: Resampler, *stream: int) -> Interval:
     """The change of an error rate (``(errors, issued)`` of each run) in absolute terms, as binomial draws."""
+    if max(base[1], new[1]) > MAX_COUNT:
+        raise FigureUnavailable(f"a step issued more than {MAX_COUNT} requests")
     rng = resampler.generator(*stream)
 
     def draws(errors: int, issued: int) -> np.ndarray:

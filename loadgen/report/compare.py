@@ -37,6 +37,8 @@ OLDEST_READABLE_SCHEMA = 2
 """Older reports lack the fields compared here."""
 EXIT_UNREADABLE = 2
 EXIT_ERROR = 2
+MAX_JUDGED_STEPS = 1024
+"""Matched steps the gate judges at most (each costs its clauses' resamples); a run has at most a few hundred."""
 
 
 class UnreadableReport(Exception):
@@ -252,9 +254,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = None
     if clauses is not None:
         pairs = matched_steps(a, b)
-        if not pairs:
-            print(f"ipsbench-load compare: --fail-on: no step of {args.a} matches a step of {args.b} "
-                  "(same concurrency or rate, and phase): nothing to judge", file=sys.stderr)
+        if not pairs or len(pairs) > MAX_JUDGED_STEPS:
+            problem = (f"no step of {args.a} matches a step of {args.b} (same concurrency or rate, and phase): "
+                       "nothing to judge" if not pairs else
+                       f"{len(pairs)} matched steps; the gate judges at most {MAX_JUDGED_STEPS}")
+            print(f"ipsbench-load compare: --fail-on: {problem}", file=sys.stderr)
             return EXIT_ERROR
         result = judge(pairs, clauses, resampler)
         text += "\n".join(["", *render_gate(result, clauses), ""])

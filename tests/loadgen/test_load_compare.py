@@ -345,3 +345,20 @@ def test_the_gate_catches_a_4x_slower_model_in_two_real_runs(fast_and_slow_serve
     assert main([str(fast), str(fast), "--fail-on", "p50>+10%"]) == 0
     same = capsys.readouterr().out
     assert gate_rows(same, "p50")[0][6] == "PASS" and "Regression gate: **PASS**" in same
+
+
+def test_hostile_counts_are_unjudged_not_a_crash(gate_runs, tmp_path, capsys):
+    from ipsbench.loadgen.histograms import encode_histogram, new_histogram
+
+    fast, _ = gate_runs
+    report = json.loads(fast.read_text())
+    huge = new_histogram()
+    for value in (1_000, 2_000, 3_000):
+        huge.record_value(value, 1 << 61)  # together more than the 2**62 a step may hold
+    report["steps"][0].update(latency_histogram=encode_histogram(huge), issued=1 << 70, errors_total=1)
+    hostile = tmp_path / "hostile.json"
+    hostile.write_text(json.dumps(report))
+    assert main([str(hostile), str(fast), "--fail-on", "p50>+10%,error_rate>+1pp"]) == 2
+    printed = capsys.readouterr().out
+    assert "holds more than 4611686018427387904 requests" in printed
+    assert "issued more than 4611686018427387904 requests" in printed
