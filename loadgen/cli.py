@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for scenario in SCENARIOS.values():
         _add_scenario(commands, scenario)
-    compare = commands.add_parser("compare", help="differences between two report.json files", add_help=False)
+    compare = commands.add_parser("compare", help="differences between two report.json files; with --fail-on, a "
+                                              "regression gate", add_help=False)
     compare.add_argument("rest", nargs=argparse.REMAINDER)
     _add_ui_command(commands)
     worker = commands.add_parser(
@@ -188,7 +189,8 @@ def _ui(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 
 def _compare(argv: list[str]) -> int:
-    """``ipsbench-load compare A.json B.json [--out FILE]``: the report renderer's comparison."""
+    """``ipsbench-load compare A.json B.json [--out FILE] [--fail-on CLAUSES [--summary FILE]]``: the report
+    renderer's comparison, and with ``--fail-on`` its regression gate (exit 1 on a regression)."""
     try:
         from ipsbench.loadgen.report.compare import main as compare_main
     except ImportError as error:

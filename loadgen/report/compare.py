@@ -4,23 +4,41 @@ Steps are matched by what they loaded (concurrency or rate, and phase); for each
 images/sec, p50, p99 and error rate in both runs with the change, absolute and relative; verdict changes (valid,
 run verdict, SLO, per-step validity and stability) are listed under it. Reports of a schema version this
 version cannot read are refused with exit code 2.
+
+With ``--fail-on`` the comparison is also a regression gate (:mod:`ipsbench.loadgen.report.regression`): each
+matched step is judged from bootstrap confidence intervals of the changes, the gate's verdict is printed under the
+comparison (and, with ``--summary FILE``, written as Markdown a CI job can post), and the exit code is the gate's:
+0 pass (within noise and improvements included), 1 regression, 2 error (an unreadable report, a bad ``--fail-on``,
+no matched step, a clause the reports cannot judge). Output files are checked before any work.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ipsbench.loadgen.report.bootstrap import (
+    CONFIDENCE_RANGE,
+    DEFAULT_CONFIDENCE,
+    DEFAULT_RESAMPLES,
+    RESAMPLES_RANGE,
+    Resampler,
+)
 from ipsbench.loadgen.report.cells import DASH, ms, percent, rate, run_verdict, signed
+from ipsbench.loadgen.report.regression import FailOnError, judge, parse_fail_on, render_gate, render_summary
 from ipsbench.loadgen.report.schema import SCHEMA_VERSION, step_load, write_text
 from ipsbench.loadgen.report.sentences import simulated_words
 
 OLDEST_READABLE_SCHEMA = 2
 """Older reports lack the fields compared here."""
 EXIT_UNREADABLE = 2
+EXIT_ERROR = 2
+MAX_JUDGED_STEPS = 1024
+"""Matched steps the gate judges at most (each costs its clauses' resamples); a run has at most a few hundred."""
 
 
 class UnreadableReport(Exception):
@@ -42,6 +60,12 @@ def read_for_compare(path: Path) -> dict:
         )
     if not isinstance(report.get("steps"), list):
         raise UnreadableReport(f"{path}: report has no steps")
+    for number, step in enumerate(report["steps"]):
+        try:
+            hash(step_key(step))
+        except (AttributeError, TypeError):
+            raise UnreadableReport(f"{path}: steps[{number}] is not a step (an object with a scalar "
+                                   "concurrency, target_rate_per_s and phase)") from None
     return report
 
 
@@ -72,6 +96,12 @@ def _stability(step: dict) -> str:
     if not stability:
         return DASH
     return "stable" if stability.get("stable") else "UNSTABLE"
+
+
+def matched_steps(a: dict, b: dict) -> list[tuple[dict, dict]]:
+    """The steps both runs ran, in A's order, as (A's, B's) pairs."""
+    steps_b = {step_key(step): step for step in b["steps"]}
+    return [(step, steps_b[step_key(step)]) for step in a["steps"] if step_key(step) in steps_b]
 
 
 def delta_rows(a: dict, b: dict) -> tuple[list[list[str]], list[str], list[str]]:
@@ -161,25 +191,82 @@ def render_comparison(a: dict, b: dict, path_a: Path, path_b: Path) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ipsbench-load compare",
-                                     description="Differences between two report.json files, step by step (B − A).")
+    parser = argparse.ArgumentParser(
+        prog="ipsbench-load compare", description="Differences between two report.json files, step by step (B − A); "
+        "with --fail-on, a regression gate judged from the noise of both runs.",
+        epilog="Exit codes: 0 compared (with --fail-on: no regression; changes within noise and improvements pass); "
+               "1 a regression; 2 an unreadable report, a bad option or output path, or with --fail-on no matched "
+               "step or a clause the reports cannot judge.")
     parser.add_argument("a", type=Path, metavar="A.json", help="the baseline report")
     parser.add_argument("b", type=Path, metavar="B.json", help="the report compared with it")
     parser.add_argument("--out", type=Path, help="also write the comparison as Markdown to this file")
+    parser.add_argument("--fail-on", metavar="CLAUSES",
+                        help="comma-separated METRIC<-X%% / METRIC>+X%% clauses that fail the comparison, e.g. "
+                             "\"images_per_s<-5%%,p99>+10%%\"; metrics images_per_s, requests_per_s, p50, p90, p95, "
+                             "p99, p99.9, mean (also in ms, us, s), error_rate (in pp)")
+    parser.add_argument("--summary", type=Path, metavar="FILE",
+                        help="with --fail-on: write the gate's verdict and a table per step as Markdown to FILE")
+    parser.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE,
+                        help=f"with --fail-on: the intervals' confidence, in [{CONFIDENCE_RANGE[0]:g}, "
+                             f"{CONFIDENCE_RANGE[1]:g}] (default {DEFAULT_CONFIDENCE:g})")
+    parser.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
+                        help=f"with --fail-on: bootstrap resamples of each run, in [{RESAMPLES_RANGE[0]}, "
+                             f"{RESAMPLES_RANGE[1]}] (default {DEFAULT_RESAMPLES})")
     return parser
 
 
+class OutputPathError(Exception):
+    """An output file that cannot be written; the message names the option and the path."""
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """Raise :class:`OutputPathError` unless ``path`` can be written: not a folder, in an existing folder this
+    process can write to."""
+    if path.is_dir():
+        raise OutputPathError(f"{option} {path}: is a folder, not a file")
+    folder = path.parent
+    if not folder.is_dir():
+        raise OutputPathError(f"{option} {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise OutputPathError(f"{option} {path}: not writable")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Print the comparison (and write it with ``--out``); 0 when both reports were read, 2 when one was not."""
+    """Print the comparison (and write it with ``--out``); with ``--fail-on``, the gate's exit code; else 0 when both
+    reports were read, 2 when one was not."""
     args = build_parser().parse_args(argv)
     try:
+        clauses = None if args.fail_on is None else parse_fail_on(args.fail_on)
+        resampler = Resampler(args.resamples, args.confidence)
+        if args.summary is not None and clauses is None:
+            raise ValueError("--summary needs --fail-on (the gate's verdict is what it summarizes)")
+        outputs = [(path, option) for path, option in ((args.out, "--out"), (args.summary, "--summary")) if path]
+        if args.out is not None and args.summary is not None and args.out.resolve() == args.summary.resolve():
+            raise ValueError("--out and --summary name the same file")
+        for path, option in outputs:
+            check_output_file(path, option)
         a, b = read_for_compare(args.a), read_for_compare(args.b)
-    except UnreadableReport as error:
+    except (FailOnError, OutputPathError, UnreadableReport, ValueError) as error:
         print(f"ipsbench-load compare: {error}", file=sys.stderr)
-        return EXIT_UNREADABLE
+        return EXIT_ERROR
     text = render_comparison(a, b, args.a, args.b)
+    code = 0
+    summary = None
+    if clauses is not None:
+        pairs = matched_steps(a, b)
+        if not pairs or len(pairs) > MAX_JUDGED_STEPS:
+            problem = (f"no step of {args.a} matches a step of {args.b} (same concurrency or rate, and phase): "
+                       "nothing to judge" if not pairs else
+                       f"{len(pairs)} matched steps; the gate judges at most {MAX_JUDGED_STEPS}")
+            print(f"ipsbench-load compare: --fail-on: {problem}", file=sys.stderr)
+            return EXIT_ERROR
+        result = judge(pairs, clauses, resampler)
+        text += "\n".join(["", *render_gate(result, clauses), ""])
+        summary = render_summary(result, clauses, str(args.a), str(args.b))
+        code = result.exit_code
     sys.stdout.write(text)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         write_text(args.out, text)
-    return 0
+    if args.summary is not None:
+        write_text(args.summary, summary)
+    return code

@@ -26,7 +26,10 @@ model with the device-time model backend, so no device computed and every render
 ``label``) and the model's ``backend`` (from its ModelConfig; None where the target has none). Later added to 4:
 verdict ``INCONCLUSIVE`` (exit 4: an objective's percentile lacked the samples to be judged and nothing else
 failed), each step's ``slo.inconclusive`` and ``slo.settle_duration_s``, the SLO block's ``inconclusive_steps`` and
-``settle_duration_s`` (the ``--duration`` that would hold the samples)."""
+``settle_duration_s`` (the ``--duration`` that would hold the samples). Later added to 4, optional for readers (None
+when absent or when the step had no success): each step's ``latency_histogram``, the successes' latency histogram
+behind ``latency_us`` (microseconds, 3 significant digits) as the hdrhistogram library's ``encode()`` writes it
+(compressed, base64 text), so ``compare --fail-on`` can resample it."""
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 VERDICT_EXIT_CODES = {"PASS": 0, "FAIL": 1, "UNSTABLE": 1, "INVALID": 2, "INCONCLUSIVE": 4}

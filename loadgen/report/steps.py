@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from ipsbench.loadgen.censoring import scheduled_summary
-from ipsbench.loadgen.histograms import add_histogram, new_histogram
+from ipsbench.loadgen.histograms import add_histogram, encode_histogram, new_histogram
 from ipsbench.loadgen.outcomes import COMPLETED, ERRORS, Outcome
 from ipsbench.loadgen.recorder import StepRecord
 from ipsbench.loadgen.report.schema import COUNT_FIELDS, PERCENTILES
@@ -92,7 +92,8 @@ def step_entry(
 
 
 def latency_entries(step: StepRecord) -> dict:
-    """The successes' latency, every completed request's, and the percentiles too few successes cannot support."""
+    """The successes' latency (its summary, and the histogram itself for ``compare``'s confidence intervals), every
+    completed request's, and the percentiles too few successes cannot support."""
     all_completed = new_histogram()
     for outcome in COMPLETED:
         add_histogram(all_completed, step.histograms[outcome])
@@ -100,6 +101,7 @@ def latency_entries(step: StepRecord) -> dict:
     measured = latency["count"] if latency else 0
     return {
         "latency_us": latency,
+        "latency_histogram": encode_histogram(step.histograms[Outcome.OK]) if measured else None,
         "latency_all_us": latency_summary(all_completed),
         "unsupported_percentiles": [name for name, p in PERCENTILES if measured < min_samples(p)],
     }
