@@ -83,9 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_ui_command(commands) -> None:
     ui = commands.add_parser("ui", help="locust's web UI with ipsbench's exact percentiles and images/sec",
                              description="An interactive run in locust's web UI; an extra tab shows ipsbench's "
-                                         "exact percentiles and images/sec. Each test started in the UI is a step "
-                                         "of the report, written into --out after each test and when the process "
-                                         "ends (Ctrl-C and SIGTERM included; no test started: no report).")
+                                         "exact percentiles and images/sec. With --out each test started in the UI "
+                                         "is a step of the report, written there after each test and when the "
+                                         "process ends (Ctrl-C and SIGTERM included; no test started: no report).")
     add_options(ui.add_argument_group("target"), TargetSettings)
     add_options(ui.add_argument_group("requests"), WorkloadSettings, only=UI_WORKLOAD_OPTIONS)
     add_options(ui.add_argument_group("tests"), UiLoopSettings, only=UI_LOOP_OPTIONS)
@@ -168,7 +168,7 @@ def _ui(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     from ipsbench.loadgen.ui import run_ui  # imports locust, which patches the process for gevent
 
-    return run_ui(ui, settings)
+    return run_ui(ui, settings, reports=args.out_dir is not None)  # an exploring session may want none
 
 
 def _compare(argv: list[str]) -> int:

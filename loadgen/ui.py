@@ -8,8 +8,8 @@ split evenly among the form's users, whose requests in flight together stay with
 custom parameter ``rate`` changes the rate per test. The extra tab (route ``/ipsbench``) shows the exact HDR
 percentiles and images/sec (``/ipsbench/stats`` gives them as JSON), next to locust's rounded ones.
 
-The report (the same files as every scenario's, from the same builder and writers) goes into ``--out`` after each test
-stops and when the process ends: SIGINT or SIGTERM stop a running test (its in-flight requests waited for up to
+With ``--out`` the report (the same files as every scenario's, from the same builder and writers) goes there after each
+test stops and when the process ends: SIGINT or SIGTERM stop a running test (its in-flight requests waited for up to
 ``--drain``, a second signal stops waiting) before the last one is written. With ``--metrics-url`` the server's
 metrics are scraped at each test's start and end. With ``--remote-workers`` the UI is a locust master: workers
 (``ipsbench-load worker --master HOST:PORT``) take the run's settings from it, each test start and stop is announced
@@ -65,7 +65,7 @@ RATE_PARAMETER = "rate"
 SCRAPES_S = 2 * SCRAPE_TIMEOUT_S + 1.0
 """Bound on waiting for a stopped test's scrapes (the one at its start may still be running, then its end's)."""
 NO_REPORT_EXIT_CODE = 0
-"""No test was started: nothing was measured, so no report; the session itself ended as asked."""
+"""No report (no ``--out``, or no test was started): nothing was judged; the session ended as asked."""
 
 
 class UiSteps:
@@ -284,18 +284,23 @@ def _tests_from_swarms(environment: Environment, steps: UiSteps, settings: RunSe
     runner.start = start
 
 
-def run_ui(ui: UiSettings, settings: RunSettings) -> int:
+def run_ui(ui: UiSettings, settings: RunSettings, reports: bool = True) -> int:
+    """Serve the web UI until SIGINT or SIGTERM; ``reports``: write the report into ``settings.out_dir`` (the
+    command line's ``--out``), else none. The exit code: as every scenario's with a report (130 or 143 when the
+    signal stopped a running test, else the verdict's), 0 without one; 2 when the run cannot start."""
     # locust's web UI parses sys.argv as locust's own command line when it renders its page; ours is not one.
     sys.argv = sys.argv[:1]
     target = settings.target
     try:
-        check_out_dir(settings.out_dir)  # before anything is asked or sent, as every scenario
+        if reports:
+            check_out_dir(settings.out_dir)  # before anything is asked or sent, as every scenario
         prepared = off_the_hub(prepare_workload, target, settings.workload, not settings.distributed)
         workload = Workload.over(prepared, target) if not settings.distributed else None
     except (DestinationError, SetupError, TargetError) as error:
         logger.error("%s", error)
         return 2
-    keep_unfinished_report(settings.out_dir)
+    if reports:
+        keep_unfinished_report(settings.out_dir)
     scrapes = StepScrapes(target.metrics_url, target.model, target.model_version) if target.metrics_url else None
     steps = UiSteps(settings.steps.window_s, scrapes)
     report = UiReport(settings, prepared, steps)
@@ -316,29 +321,15 @@ def run_ui(ui: UiSettings, settings: RunSettings) -> int:
     exiting = gevent.event.Event()
     # test_stopping comes before locust stops the users: the step's window ends first, so they stop issuing.
     environment.events.test_stopping.add_listener(lambda **_: steps.stop())
-    environment.events.test_stop.add_listener(
-        lambda **_: None if exiting.is_set() else report.after_test(steps.recorder.steps[-1] if steps.recorder.steps
-                                                                     else None))
-    web_ui = environment.create_web_ui(ui.web_host, ui.web_port)
 
-    @web_ui.app.before_request
-    def refuse_unfit_tests():
-        if request.method == "POST" and request.path.rstrip("/").endswith("/swarm"):
-            if problem := form_problem(request.form, settings):
-                logger.warning("test not started: %s", problem)
-                return jsonify({"success": False, "message": problem, "host": environment.host})
-        return None
+    def on_test_stop(**_) -> None:
+        if reports and not exiting.is_set() and steps.recorder.steps:
+            report.after_test(steps.recorder.steps[-1])
 
-    @web_ui.app.route("/ipsbench")
-    def ipsbench_page() -> str:
-        return _page(steps.figures())
-
-    @web_ui.app.route("/ipsbench/stats")
-    def ipsbench_stats() -> dict:
-        return {"steps": steps.figures()}
-
-    logger.info("web UI on http://%s:%d (ipsbench's figures at /ipsbench); report into %s", ui.web_host,
-                ui.web_port, settings.out_dir)
+    environment.events.test_stop.add_listener(on_test_stop)
+    web_ui = _web_ui(environment, ui, steps, settings)
+    where = f"report into {settings.out_dir}" if reports else "no report (no --out)"
+    logger.info("web UI on http://%s:%d (ipsbench's figures at /ipsbench); %s", ui.web_host, ui.web_port, where)
 
     def on_signal(signum: int) -> None:
         name = signal.Signals(signum).name
@@ -360,13 +351,35 @@ def run_ui(ui: UiSettings, settings: RunSettings) -> int:
             runner.stop()  # the running test: its users drain (bounded by --drain)
         if steps.master is not None:
             steps.master.finish(FINAL_REPORTS_S)
-        result = report.final() if steps.recorder.steps else None
+        result = report.final() if reports and steps.recorder.steps else None
         if steps.master is not None:
             steps.master.close()
         runner.quit()
         web_ui.stop()
     if result is None:
-        logger.info("no test was started: no report written")
+        logger.info("no report written: %s", "no test was started" if reports else "no --out")
         return NO_REPORT_EXIT_CODE
     return result.exit_code
 
+
+def _web_ui(environment: Environment, ui: UiSettings, steps: UiSteps, settings: RunSettings):
+    """locust's web UI with ipsbench's tab, refusing a test whose form values are out of bounds."""
+    web_ui = environment.create_web_ui(ui.web_host, ui.web_port)
+
+    @web_ui.app.before_request
+    def refuse_unfit_tests():
+        if request.method == "POST" and request.path.rstrip("/").endswith("/swarm"):
+            if problem := form_problem(request.form, settings):
+                logger.warning("test not started: %s", problem)
+                return jsonify({"success": False, "message": problem, "host": environment.host})
+        return None
+
+    @web_ui.app.route("/ipsbench")
+    def ipsbench_page() -> str:
+        return _page(steps.figures())
+
+    @web_ui.app.route("/ipsbench/stats")
+    def ipsbench_stats() -> dict:
+        return {"steps": steps.figures()}
+
+    return web_ui

@@ -104,21 +104,21 @@ class UiProcess:
 
 @pytest.fixture
 def start_ui(tmp_path):
-    """Start ``python -m ipsbench.loadgen ui --target TARGET --model resnet18 --web-port P --out <tmp> ...``;
-    processes left running are killed."""
+    """Start ``python -m ipsbench.loadgen ui --target TARGET --model resnet18 --web-port P --out <tmp> ...`` (no
+    ``--out`` when ``out`` is false) in ``cwd``; processes left running are killed."""
     processes: list[subprocess.Popen] = []
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
 
-    def start(target: str, *args: str) -> UiProcess:
+    def start(target: str, *args: str, cwd: Path = REPO_ROOT, out: bool = True) -> UiProcess:
         index = len(processes)
-        port, out, log = free_port(), tmp_path / f"report{index}", tmp_path / f"ui{index}.log"
+        port, folder, log = free_port(), tmp_path / f"report{index}", tmp_path / f"ui{index}.log"
         with log.open("w") as handle:
             process = subprocess.Popen(
                 [sys.executable, "-m", "ipsbench.loadgen", "ui", "--target", target, "--model", "resnet18",
-                 "--web-port", str(port), "--out", str(out), *args],
-                cwd=REPO_ROOT, stdout=handle, stderr=subprocess.STDOUT, env=env)
+                 "--web-port", str(port), *(["--out", str(folder)] if out else []), *args],
+                cwd=cwd, stdout=handle, stderr=subprocess.STDOUT, env=env)
         processes.append(process)
-        return UiProcess(process, f"http://127.0.0.1:{port}", log, out)
+        return UiProcess(process, f"http://127.0.0.1:{port}", log, folder)
 
     def start_worker(master_port: int, log: Path) -> subprocess.Popen:
         with log.open("a") as handle:
@@ -236,3 +236,16 @@ def test_an_unwritable_out_stops_the_ui_before_anything_starts(start_ui, tmp_pat
     assert ui.process.wait(timeout=60) == 2
     assert f"--out {taken}: exists and is not a folder" in ui.log_text()
     assert "web UI on" not in ui.log_text()
+
+
+def test_without_out_the_ui_writes_no_report(server, start_ui, tmp_path):
+    """An exploring session without --out leaves nothing behind, not even the default reports/ folder."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    ui = start_ui(server.grpc_url, cwd=cwd, out=False)
+    ui.wait_answering()
+    assert ui.swarm(users=1)["success"]
+    ui.wait_measured(0)
+    assert ui.end(signal.SIGINT) == 0
+    assert list(cwd.iterdir()) == [] and not ui.out.exists()
+    assert "no report written: no --out" in ui.log_text()
