@@ -177,11 +177,10 @@ class UiReport:
             simulated=self.prepared.simulated,
         ))
 
-    def after_test(self, step: StepRecord | None) -> None:
+    def after_test(self, step: StepRecord) -> None:
         """Write the report once the test that ``step`` measured has stopped (in a greenlet of its own, so the
-        UI's stop answers at once)."""
-        if step is not None:
-            self._writing = gevent.spawn(self._write_after_test, step, self._writing)
+        UI's stop answers at once; after the write before it)."""
+        self._writing = gevent.spawn(self._write_after_test, step, self._writing)
 
     def _write_after_test(self, step: StepRecord, previous: gevent.Greenlet | None) -> None:
         if previous is not None:

@@ -2,6 +2,7 @@
 report is written after each test and when the process ends on a signal."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from load_helpers import REPO_ROOT, assert_accounted
+from test_load_security import mtls_server, pki  # noqa: F401 - the mutual-TLS server and its certificates
 from waiting import wait_until
 
 UI_READY_S = 120.0
@@ -249,3 +251,22 @@ def test_without_out_the_ui_writes_no_report(server, start_ui, tmp_path):
     assert ui.end(signal.SIGINT) == 0
     assert list(cwd.iterdir()) == [] and not ui.out.exists()
     assert "no report written: no --out" in ui.log_text()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl command is not installed")
+def test_the_ui_reaches_a_mutual_tls_server_and_redacts_its_headers(mtls_server, pki, start_ui):  # noqa: F811
+    secret = "s3cret-ui-token"
+    ui = start_ui(mtls_server.grpc_url, "--tls-ca", str(pki / "ca.pem"), "--tls-cert", str(pki / "client.pem"),
+                  "--tls-key", str(pki / "client.key"), "--header", f"authorization=Bearer {secret}")
+    ui.wait_answering()
+    assert ui.swarm(users=1)["success"]
+    ui.wait_measured(0, ok=3)
+    assert ui.end(signal.SIGTERM) == 143
+    report = ui.report()
+    assert_accounted(report)
+    assert report["steps"][0]["ok"] >= 3 and report["steps"][0]["errors_total"] == 0
+    assert report["settings"]["target"]["tls_ca"] == str(pki / "ca.pem")
+    assert report["settings"]["target"]["headers"] == [["authorization", "<redacted>"]]
+    for written in ui.out.iterdir():
+        assert secret not in written.read_text(errors="replace"), written.name
+    assert secret not in ui.log_text()
