@@ -33,7 +33,7 @@ from flask import jsonify, request
 from locust import events
 from locust.argument_parser import get_parser
 from locust.env import Environment
-from locust.runners import STATE_INIT, STATE_STOPPED
+from locust.runners import STATE_INIT, STATE_STOPPED, MasterRunner
 
 from ipsbench.loadgen.client import TargetError
 from ipsbench.loadgen.distributed import MasterSteps, announce_interrupt, announce_step
@@ -277,10 +277,19 @@ def _tests_from_swarms(environment: Environment, steps: UiSteps, settings: RunSe
         running = steps.running
         if running is None or running.concurrency != user_count or running.rate_per_s != rate_per_s:
             steps.stop()
-            steps.start(user_count, rate_per_s)
+            if workers_problem(runner) is None:  # else locust starts nothing either
+                steps.start(user_count, rate_per_s)
         return locust_start(user_count, spawn_rate, *args, **kwargs)
 
     runner.start = start
+
+
+def workers_problem(runner) -> str | None:
+    """Why a master cannot start a test now (None: it can, or it is no master): no worker connected, as locust's
+    own start finds it. A worker leaves when a test stops and rejoins once its users have stopped (``--drain``)."""
+    if not isinstance(runner, MasterRunner) or runner.clients.ready + runner.clients.running + runner.clients.spawning:
+        return None
+    return "no worker is connected yet (after a test stops, workers rejoin once their users have stopped)"
 
 
 def run_ui(ui: UiSettings, settings: RunSettings, reports: bool = True) -> int:
@@ -368,7 +377,7 @@ def _web_ui(environment: Environment, ui: UiSettings, steps: UiSteps, settings: 
     @web_ui.app.before_request
     def refuse_unfit_tests():
         if request.method == "POST" and request.path.rstrip("/").endswith("/swarm"):
-            if problem := form_problem(request.form, settings):
+            if problem := form_problem(request.form, settings) or workers_problem(environment.runner):
                 logger.warning("test not started: %s", problem)
                 return jsonify({"success": False, "message": problem, "host": environment.host})
         return None

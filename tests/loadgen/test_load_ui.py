@@ -198,11 +198,19 @@ def test_a_signal_during_a_test_stops_it_and_writes_the_report_with_the_server_s
     assert server_side is not None and server_side["inference_count"] >= server_side["request_success"] > 0
 
 
-def test_an_open_loop_ui_sends_each_test_at_its_rate(server, start_ui):
-    """With --rate each test is an open-loop step at that rate; the form's custom parameter changes it for the
-    next test, and values out of bounds are refused before any user starts."""
-    ui = start_ui(server.grpc_url, "--rate", "20", "--arrival", "constant")
+@pytest.mark.parametrize("remote_workers", [0, 1])
+def test_an_open_loop_ui_sends_each_test_at_its_rate(server, start_ui, remote_workers):
+    """With --rate each test is an open-loop step at that rate (sent by a worker with --remote-workers); the form's
+    custom parameter changes it for the next test, and values out of bounds are refused before any user starts."""
+    master_port = free_port()
+    distributed = ["--remote-workers", "1", "--master-bind", f"127.0.0.1:{master_port}"] if remote_workers else []
+    ui = start_ui(server.grpc_url, "--rate", "20", "--arrival", "constant", "--drain", "2s", *distributed)
+    if remote_workers:
+        start_ui.worker(master_port, ui.log)
     ui.wait_answering()
+    if remote_workers:
+        wait_until(lambda: "ready" in ui.log_text(), what="the worker to prepare its requests", give_up=ui.exited,
+                   interval_s=0.2)
     offered = template_args(fetch(ui.base + "/").decode())["extra_options"]  # the form's custom parameters
     assert offered["rate"]["default_value"] == 20.0
     refused = ui.swarm(users=1, rate="nan")
@@ -214,7 +222,9 @@ def test_an_open_loop_ui_sends_each_test_at_its_rate(server, start_ui):
     ui.wait_measured(0, ok=5)
     ui.stop_test()
     ui.wait_report(steps=1)
-    assert ui.swarm(users=2, rate="40")["success"]
+    # A worker rejoins once its users have stopped (--drain); until then the master refuses to start a test.
+    wait_until(lambda: ui.swarm(users=2, rate="40")["success"], what="the second test to start", give_up=ui.exited,
+               interval_s=0.2)
     ui.wait_measured(1, ok=5)
     ui.stop_test()
     ui.wait_report(steps=2)
