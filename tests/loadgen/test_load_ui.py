@@ -215,6 +215,8 @@ def test_an_open_loop_ui_sends_each_test_at_its_rate(server, start_ui, remote_wo
     assert offered["rate"]["default_value"] == 20.0
     refused = ui.swarm(users=1, rate="nan")
     assert not refused["success"] and "rate must be in" in refused["message"]
+    refused = ui.swarm(users=1, rate="fast")
+    assert not refused["success"] and "rate must be a number of requests/s, got 'fast'" in refused["message"]
     refused = ui.swarm(users=0)
     assert not refused["success"] and "users must be in" in refused["message"]
     assert ui.steps() == []
