@@ -298,76 +298,110 @@ def run_ui(ui: UiSettings, settings: RunSettings, reports: bool = True) -> int:
     signal stopped a running test, else the verdict's), 0 without one; 2 when the run cannot start."""
     # locust's web UI parses sys.argv as locust's own command line when it renders its page; ours is not one.
     sys.argv = sys.argv[:1]
-    target = settings.target
-    try:
-        if reports:
-            check_out_dir(settings.out_dir)  # before anything is asked or sent, as every scenario
-        prepared = off_the_hub(prepare_workload, target, settings.workload, not settings.distributed)
-        workload = Workload.over(prepared, target) if not settings.distributed else None
-    except (DestinationError, SetupError, TargetError) as error:
-        logger.error("%s", error)
-        return 2
-    if reports:
-        keep_unfinished_report(settings.out_dir)
-    scrapes = StepScrapes(target.metrics_url, target.model, target.model_version) if target.metrics_url else None
-    steps = UiSteps(settings.steps.window_s, scrapes)
-    report = UiReport(settings, prepared, steps)
-    if settings.open_loop:
-        _offer_rate_parameter(settings)
-    environment = load_environment([user_class_for(settings, workload, steps.recorder)], host=target.target,
-                                   stop_timeout=settings.steps.drain_s, shared_events=True)
-    # locust's own parser holds the form's values (the rate among them) between tests.
-    environment.parsed_options = get_parser(default_config_files=[]).parse_args([])
-    if settings.remote_workers:
-        host, _, port = (settings.master_bind or DEFAULT_MASTER_BIND).rpartition(":")
-        runner = environment.create_master_runner(host, int(port))
-        steps.master = MasterSteps(runner, settings.to_dict(), steps.recorder.started_ns, rejoins=True)
-        logger.info("workers join with: ipsbench-load worker --master %s:%d", host, runner.server.port)
-    else:
-        runner = environment.create_local_runner()
-    _tests_from_swarms(environment, steps, settings)
-    exiting = gevent.event.Event()
-    # test_stopping comes before locust stops the users: the step's window ends first, so they stop issuing.
-    environment.events.test_stopping.add_listener(lambda **_: steps.stop())
-
-    def on_test_stop(**_) -> None:
-        if reports and not exiting.is_set() and steps.recorder.steps:
-            report.after_test(steps.recorder.steps[-1])
-
-    environment.events.test_stop.add_listener(on_test_stop)
-    web_ui = _web_ui(environment, ui, steps, settings)
-    where = f"report into {settings.out_dir}" if reports else "no report (no --out)"
-    logger.info("web UI on http://%s:%d (ipsbench's figures at /ipsbench); %s", ui.web_host, ui.web_port, where)
-
-    def on_signal(signum: int) -> None:
-        name = signal.Signals(signum).name
-        if exiting.is_set():
-            logger.warning("%s again: not waiting for in-flight requests", name)
-            if steps.master is None:
-                runner.user_greenlets.kill(block=False)
-            return
-        if steps.running is not None:
-            report.interrupted_by = name
-            logger.warning("%s: stopping the test; waiting up to %g s for in-flight requests", name,
-                           settings.steps.drain_s)
-        exiting.set()
-
-    with capture_signals(on_signal, gevent_delivery), prompt_senders():
-        exiting.wait()
-        logger.info("stopping the web UI")
-        if runner.state not in (STATE_INIT, STATE_STOPPED):
-            runner.stop()  # the running test: its users drain (bounded by --drain)
-        if steps.master is not None:
-            steps.master.finish(FINAL_REPORTS_S)
-        result = report.final() if reports and steps.recorder.steps else None
-        if steps.master is not None:
-            steps.master.close()
-        runner.quit()
-        web_ui.stop()
+    session = UiSession(ui, settings, reports)
+    with capture_signals(session.on_signal, gevent_delivery), prompt_senders():
+        if not session.prepare():
+            return 2
+        if session.exiting.is_set():  # a signal while the requests were prepared
+            return NO_REPORT_EXIT_CODE
+        session.serve()
+        result = session.close()
     if result is None:
         logger.info("no report written: %s", "no test was started" if reports else "no --out")
         return NO_REPORT_EXIT_CODE
     return result.exit_code
+
+
+class UiSession:
+    """One ``ipsbench-load ui`` process: its requests prepared, locust's runner and web UI, the steps, the report."""
+
+    def __init__(self, ui: UiSettings, settings: RunSettings, reports: bool) -> None:
+        self.ui, self.settings, self.reports = ui, settings, reports
+        self.exiting = gevent.event.Event()
+        target = settings.target
+        scrapes = StepScrapes(target.metrics_url, target.model, target.model_version) if target.metrics_url else None
+        self.steps = UiSteps(settings.steps.window_s, scrapes)
+        self.report: UiReport | None = None
+        self.runner = None
+        self.web_ui = None
+        self._workload: Workload | None = None
+
+    def prepare(self) -> bool:
+        """Check ``--out``, describe the model and serialize the requests; False (said why) when the run cannot
+        start."""
+        settings, target = self.settings, self.settings.target
+        try:
+            if self.reports:
+                check_out_dir(settings.out_dir)  # before anything is asked or sent, as every scenario
+            prepared = off_the_hub(prepare_workload, target, settings.workload, not settings.distributed)
+            self._workload = Workload.over(prepared, target) if not settings.distributed else None
+        except (DestinationError, SetupError, TargetError) as error:
+            logger.error("%s", error)
+            return False
+        if self.reports:
+            keep_unfinished_report(settings.out_dir)
+        self.report = UiReport(settings, prepared, self.steps)
+        return True
+
+    def serve(self) -> None:
+        """Start locust's runner and web UI, and serve them until a signal."""
+        settings, steps = self.settings, self.steps
+        if settings.open_loop:
+            _offer_rate_parameter(settings)
+        environment = load_environment([user_class_for(settings, self._workload, steps.recorder)],
+                                       host=settings.target.target, stop_timeout=settings.steps.drain_s,
+                                       shared_events=True)
+        # locust's own parser holds the form's values (the rate among them) between tests.
+        environment.parsed_options = get_parser(default_config_files=[]).parse_args([])
+        if settings.remote_workers:
+            host, _, port = (settings.master_bind or DEFAULT_MASTER_BIND).rpartition(":")
+            self.runner = environment.create_master_runner(host, int(port))
+            steps.master = MasterSteps(self.runner, settings.to_dict(), steps.recorder.started_ns, rejoins=True)
+            logger.info("workers join with: ipsbench-load worker --master %s:%d", host, self.runner.server.port)
+        else:
+            self.runner = environment.create_local_runner()
+        _tests_from_swarms(environment, steps, settings)
+        # test_stopping comes before locust stops the users: the step's window ends first, so they stop issuing.
+        environment.events.test_stopping.add_listener(lambda **_: steps.stop())
+        environment.events.test_stop.add_listener(self._on_test_stop)
+        self.web_ui = _web_ui(environment, self.ui, steps, settings)
+        where = f"report into {settings.out_dir}" if self.reports else "no report (no --out)"
+        logger.info("web UI on http://%s:%d (ipsbench's figures at /ipsbench); %s", self.ui.web_host,
+                    self.ui.web_port, where)
+        self.exiting.wait()
+
+    def close(self) -> RunResult | None:
+        """Stop the running test (its users drain, bounded by ``--drain``), write the last report (None: none was
+        asked for or no test was started), and stop locust."""
+        logger.info("stopping the web UI")
+        runner, master = self.runner, self.steps.master
+        if runner.state not in (STATE_INIT, STATE_STOPPED):
+            runner.stop()
+        if master is not None:
+            master.finish(FINAL_REPORTS_S)
+        result = self.report.final() if self.reports and self.steps.recorder.steps else None
+        if master is not None:
+            master.close()
+        runner.quit()
+        self.web_ui.stop()
+        return result
+
+    def _on_test_stop(self, **_) -> None:
+        if self.reports and not self.exiting.is_set() and self.steps.recorder.steps:
+            self.report.after_test(self.steps.recorder.steps[-1])
+
+    def on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if self.exiting.is_set():
+            logger.warning("%s again: not waiting for in-flight requests", name)
+            if self.runner is not None and self.steps.master is None:
+                self.runner.user_greenlets.kill(block=False)
+            return
+        if self.steps.running is not None:
+            self.report.interrupted_by = name
+            logger.warning("%s: stopping the test; waiting up to %g s for in-flight requests", name,
+                           self.settings.steps.drain_s)
+        self.exiting.set()
 
 
 def _web_ui(environment: Environment, ui: UiSettings, steps: UiSteps, settings: RunSettings):
