@@ -15,8 +15,8 @@ import sys
 from ipsbench.loadgen.scenarios.base import Scenario
 from ipsbench.loadgen.scenarios.catalog import SCENARIOS
 from ipsbench.loadgen.settings import (
-    RunSettings,
     UI_SCENARIO,
+    RunSettings,
     TargetSettings,
     UiLoopSettings,
     UiSettings,
