@@ -16,8 +16,10 @@ from ipsbench.loadgen.sample_plan import asked_rates, judged_windows, plan_lines
 from ipsbench.loadgen.scenarios.base import Scenario
 from ipsbench.loadgen.scenarios.catalog import SCENARIOS
 from ipsbench.loadgen.settings import (
+    UI_SCENARIO,
     RunSettings,
     TargetSettings,
+    UiLoopSettings,
     UiSettings,
     ValiditySettings,
     WorkloadSettings,
@@ -31,9 +33,10 @@ logger = logging.getLogger("ipsbench.loadgen")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SETUP_FAILED_EXIT_CODE = 2
 """The run could not start (target unreachable, model unfit): no valid result, like an INVALID run."""
-UI_TARGET_OPTIONS = ("target", "model", "deadline_s")
-UI_WORKLOAD_OPTIONS = ("payload", "images_per_request")
-DISTRIBUTED_OPTIONS = ("remote_workers", "master_bind")
+UI_WORKLOAD_OPTIONS = ("payload", "images_per_request", "distinct_requests", "seed")
+UI_LOOP_OPTIONS = ("rate_per_s", "arrival", "max_in_flight", "drain_s")
+UI_VALIDITY_OPTIONS = ("max_error_rate",)
+UI_RUN_OPTIONS = ("out_dir", "remote_workers", "master_bind")
 
 
 def _add_log_level(parser: argparse.ArgumentParser) -> None:
@@ -88,11 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_ui_command(commands) -> None:
     ui = commands.add_parser("ui", help="locust's web UI with ipsbench's exact percentiles and images/sec",
                              description="An interactive run in locust's web UI; an extra tab shows ipsbench's "
-                                         "exact percentiles and images/sec.")
-    add_options(ui, TargetSettings, only=UI_TARGET_OPTIONS)
-    add_options(ui, UiSettings)
-    add_options(ui, WorkloadSettings, only=UI_WORKLOAD_OPTIONS)
-    add_options(ui, RunSettings, only=DISTRIBUTED_OPTIONS)
+                                         "exact percentiles and images/sec. With --out each test started in the UI "
+                                         "is a step of the report, written there after each test and when the "
+                                         "process ends (Ctrl-C and SIGTERM included; no test started: no report).")
+    add_options(ui.add_argument_group("target"), TargetSettings)
+    add_options(ui.add_argument_group("requests"), WorkloadSettings, only=UI_WORKLOAD_OPTIONS)
+    add_options(ui.add_argument_group("tests"), UiLoopSettings, only=UI_LOOP_OPTIONS)
+    add_options(ui.add_argument_group("validity"), ValiditySettings, only=UI_VALIDITY_OPTIONS)
+    add_options(ui.add_argument_group("web UI"), UiSettings)
+    add_options(ui.add_argument_group("run"), RunSettings, only=UI_RUN_OPTIONS)
     _add_log_level(ui)
 
 
@@ -177,15 +184,21 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _ui(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
-        target = TargetSettings(**values(args, TargetSettings, only=UI_TARGET_OPTIONS))
-        workload = WorkloadSettings(**values(args, WorkloadSettings, only=UI_WORKLOAD_OPTIONS))
+        settings = RunSettings(
+            target=TargetSettings(**values(args, TargetSettings)),
+            workload=WorkloadSettings(**values(args, WorkloadSettings, only=UI_WORKLOAD_OPTIONS)),
+            validity=ValiditySettings(**values(args, ValiditySettings, only=UI_VALIDITY_OPTIONS)),
+            scenario=UI_SCENARIO,
+            steps=UiLoopSettings(**values(args, UiLoopSettings, only=UI_LOOP_OPTIONS)),
+            **values(args, RunSettings, only=UI_RUN_OPTIONS),
+        )
         ui = UiSettings(**values(args, UiSettings))
     except ValueError as error:
         parser.error(str(error))
     configure_logging(args.log_level)
     from ipsbench.loadgen.ui import run_ui  # imports locust, which patches the process for gevent
 
-    return run_ui(ui, target, workload, **values(args, RunSettings, only=DISTRIBUTED_OPTIONS))
+    return run_ui(ui, settings, reports=args.out_dir is not None)  # an exploring session may want none
 
 
 def _compare(argv: list[str]) -> int:

@@ -166,10 +166,13 @@ class WorkerState:
 class MasterSteps:
     """Master side: hands each worker the run's setup, keeps its latest step snapshots, merges them."""
 
-    def __init__(self, runner: MasterRunner, setup: dict, started_ns: int) -> None:
+    def __init__(self, runner: MasterRunner, setup: dict, started_ns: int, rejoins: bool = False) -> None:
         self.runner = runner
         self.setup = setup
         self.started_ns = started_ns
+        self.rejoins = rejoins
+        """Workers leave locust's client list when a test stops and rejoin for the next (the web UI's tests), so
+        absence alone does not lose one; a missing heartbeat, or no final report at the end, still does."""
         self.workers: dict[str, WorkerState] = {}
         self._requests = 0
         runner.environment.events.worker_report.add_listener(self._on_worker_report)
@@ -317,7 +320,8 @@ class MasterSteps:
             for worker in self._pending():
                 node = self.runner.clients.get(worker.id)
                 if node is None:
-                    self._lose(worker, "left the run without a final report")
+                    if not self.rejoins:
+                        self._lose(worker, "left the run without a final report")
                 elif node.state == STATE_MISSING:
                     self._lose(worker, "locust marked it missing (no heartbeat)")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from ipsbench.loadgen.arrivals import ARRIVALS
+from ipsbench.loadgen.arrivals import ARRIVALS, MAX_RATE_PER_S
 from ipsbench.loadgen.slo import DEFAULT_PERCENTILE, MIN_SAMPLES, SAMPLE_RULES, parse_objective, with_percentile
 from ipsbench.server.flags import duration, option
 
@@ -290,6 +290,46 @@ class ValiditySettings:
         for text in objectives:
             parse_objective(text)  # the parser's errors are the settings' errors
         object.__setattr__(self, "latency_slo", objectives)
+
+
+UI_SCENARIO = "ui"
+"""The report's scenario name of an ``ipsbench-load ui`` run."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class UiLoopSettings(OpenLoopSettings):
+    """What a test started in ``ipsbench-load ui`` runs: a closed loop over the form's users, or with ``--rate``
+    open-loop arrivals at that rate (latency from each request's intended send time), split evenly among the
+    form's users, whose requests in flight together stay within ``--max-in-flight``. Each test is one step,
+    measured from its start (no warm-up) until it is stopped in the UI, for at most a day."""
+
+    rate_per_s: float = option(0.0, (
+        "open loop: each test the UI starts sends at this arrival rate in requests/s (the form's users share it; "
+        "the UI's custom parameter 'rate' changes it per test); 0: closed loop, the form's users"
+    ), flag="--rate")
+    window_s: float = option(MAX_STEP_DURATION_S, "a test's measured window at most (stopped in the UI before)",
+                             cli=False)
+    warmup_s: float = option(0.0, "no warm-up: a test is measured from its start", cli=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_ui_rate(self.rate_per_s, allow_closed=True)
+
+    @property
+    def open_loop(self) -> bool:
+        return self.rate_per_s > 0
+
+    @property
+    def step_count(self) -> int:
+        return 1
+
+
+def check_ui_rate(rate_per_s: float, allow_closed: bool = False) -> None:
+    """A UI test's arrival rate: in (0, MAX_RATE_PER_S] requests/s (or 0, closed loop, where ``allow_closed``)."""
+    if allow_closed and rate_per_s == 0:
+        return
+    if not 0 < rate_per_s <= MAX_RATE_PER_S:  # false for nan too
+        raise ValueError(f"rate must be in (0, {MAX_RATE_PER_S:g}] requests/s, got {rate_per_s:g}")
 
 
 @dataclass(frozen=True)
