@@ -1,9 +1,12 @@
 """The server's side of a step, from its Prometheus endpoint scraped at the window's start and end.
 
 Triton's metric names (``nv_inference_*``, ``nv_gpu_*``, ``nv_energy_consumption``), so the same works against
-Triton and ipsbench-serve. Counters are differenced between the two scrapes; gauges are averaged over them. A
-failed scrape is a warning in the report, never an error of the run. Pure: no locust, no gevent (the load shape
-schedules the scrapes).
+Triton and ipsbench-serve; ipsbench-serve's own series (``ipsbench_*``: the time before the queue and after the
+compute, the request-duration histogram, each serving process's CPU and event loop) add to the block where the page
+has them. Counters and histogram buckets are differenced between the two scrapes; gauges are averaged over them.
+The load generator's host CPU is read at the same two instants, so every figure of a step's block covers one
+interval. A failed scrape is a warning in the report, never an error of the run. Pure: no locust, no gevent (the
+load shape schedules the scrapes).
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ import logging
 import time
 import urllib.error
 import urllib.request
+import math
 from dataclasses import dataclass
 
+import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 logger = logging.getLogger(__name__)
@@ -40,6 +45,14 @@ MODEL_COUNTERS = (
     "nv_inference_compute_output_duration_us",
 )
 COMPUTE_COUNTERS = MODEL_COUNTERS[-3:]
+# ipsbench-serve's per-model series (no Triton name), in seconds; absent from Triton's page.
+OWN_COUNTERS = (
+    "ipsbench_pre_queue_duration_seconds",
+    "ipsbench_post_compute_duration_seconds",
+    "ipsbench_execution_compute_duration_seconds",
+)
+REQUEST_HISTOGRAM = "ipsbench_request_duration_seconds"
+LOOP_LAG_HISTOGRAM = "ipsbench_event_loop_lag_seconds"
 
 
 class ScrapeError(Exception):
@@ -62,6 +75,43 @@ class Snapshot:
 
     def per_label(self, name: str, label: str) -> dict[str, float]:
         return {dict(ls)[label]: v for (n, ls), v in self.samples.items() if n == name and label in dict(ls)}
+
+    def buckets(self, name: str, **labels: str) -> dict[float, float]:
+        """A histogram's cumulative bucket counts by upper bound (``+Inf`` as ``math.inf``), summed over the
+        series whose labels include ``labels``."""
+        wanted = set(labels.items())
+        found: dict[float, float] = {}
+        for (n, ls), v in self.samples.items():
+            if n == f"{name}_bucket" and wanted <= ls:
+                le = float(dict(ls)["le"])
+                found[le] = found.get(le, 0.0) + v
+        return found
+
+
+def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """The ``q`` quantile (0..1) of cumulative bucket counts as Prometheus' ``histogram_quantile`` estimates it:
+    linear within the bucket the rank falls in (from 0 in the first); the highest finite bound when it falls in
+    ``+Inf``; None without observations."""
+    bounds = sorted(buckets)
+    if not bounds or bounds[-1] != math.inf or buckets[math.inf] <= 0:
+        return None
+    rank = q * buckets[math.inf]
+    lower, below = 0.0, 0.0
+    for upper in bounds:
+        count = buckets[upper]
+        if count >= rank and count > below:
+            if upper == math.inf:
+                return lower
+            return lower + (upper - lower) * (rank - below) / (count - below)
+        lower, below = upper, count
+    return lower
+
+
+def _bucket_delta(start: Snapshot, end: Snapshot, name: str, **labels: str) -> dict[float, float] | None:
+    before, after = start.buckets(name, **labels), end.buckets(name, **labels)
+    if not after:
+        return None
+    return {le: count - before.get(le, 0.0) for le, count in after.items()}
 
 
 def parse_metrics(text: str, at_ns: int = 0) -> Snapshot:
@@ -130,9 +180,102 @@ def server_side(start: Snapshot, end: Snapshot, model: str, version: str = "",
         "compute_infer_ms": _ms_per(delta["nv_inference_compute_infer_duration_us"], requests),
         "compute_output_ms": _ms_per(delta["nv_inference_compute_output_duration_us"], requests),
         "inferences_per_s": round(inferences / interval_s, 3) if interval_s > 0 else None,
+        **own_side(start, end, labels, interval_s),
         "gpu": gpu_side(start, end, inferences, interval_s),
+        "processes": processes_side(start, end, interval_s),
     }
     return block, warnings
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 4)
+
+
+def own_side(start: Snapshot, end: Snapshot, labels: dict[str, str], interval_s: float) -> dict:
+    """ipsbench-serve's own per-model figures (None each on a page without them): the server's time before the
+    queue and after the compute per answered request, the p50/p99 of its request time, the engine's busy share."""
+    delta: dict[str, float | None] = {}
+    for name in OWN_COUNTERS:
+        before, after = start.total(name, **labels), end.total(name, **labels)
+        delta[name] = None if before is None or after is None else after - before
+    answered = None
+    histogram = _bucket_delta(start, end, REQUEST_HISTOGRAM, **labels)
+    if histogram is not None:
+        answered = histogram.get(math.inf, 0.0)
+
+    def per_answered(name: str) -> float | None:
+        return None if delta[name] is None or not answered else delta[name] / answered
+
+    pre, post = per_answered(OWN_COUNTERS[0]), per_answered(OWN_COUNTERS[1])
+    instances = end.total("ipsbench_model_instances", **labels)
+    busy = delta[OWN_COUNTERS[2]]
+    return {
+        "pre_queue_ms": _ms(pre),
+        "post_compute_ms": _ms(post),
+        "frontend_ms": None if pre is None or post is None else _ms(pre + post),
+        "request_p50_ms": _ms(histogram_quantile(0.50, histogram)) if histogram else None,
+        "request_p99_ms": _ms(histogram_quantile(0.99, histogram)) if histogram else None,
+        "instances": None if instances is None else int(instances),
+        "engine_busy": round(busy / (interval_s * instances), 4) if busy is not None and instances and interval_s > 0
+        else None,
+    }
+
+
+def processes_side(start: Snapshot, end: Snapshot, interval_s: float) -> list[dict] | None:
+    """Each serving process's share of a core over the interval (all its threads; its event loop's thread) and its
+    loop's lag (mean, p99); None on a page without them."""
+    if interval_s <= 0:
+        return None
+    processes = []
+    for (name, labels) in sorted(end.samples, key=lambda key: sorted(key[1])):
+        if name != "ipsbench_process_cpu_seconds":
+            continue
+        who = dict(labels)
+        cpu = _delta(start, end, "ipsbench_process_cpu_seconds", **who)
+        loop_cpu = _delta(start, end, "ipsbench_event_loop_cpu_seconds", **who)
+        lag = _bucket_delta(start, end, LOOP_LAG_HISTOGRAM, **who)
+        ticks = lag.get(math.inf, 0.0) if lag else 0.0
+        lag_sum = _delta(start, end, f"{LOOP_LAG_HISTOGRAM}_sum", **who)
+        processes.append({
+            "role": who.get("role"),
+            "index": who.get("index"),
+            "cpu_cores": None if cpu is None else round(cpu / interval_s, 4),
+            "loop_cpu_cores": None if loop_cpu is None else round(loop_cpu / interval_s, 4),
+            "loop_lag_mean_ms": _ms(lag_sum / ticks) if ticks and lag_sum is not None else None,
+            "loop_lag_p99_ms": _ms(histogram_quantile(0.99, lag)) if ticks else None,
+        })
+    return processes or None
+
+
+def _delta(start: Snapshot, end: Snapshot, name: str, **labels: str) -> float | None:
+    before, after = start.total(name, **labels), end.total(name, **labels)
+    return None if before is None or after is None or after < before else after - before
+
+
+@dataclass(frozen=True)
+class HostTimes:
+    """The load generator's host CPU times at one instant (``psutil.cpu_times()``, all cores together)."""
+
+    busy_s: float
+    total_s: float
+
+    @classmethod
+    def now(cls) -> HostTimes:
+        times = psutil.cpu_times()
+        total = sum(times)
+        idle = times.idle + getattr(times, "iowait", 0.0)
+        # guest time is already counted in user time on Linux
+        total -= getattr(times, "guest", 0.0) + getattr(times, "guest_nice", 0.0)
+        return cls(busy_s=total - idle, total_s=total)
+
+
+def host_side(start: HostTimes, end: HostTimes) -> dict | None:
+    """The load generator's host over the interval: its CPUs' busy share and how many there are."""
+    total = end.total_s - start.total_s
+    if total <= 0:
+        return None
+    return {"cpu_percent": round(100 * max(end.busy_s - start.busy_s, 0.0) / total, 1),
+            "cpus": psutil.cpu_count() or 1}
 
 
 def gpu_side(start: Snapshot, end: Snapshot, inferences: float, interval_s: float) -> dict | None:
@@ -170,18 +313,19 @@ class StepScrapes:
         self.timeout_s = timeout_s
         self.blocks: dict[int, dict] = {}
         self.warnings: list[str] = []
-        self._starts: dict[int, Snapshot] = {}
+        self._starts: dict[int, tuple[Snapshot, HostTimes]] = {}
 
     def window_start(self, index: int) -> None:
         try:
-            self._starts[index] = scrape(self.url, self.timeout_s)
+            self._starts[index] = (scrape(self.url, self.timeout_s), HostTimes.now())
         except ScrapeError as error:
             self._warn(index, f"scrape at the window's start failed: {error}")
 
     def window_end(self, index: int, window_start_ns: int, window_end_ns: int) -> None:
-        start = self._starts.pop(index, None)
-        if start is None:
+        started = self._starts.pop(index, None)
+        if started is None:
             return
+        start, host_start = started
         try:
             end = scrape(self.url, self.timeout_s)
         except ScrapeError as error:
@@ -191,6 +335,7 @@ class StepScrapes:
         for warning in warnings:
             self._warn(index, warning)
         if block is not None:
+            block["load_host"] = host_side(host_start, HostTimes.now())
             self.blocks[index] = block
 
     def _warn(self, index: int, text: str) -> None:

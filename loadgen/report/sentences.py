@@ -194,7 +194,8 @@ def slo_search_line(slo: dict) -> str | None:
 
 NO_SLO: Sentence = ("No SLO was set for this run, so there is no PASS/FAIL verdict.",)
 NO_SCRAPE: Sentence = ("The run did not scrape the server's metrics (", Code("--metrics-url"),
-                       "), so the time cannot be split into client + network, queue and compute.")
+                       "), so the time cannot be split into client + network, the server's front end, queue and "
+                       "compute.")
 NO_ERRORS: Sentence = ("No request ended in an error.",)
 ONE_PROCESS: Sentence = ("The load ran in one process (no locust workers).",)
 
