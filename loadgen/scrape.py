@@ -3,9 +3,9 @@
 Triton's metric names (``nv_inference_*``, ``nv_gpu_*``, ``nv_energy_consumption``), so the same works against
 Triton and ipsbench-serve; ipsbench-serve's own series (``ipsbench_*``: the time before the queue and after the
 compute, the request-duration histogram, each serving process's CPU and event loop) add to the block where the page
-has them. Counters and histogram buckets are differenced between the two scrapes; gauges are averaged over them.
-The load generator's host CPU is read at the same two instants, so every figure of a step's block covers one
-interval. A failed scrape is a warning in the report, never an error of the run. Pure: no locust, no gevent (the
+has them. Counters and histogram buckets are differenced between the two scrapes; gauges are averaged over them. The
+load generator's CPUs (its affinity set) are read at the same two instants, so every figure of a step's block covers
+one interval. A failed scrape is a warning in the report, never an error of the run. Pure: no locust, no gevent (the
 load shape schedules the scrapes).
 """
 
@@ -14,12 +14,16 @@ from __future__ import annotations
 import logging
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import math
+import os
 from dataclasses import dataclass
 
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
+
+from ipsbench.loadgen.client import is_local_target
 
 logger = logging.getLogger(__name__)
 
@@ -222,8 +226,8 @@ def own_side(start: Snapshot, end: Snapshot, labels: dict[str, str], interval_s:
 
 
 def processes_side(start: Snapshot, end: Snapshot, interval_s: float) -> list[dict] | None:
-    """Each serving process's share of a core over the interval (all its threads; its event loop's thread) and its
-    loop's lag (mean, p99); None on a page without them."""
+    """Each serving process's CPUs, its use of them in cores over the interval (all its threads; its event loop's
+    thread) and its loop's lag (mean, p99); None on a page without them."""
     if interval_s <= 0:
         return None
     processes = []
@@ -236,9 +240,11 @@ def processes_side(start: Snapshot, end: Snapshot, interval_s: float) -> list[di
         lag = _bucket_delta(start, end, LOOP_LAG_HISTOGRAM, **who)
         ticks = lag.get(math.inf, 0.0) if lag else 0.0
         lag_sum = _delta(start, end, f"{LOOP_LAG_HISTOGRAM}_sum", **who)
+        cpus = end.total("ipsbench_process_cpus", **who)
         processes.append({
             "role": who.get("role"),
             "index": who.get("index"),
+            "cpus": int(cpus) if cpus else None,
             "cpu_cores": None if cpu is None else round(cpu / interval_s, 4),
             "loop_cpu_cores": None if loop_cpu is None else round(loop_cpu / interval_s, 4),
             "loop_lag_mean_ms": _ms(lag_sum / ticks) if ticks and lag_sum is not None else None,
@@ -252,30 +258,54 @@ def _delta(start: Snapshot, end: Snapshot, name: str, **labels: str) -> float | 
     return None if before is None or after is None or after < before else after - before
 
 
+def load_cpus() -> list[int]:
+    """The CPUs this load generator may run on (its affinity set; every CPU where the platform has none)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return list(range(psutil.cpu_count() or 1))
+
+
 @dataclass(frozen=True)
 class HostTimes:
-    """The load generator's host CPU times at one instant (``psutil.cpu_times()``, all cores together)."""
+    """The load generator's CPUs' times at one instant (``psutil.cpu_times(percpu=True)``, its affinity set's CPUs
+    together: the CPUs it competes for, with the server where they share a host)."""
 
     busy_s: float
     total_s: float
+    cpus: int
 
     @classmethod
     def now(cls) -> HostTimes:
-        times = psutil.cpu_times()
-        total = sum(times)
-        idle = times.idle + getattr(times, "iowait", 0.0)
-        # guest time is already counted in user time on Linux
-        total -= getattr(times, "guest", 0.0) + getattr(times, "guest_nice", 0.0)
-        return cls(busy_s=total - idle, total_s=total)
+        per_cpu = psutil.cpu_times(percpu=True)
+        chosen = [per_cpu[i] for i in load_cpus() if i < len(per_cpu)] or per_cpu
+        busy = total = 0.0
+        for times in chosen:
+            # guest time is already counted in user time on Linux
+            cpu_total = sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+            total += cpu_total
+            busy += cpu_total - times.idle - getattr(times, "iowait", 0.0)
+        return cls(busy_s=busy, total_s=total, cpus=len(chosen))
 
 
-def host_side(start: HostTimes, end: HostTimes) -> dict | None:
-    """The load generator's host over the interval: its CPUs' busy share and how many there are."""
+def host_side(start: HostTimes, end: HostTimes, shares_server_host: bool = False) -> dict | None:
+    """The load generator's CPUs over the interval: their busy share (all together), how many there are, and
+    whether the server runs on this host too."""
     total = end.total_s - start.total_s
     if total <= 0:
         return None
-    return {"cpu_percent": round(100 * max(end.busy_s - start.busy_s, 0.0) / total, 1),
-            "cpus": psutil.cpu_count() or 1}
+    return {"cpu_percent": round(100 * max(end.busy_s - start.busy_s, 0.0) / total, 1), "cpus": end.cpus,
+            "shares_server_host": shares_server_host}
+
+
+def serves_from_this_host(url: str) -> bool:
+    """Whether the metrics endpoint at ``url`` is on this host (its host name is a loopback address)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return False
+    return bool(host) and is_local_target(f"[{host}]:{port or 0}" if ":" in host else f"{host}:{port or 0}")
 
 
 def gpu_side(start: Snapshot, end: Snapshot, inferences: float, interval_s: float) -> dict | None:
@@ -313,6 +343,8 @@ class StepScrapes:
         self.timeout_s = timeout_s
         self.blocks: dict[int, dict] = {}
         self.warnings: list[str] = []
+        self.shares_host = serves_from_this_host(url)
+        """The server is on the load generator's host (its metrics endpoint is a loopback address)."""
         self._starts: dict[int, tuple[Snapshot, HostTimes]] = {}
 
     def window_start(self, index: int) -> None:
@@ -335,7 +367,7 @@ class StepScrapes:
         for warning in warnings:
             self._warn(index, warning)
         if block is not None:
-            block["load_host"] = host_side(host_start, HostTimes.now())
+            block["load_host"] = host_side(host_start, HostTimes.now(), self.shares_host)
             self.blocks[index] = block
 
     def _warn(self, index: int, text: str) -> None:

@@ -27,7 +27,7 @@ from ipsbench.server.cuda_shared_memory import cuda_opener
 from ipsbench.server.errors import without_paths
 from ipsbench.server.grpc_service import InferenceServicer
 from ipsbench.server.health import Health
-from ipsbench.server.loop_monitor import LoopMonitor, ProcessReadings
+from ipsbench.server.loop_monitor import LoopMonitor, ProcessReadings, process_cpus
 from ipsbench.server.metrics import MetricsServer, ServerCollector, register_process_metrics
 from ipsbench.server.models import ModelRegistry
 from ipsbench.server.preprocess.stage import DecodePool
@@ -293,7 +293,8 @@ class App:
 
     def _process_readings(self) -> list[tuple[str, str, ProcessReadings]]:
         """(role, index, readings) of every serving process; this one's process CPU read now."""
-        readings = dataclasses.replace(self.loop_monitor.readings, process_cpu_s=time.process_time())
+        readings = dataclasses.replace(self.loop_monitor.readings, process_cpu_s=time.process_time(),
+                                       cpus=process_cpus())
         return [(self.process_role, "0", readings)]
 
     async def _load_models(self) -> bool:

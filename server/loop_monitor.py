@@ -1,16 +1,18 @@
 """A serving process watched from inside its event loop: the loop's lag and CPU, and the process's CPU.
 
 A timer on the loop asks to wake every :data:`TICK_S`; how much later it wakes is the loop's lag (a request that
-arrives then waits as long before any of its code runs). Each tick also reads the CPU time of the loop's thread
-(the front end's own limit: one Python thread at 100 % of a core, whatever the engine's threads do) and of the
-whole process. The readings are plain numbers, exported by :mod:`ipsbench.server.metrics`; a front-end process
-mirrors them into its ring for the engine's metrics (``on_tick``).
+arrives then waits as long before any of its code runs). Each tick also reads the CPU time of the loop's thread (the
+front end's own limit: one Python thread at 100 % of a core, whatever the engine's threads do) and of the whole
+process, and how many CPUs the process may run on. The readings are plain numbers, exported by
+:mod:`ipsbench.server.metrics`; a front-end process mirrors them into its ring for the engine's metrics
+(``on_tick``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,10 +35,20 @@ class ProcessReadings:
     """Ticks per lag bucket (not cumulative)."""
     lag_s: float = 0.0
     """Cumulative lag of the ticks."""
+    cpus: int = 0
+    """CPUs the process may run on (its affinity set): its CPU time can grow this fast at most."""
 
     def observe_lag(self, lag_s: float) -> None:
         self.lag_buckets[bisect.bisect_left(LAG_BUCKETS_S, lag_s)] += 1
         self.lag_s += lag_s
+
+
+def process_cpus() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on this platform
+        return os.cpu_count() or 1
 
 
 class LoopMonitor:
@@ -64,5 +76,6 @@ class LoopMonitor:
             readings.observe_lag(max(time.perf_counter() - due, 0.0))
             readings.loop_cpu_s = time.thread_time()  # this coroutine runs on the loop's thread
             readings.process_cpu_s = time.process_time()
+            readings.cpus = process_cpus()
             if self._on_tick is not None:
                 self._on_tick(readings)

@@ -237,6 +237,7 @@ _LOOP_CPU = (
     "ipsbench_event_loop_cpu_seconds_total",
     "CPU time of each serving process's event-loop thread in seconds (1 s per s: the loop has a core to itself)",
 )
+_PROCESS_CPUS = ("ipsbench_process_cpus", "CPUs each serving process may run on (its affinity set)")
 _LOOP_LAG = (
     "ipsbench_event_loop_lag_seconds",
     "How late each serving process's event loop ran a timer due every 50 ms, in seconds",
@@ -252,14 +253,17 @@ class ProcessesCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         processes = list(self._processes())
         cpu, loop_cpu = Metric(*_PROCESS_CPU, "counter"), Metric(*_LOOP_CPU, "counter")
+        cpus = Metric(*_PROCESS_CPUS, "gauge")
         lag = HistogramMetricFamily(*_LOOP_LAG, labels=["role", "index"])
         for role, index, readings in processes:
             labels = {"role": role, "index": index}
             cpu.add_sample(_PROCESS_CPU[0], labels, readings.process_cpu_s)
             loop_cpu.add_sample(_LOOP_CPU[0], labels, readings.loop_cpu_s)
+            cpus.add_sample(_PROCESS_CPUS[0], labels, readings.cpus)
             lag.add_metric([role, index], _buckets(LAG_BUCKETS_S, readings.lag_buckets), readings.lag_s)
         yield cpu
         yield loop_cpu
+        yield cpus
         yield lag
 
 

@@ -26,7 +26,11 @@ model with the device-time model backend, so no device computed and every render
 ``label``) and the model's ``backend`` (from its ModelConfig; None where the target has none). Later added to 4:
 verdict ``INCONCLUSIVE`` (exit 4: an objective's percentile lacked the samples to be judged and nothing else
 failed), each step's ``slo.inconclusive`` and ``slo.settle_duration_s``, the SLO block's ``inconclusive_steps`` and
-``settle_duration_s`` (the ``--duration`` that would hold the samples)."""
+``settle_duration_s`` (the ``--duration`` that would hold the samples). Later added to 4, optional for readers:
+each step's ``bottleneck`` (``resource``: engine, host_cpu, load_generator, server_frontend, none, or null when the
+server was not scraped; ``figures``; ``sentence``) and, in its ``server`` block, the server's front-end time
+(``pre_queue_ms``, ``post_compute_ms``, ``frontend_ms``), ``request_p50_ms`` / ``request_p99_ms``, ``instances``,
+``engine_busy``, ``processes`` and ``load_host``."""
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 VERDICT_EXIT_CODES = {"PASS": 0, "FAIL": 1, "UNSTABLE": 1, "INVALID": 2, "INCONCLUSIVE": 4}

@@ -1,10 +1,11 @@
 """A step as the report states it: its counts, latency percentiles, throughput, open-loop sends, the client's own
-load, its SLO judgement and its validity, from the step's record."""
+load, its bottleneck, its SLO judgement and its validity, from the step's record."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from ipsbench.loadgen.bottleneck import classify, figures_of
 from ipsbench.loadgen.histograms import add_histogram, new_histogram
 from ipsbench.loadgen.outcomes import COMPLETED, ERRORS, Outcome
 from ipsbench.loadgen.recorder import StepRecord
@@ -152,6 +153,12 @@ def client_entry(step: StepRecord, open_loop: dict | None) -> dict:
         )
     return {"cpu_percent": cpu, "cpu_percent_per_process": list(step.cpu_percent), "client_bound": bool(reasons),
             "reasons": reasons}
+
+
+def bottleneck_entry(entry: dict) -> dict:
+    """The resource that limited the step (:mod:`ipsbench.loadgen.bottleneck`), from the entry's client and
+    open-loop blocks and its ``server`` block (set it first; None: not scraped)."""
+    return classify(figures_of(entry), scraped=entry.get("server") is not None)
 
 
 def open_loop_entry(step: StepRecord, window_s: float) -> dict:

@@ -42,7 +42,8 @@ def shared_memory_free() -> int:
 
 
 LOOP_FIELDS = (
-    "process_cpu_us", "loop_cpu_us", "loop_lag_us", *(f"loop_lag_ticks_{i}" for i in range(len(LAG_BUCKETS_S) + 1)),
+    "process_cpu_us", "loop_cpu_us", "loop_lag_us", "cpus",
+    *(f"loop_lag_ticks_{i}" for i in range(len(LAG_BUCKETS_S) + 1)),
 )
 """A front end's :class:`ipsbench.server.loop_monitor.ProcessReadings`, in microseconds and ticks per lag bucket."""
 COUNTER_FIELDS = ("inflight_request_bytes", "requests_refused_for_bytes", "requests_received", *LOOP_FIELDS)
@@ -88,6 +89,7 @@ def mirror_readings(counters: FrontendCounters, readings: ProcessReadings) -> No
     counters.process_cpu_us = round(readings.process_cpu_s * 1e6)
     counters.loop_cpu_us = round(readings.loop_cpu_s * 1e6)
     counters.loop_lag_us = round(readings.lag_s * 1e6)
+    counters.cpus = readings.cpus
     for i, ticks in enumerate(readings.lag_buckets):
         setattr(counters, f"loop_lag_ticks_{i}", ticks)
 
@@ -99,6 +101,7 @@ def readings_from(values: dict[str, int]) -> ProcessReadings:
         loop_cpu_s=values["loop_cpu_us"] / 1e6,
         lag_buckets=[values[f"loop_lag_ticks_{i}"] for i in range(len(LAG_BUCKETS_S) + 1)],
         lag_s=values["loop_lag_us"] / 1e6,
+        cpus=values["cpus"],
     )
 
 

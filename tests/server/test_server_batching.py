@@ -111,7 +111,8 @@ def test_the_server_time_of_each_request_is_split_before_queue_queue_compute_and
         return metric(after, name, **labels, **more) - metric(before, name, **labels, **more)
 
     assert delta("ipsbench_request_duration_seconds_count") == 5
-    pre, post = delta("ipsbench_pre_queue_duration_seconds_total"), delta("ipsbench_post_compute_duration_seconds_total")
+    pre = delta("ipsbench_pre_queue_duration_seconds_total")
+    post = delta("ipsbench_post_compute_duration_seconds_total")
     queue_s, compute_s = delta("nv_inference_queue_duration_us") / 1e6, sum(
         delta(f"nv_inference_compute_{part}_duration_us") for part in ("input", "infer", "output")) / 1e6
     assert pre > 0 and post > 0
