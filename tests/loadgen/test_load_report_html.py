@@ -288,7 +288,7 @@ def test_plots_without_data_are_left_out_with_a_note(sweep_out):
     assert 'id="plot-time-breakdown"' not in html and 'id="plot-time-breakdown-absent"' in html
     assert 'id="plot-timeline"' not in html and "no wall-clock window bounds" in html
     assert 'id="plot-throughput-vs-p99"' in html  # what has data is still drawn
-    assert "cannot be split into client + network, the server's front end, queue and compute" in html
+    assert "cannot be split into client + network, the server&#x27;s front end, queue and compute" in html
 
 
 def test_slo_stability_and_client_flags_are_rendered(sweep_out):
