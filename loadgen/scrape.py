@@ -87,8 +87,12 @@ class Snapshot:
         found: dict[float, float] = {}
         for (n, ls), v in self.samples.items():
             if n == f"{name}_bucket" and wanted <= ls:
-                le = float(dict(ls)["le"])
-                found[le] = found.get(le, 0.0) + v
+                try:
+                    le = float(dict(ls).get("le", "nan"))
+                except ValueError:
+                    continue  # a bucket without a number for its bound is no bucket
+                if not math.isnan(le):
+                    found[le] = found.get(le, 0.0) + v
         return found
 
 
@@ -244,7 +248,7 @@ def processes_side(start: Snapshot, end: Snapshot, interval_s: float) -> list[di
         processes.append({
             "role": who.get("role"),
             "index": who.get("index"),
-            "cpus": int(cpus) if cpus else None,
+            "cpus": int(cpus) if cpus is not None and 1 <= cpus < 1e6 else None,
             "cpu_cores": None if cpu is None else round(cpu / interval_s, 4),
             "loop_cpu_cores": None if loop_cpu is None else round(loop_cpu / interval_s, 4),
             "loop_lag_mean_ms": _ms(lag_sum / ticks) if ticks and lag_sum is not None else None,

@@ -126,6 +126,12 @@ def test_a_triton_page_has_none_of_the_servers_own_figures():
     assert block["processes"] is None
 
 
+def test_buckets_without_a_numeric_bound_are_ignored():
+    text = ("# TYPE h histogram\n" 'h_bucket{le="0.1"} 3\n' 'h_bucket{le="lots"} 5\n' 'h_bucket{le="+Inf"} 4\n'
+            "h_count 4\nh_sum 1\n")
+    assert parse_metrics(text).buckets("h") == {0.1: 3.0, math.inf: 4.0}
+
+
 def test_histogram_quantile_interpolates_as_prometheus_does():
     buckets = {0.1: 10.0, 0.2: 10.0, 0.5: 20.0, math.inf: 20.0}
     assert histogram_quantile(0.5, buckets) == pytest.approx(0.1)  # rank 10: the top of the first bucket
