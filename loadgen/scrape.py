@@ -1,9 +1,12 @@
 """The server's side of a step, from its Prometheus endpoint scraped at the window's start and end.
 
 Triton's metric names (``nv_inference_*``, ``nv_gpu_*``, ``nv_energy_consumption``), so the same works against
-Triton and ipsbench-serve. Counters are differenced between the two scrapes; gauges are averaged over them. A
-failed scrape is a warning in the report, never an error of the run. Pure: no locust, no gevent (the load shape
-schedules the scrapes).
+Triton and ipsbench-serve; ipsbench-serve's own series (``ipsbench_*``: the time before the queue and after the
+compute, the request-duration histogram, each serving process's CPU and event loop) add to the block where the page
+has them. Counters and histogram buckets are differenced between the two scrapes; gauges are averaged over them. The
+load generator's CPUs (its affinity set) are read at the same two instants, so every figure of a step's block covers
+one interval. A failed scrape is a warning in the report, never an error of the run. Pure: no locust, no gevent (the
+load shape schedules the scrapes).
 """
 
 from __future__ import annotations
@@ -11,10 +14,16 @@ from __future__ import annotations
 import logging
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+import math
+import os
 from dataclasses import dataclass
 
+import psutil
 from prometheus_client.parser import text_string_to_metric_families
+
+from ipsbench.loadgen.client import is_local_target
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +49,14 @@ MODEL_COUNTERS = (
     "nv_inference_compute_output_duration_us",
 )
 COMPUTE_COUNTERS = MODEL_COUNTERS[-3:]
+# ipsbench-serve's per-model series (no Triton name), in seconds; absent from Triton's page.
+OWN_COUNTERS = (
+    "ipsbench_pre_queue_duration_seconds",
+    "ipsbench_post_compute_duration_seconds",
+    "ipsbench_execution_compute_duration_seconds",
+)
+REQUEST_HISTOGRAM = "ipsbench_request_duration_seconds"
+LOOP_LAG_HISTOGRAM = "ipsbench_event_loop_lag_seconds"
 
 
 class ScrapeError(Exception):
@@ -62,6 +79,47 @@ class Snapshot:
 
     def per_label(self, name: str, label: str) -> dict[str, float]:
         return {dict(ls)[label]: v for (n, ls), v in self.samples.items() if n == name and label in dict(ls)}
+
+    def buckets(self, name: str, **labels: str) -> dict[float, float]:
+        """A histogram's cumulative bucket counts by upper bound (``+Inf`` as ``math.inf``), summed over the
+        series whose labels include ``labels``."""
+        wanted = set(labels.items())
+        found: dict[float, float] = {}
+        for (n, ls), v in self.samples.items():
+            if n == f"{name}_bucket" and wanted <= ls:
+                try:
+                    le = float(dict(ls).get("le", "nan"))
+                except ValueError:
+                    continue  # a bucket without a number for its bound is no bucket
+                if not math.isnan(le):
+                    found[le] = found.get(le, 0.0) + v
+        return found
+
+
+def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """The ``q`` quantile (0..1) of cumulative bucket counts as Prometheus' ``histogram_quantile`` estimates it:
+    linear within the bucket the rank falls in (from 0 in the first); the highest finite bound when it falls in
+    ``+Inf``; None without observations."""
+    bounds = sorted(buckets)
+    if not bounds or bounds[-1] != math.inf or buckets[math.inf] <= 0:
+        return None
+    rank = q * buckets[math.inf]
+    lower, below = 0.0, 0.0
+    for upper in bounds:
+        count = buckets[upper]
+        if count >= rank and count > below:
+            if upper == math.inf:
+                return lower
+            return lower + (upper - lower) * (rank - below) / (count - below)
+        lower, below = upper, count
+    return lower
+
+
+def _bucket_delta(start: Snapshot, end: Snapshot, name: str, **labels: str) -> dict[float, float] | None:
+    before, after = start.buckets(name, **labels), end.buckets(name, **labels)
+    if not after:
+        return None
+    return {le: count - before.get(le, 0.0) for le, count in after.items()}
 
 
 def parse_metrics(text: str, at_ns: int = 0) -> Snapshot:
@@ -130,9 +188,128 @@ def server_side(start: Snapshot, end: Snapshot, model: str, version: str = "",
         "compute_infer_ms": _ms_per(delta["nv_inference_compute_infer_duration_us"], requests),
         "compute_output_ms": _ms_per(delta["nv_inference_compute_output_duration_us"], requests),
         "inferences_per_s": round(inferences / interval_s, 3) if interval_s > 0 else None,
+        **own_side(start, end, labels, interval_s),
         "gpu": gpu_side(start, end, inferences, interval_s),
+        "processes": processes_side(start, end, interval_s),
     }
     return block, warnings
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 4)
+
+
+def own_side(start: Snapshot, end: Snapshot, labels: dict[str, str], interval_s: float) -> dict:
+    """ipsbench-serve's own per-model figures (None each on a page without them): the server's time before the
+    queue and after the compute per answered request, the p50/p99 of its request time, the engine's busy share."""
+    delta: dict[str, float | None] = {}
+    for name in OWN_COUNTERS:
+        before, after = start.total(name, **labels), end.total(name, **labels)
+        delta[name] = None if before is None or after is None else after - before
+    answered = None
+    histogram = _bucket_delta(start, end, REQUEST_HISTOGRAM, **labels)
+    if histogram is not None:
+        answered = histogram.get(math.inf, 0.0)
+
+    def per_answered(name: str) -> float | None:
+        return None if delta[name] is None or not answered else delta[name] / answered
+
+    pre, post = per_answered(OWN_COUNTERS[0]), per_answered(OWN_COUNTERS[1])
+    instances = end.total("ipsbench_model_instances", **labels)
+    busy = delta[OWN_COUNTERS[2]]
+    return {
+        "pre_queue_ms": _ms(pre),
+        "post_compute_ms": _ms(post),
+        "frontend_ms": None if pre is None or post is None else _ms(pre + post),
+        "request_p50_ms": _ms(histogram_quantile(0.50, histogram)) if histogram else None,
+        "request_p99_ms": _ms(histogram_quantile(0.99, histogram)) if histogram else None,
+        "instances": None if instances is None else int(instances),
+        "engine_busy": round(busy / (interval_s * instances), 4) if busy is not None and instances and interval_s > 0
+        else None,
+    }
+
+
+def processes_side(start: Snapshot, end: Snapshot, interval_s: float) -> list[dict] | None:
+    """Each serving process's CPUs, its use of them in cores over the interval (all its threads; its event loop's
+    thread) and its loop's lag (mean, p99); None on a page without them."""
+    if interval_s <= 0:
+        return None
+    processes = []
+    for (name, labels) in sorted(end.samples, key=lambda key: sorted(key[1])):
+        if name != "ipsbench_process_cpu_seconds":
+            continue
+        who = dict(labels)
+        cpu = _delta(start, end, "ipsbench_process_cpu_seconds", **who)
+        loop_cpu = _delta(start, end, "ipsbench_event_loop_cpu_seconds", **who)
+        lag = _bucket_delta(start, end, LOOP_LAG_HISTOGRAM, **who)
+        ticks = lag.get(math.inf, 0.0) if lag else 0.0
+        lag_sum = _delta(start, end, f"{LOOP_LAG_HISTOGRAM}_sum", **who)
+        cpus = end.total("ipsbench_process_cpus", **who)
+        processes.append({
+            "role": who.get("role"),
+            "index": who.get("index"),
+            "cpus": int(cpus) if cpus is not None and 1 <= cpus < 1e6 else None,
+            "cpu_cores": None if cpu is None else round(cpu / interval_s, 4),
+            "loop_cpu_cores": None if loop_cpu is None else round(loop_cpu / interval_s, 4),
+            "loop_lag_mean_ms": _ms(lag_sum / ticks) if ticks and lag_sum is not None else None,
+            "loop_lag_p99_ms": _ms(histogram_quantile(0.99, lag)) if ticks else None,
+        })
+    return processes or None
+
+
+def _delta(start: Snapshot, end: Snapshot, name: str, **labels: str) -> float | None:
+    before, after = start.total(name, **labels), end.total(name, **labels)
+    return None if before is None or after is None or after < before else after - before
+
+
+def load_cpus() -> list[int]:
+    """The CPUs this load generator may run on (its affinity set; every CPU where the platform has none)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return list(range(psutil.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class HostTimes:
+    """The load generator's CPUs' times at one instant (``psutil.cpu_times(percpu=True)``, its affinity set's CPUs
+    together: the CPUs it competes for, with the server where they share a host)."""
+
+    busy_s: float
+    total_s: float
+    cpus: int
+
+    @classmethod
+    def now(cls) -> HostTimes:
+        per_cpu = psutil.cpu_times(percpu=True)
+        chosen = [per_cpu[i] for i in load_cpus() if i < len(per_cpu)] or per_cpu
+        busy = total = 0.0
+        for times in chosen:
+            # guest time is already counted in user time on Linux
+            cpu_total = sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+            total += cpu_total
+            busy += cpu_total - times.idle - getattr(times, "iowait", 0.0)
+        return cls(busy_s=busy, total_s=total, cpus=len(chosen))
+
+
+def host_side(start: HostTimes, end: HostTimes, shares_server_host: bool = False) -> dict | None:
+    """The load generator's CPUs over the interval: their busy share (all together), how many there are, and
+    whether the server runs on this host too."""
+    total = end.total_s - start.total_s
+    if total <= 0:
+        return None
+    return {"cpu_percent": round(100 * max(end.busy_s - start.busy_s, 0.0) / total, 1), "cpus": end.cpus,
+            "shares_server_host": shares_server_host}
+
+
+def serves_from_this_host(url: str) -> bool:
+    """Whether the metrics endpoint at ``url`` is on this host (its host name is a loopback address)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return False
+    return bool(host) and is_local_target(f"[{host}]:{port or 0}" if ":" in host else f"{host}:{port or 0}")
 
 
 def gpu_side(start: Snapshot, end: Snapshot, inferences: float, interval_s: float) -> dict | None:
@@ -170,18 +347,21 @@ class StepScrapes:
         self.timeout_s = timeout_s
         self.blocks: dict[int, dict] = {}
         self.warnings: list[str] = []
-        self._starts: dict[int, Snapshot] = {}
+        self.shares_host = serves_from_this_host(url)
+        """The server is on the load generator's host (its metrics endpoint is a loopback address)."""
+        self._starts: dict[int, tuple[Snapshot, HostTimes]] = {}
 
     def window_start(self, index: int) -> None:
         try:
-            self._starts[index] = scrape(self.url, self.timeout_s)
+            self._starts[index] = (scrape(self.url, self.timeout_s), HostTimes.now())
         except ScrapeError as error:
             self._warn(index, f"scrape at the window's start failed: {error}")
 
     def window_end(self, index: int, window_start_ns: int, window_end_ns: int) -> None:
-        start = self._starts.pop(index, None)
-        if start is None:
+        started = self._starts.pop(index, None)
+        if started is None:
             return
+        start, host_start = started
         try:
             end = scrape(self.url, self.timeout_s)
         except ScrapeError as error:
@@ -191,6 +371,7 @@ class StepScrapes:
         for warning in warnings:
             self._warn(index, warning)
         if block is not None:
+            block["load_host"] = host_side(host_start, HostTimes.now(), self.shares_host)
             self.blocks[index] = block
 
     def _warn(self, index: int, text: str) -> None:

@@ -9,8 +9,10 @@ signal, or the grace period running out, ends the process at once with a non-zer
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
+import time
 from collections.abc import Callable
 from importlib import metadata
 
@@ -25,7 +27,8 @@ from ipsbench.server.cuda_shared_memory import cuda_opener
 from ipsbench.server.errors import without_paths
 from ipsbench.server.grpc_service import InferenceServicer
 from ipsbench.server.health import Health
-from ipsbench.server.metrics import MetricsServer, ServerCollector
+from ipsbench.server.loop_monitor import LoopMonitor, ProcessReadings, process_cpus
+from ipsbench.server.metrics import MetricsServer, ServerCollector, register_process_metrics
 from ipsbench.server.models import ModelRegistry
 from ipsbench.server.preprocess.stage import DecodePool
 from ipsbench.server.security import AdminAuth, SecurityConfigError, check_startup_policy, load_admin_token, server_credentials
@@ -103,6 +106,7 @@ class App:
         self._grpc_server: grpc.aio.Server | None = None
         self._metrics_server: MetricsServer | None = None
         self._gpu: GpuCollector | None = None
+        self.loop_monitor = LoopMonitor()
         self._exit = asyncio.Event()
         self._force = asyncio.Event()
 
@@ -218,6 +222,7 @@ class App:
         if drained:
             await self.control.close()
         self.decode_pool.shutdown()
+        self.loop_monitor.stop()
         if self._metrics_server is not None:
             self._metrics_server.stop()
         if self._gpu is not None:
@@ -274,12 +279,23 @@ class App:
 
     def _start_metrics(self) -> None:
         self.metrics_registry.register(ServerCollector(self.models.stats, self._stats_for_metrics()))
+        self.loop_monitor.start()
+        register_process_metrics(self.metrics_registry, self._process_readings)
         self._gpu = open_gpu_collector()
         if self._gpu is not None:
             self.metrics_registry.register(self._gpu)
         self._metrics_server = MetricsServer(self.metrics_registry, self.settings.host, self.settings.metrics_port)
         self._metrics_server.start()
         self.metrics_port = self._metrics_server.port
+
+    process_role = "server"
+    """This process's ``role`` label in the per-process series."""
+
+    def _process_readings(self) -> list[tuple[str, str, ProcessReadings]]:
+        """(role, index, readings) of every serving process; this one's process CPU read now."""
+        readings = dataclasses.replace(self.loop_monitor.readings, process_cpu_s=time.process_time(),
+                                       cpus=process_cpus())
+        return [(self.process_role, "0", readings)]
 
     async def _load_models(self) -> bool:
         try:

@@ -18,7 +18,7 @@ from ipsbench.server.dataplane import NO_OPTIONS, IndexEntry, InferOptions, Infe
 from ipsbench.server.errors import LOADING_MESSAGE, SHUTTING_DOWN_MESSAGE, ServerError, invalid_argument, unavailable
 from ipsbench.server.model_spec import ModelSpec
 from ipsbench.server.models import LoadedModel, ModelRegistry
-from ipsbench.server.stats import ModelStats, ServerStats
+from ipsbench.server.stats import ModelStats, RequestClock, ServerStats
 from ipsbench.server.validate import validate_request
 
 SERVER_NAME = "ipsbench"
@@ -122,7 +122,11 @@ class InferenceCore:
 
     # -- inference -------------------------------------------------------------------------------------------------
 
-    async def infer(self, request: InferRequest, options: InferOptions = NO_OPTIONS) -> InferResponse:
+    async def infer(
+        self, request: InferRequest, options: InferOptions = NO_OPTIONS, clock: RequestClock | None = None
+    ) -> InferResponse:
+        """The response to ``request``; ``clock`` (started at its receipt) learns the model and the batch's timing,
+        so that the transport can record the request's time in the server once the response is written."""
         model = self._model_for(request)
         with model.serving() as served:
             inputs = validate_request(model.spec, request)
@@ -131,6 +135,8 @@ class InferenceCore:
                 inputs = await model.stage.run(inputs)
             result = await model.batcher.run(inputs, options.timeout_us)
             served.succeeded(inputs.batch_size, result.timing)
+        if clock is not None:
+            clock.served(model.stats, result.timing)
         return model.response(request, result.outputs, options)
 
     def _model_for(self, request: InferRequest) -> LoadedModel:

@@ -25,6 +25,7 @@ from ipsbench.server.core import EXTENSIONS, SERVER_NAME, InferenceCore
 from ipsbench.server.errors import ServerError, new_request_id, unimplemented
 from ipsbench.server.security import AdminAuth
 from ipsbench.server.shared_memory import CUDA, SYSTEM, RegionUse, SharedMemoryRegistry, check_local_peer
+from ipsbench.server.stats import RequestClock
 from ipsbench.server.wire import InferRequestWire, Unparseable, decode_infer_request, tolerant
 
 log = logging.getLogger(__name__)
@@ -174,17 +175,22 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @rpc
     async def ModelInfer(self, request: InferRequestWire, context):
+        clock = RequestClock()
         if request.error:
             raise ServerError(grpc.StatusCode.INTERNAL, request.error)
         with self._budget.holding(request.size), self.shared_memory.use() as regions:
-            response, in_regions = await self.infer_in_regions(request, regions)
-            return convert.infer_response_to_wire(response, in_regions)
+            response, in_regions = await self.infer_in_regions(request, regions, clock)
+            written = convert.infer_response_to_wire(response, in_regions)
+        clock.written()
+        return written
 
-    async def infer_in_regions(self, wire: InferRequestWire, regions: RegionUse):
-        """The core's response, outputs that have a shared-memory destination written there (their names)."""
+    async def infer_in_regions(self, wire: InferRequestWire, regions: RegionUse, clock: RequestClock | None = None):
+        """The core's response, outputs that have a shared-memory destination written there (their names);
+        ``clock``: see :meth:`InferenceCore.infer`."""
         message = wire.message
         response = await self._core.infer(
-            convert.infer_request_from_grpc(message, wire.raw, regions), convert.infer_options_from_grpc(message)
+            convert.infer_request_from_grpc(message, wire.raw, regions), convert.infer_options_from_grpc(message),
+            clock,
         )
         return response, regions.write_outputs(response.outputs)
 
@@ -269,15 +275,18 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 task.cancel()
 
     async def _stream_response(self, wire: InferRequestWire) -> service_pb2.ModelStreamInferResponse:
+        clock = RequestClock()
         request = wire.message
         try:
             if wire.error:
                 raise ServerError(grpc.StatusCode.INTERNAL, wire.error)
             with self._budget.holding(wire.size), self.shared_memory.use() as regions:
-                response, in_regions = await self.infer_in_regions(wire, regions)
-                return service_pb2.ModelStreamInferResponse(
+                response, in_regions = await self.infer_in_regions(wire, regions, clock)
+                answer = service_pb2.ModelStreamInferResponse(
                     infer_response=convert.infer_response_to_grpc(response, in_regions)
                 )
+            clock.written()
+            return answer
         except ServerError as exc:
             log.debug("ModelStreamInfer request %r -> %s: %s", request.id[:64], exc.code.name, exc.message)
             message = exc.message

@@ -4,7 +4,9 @@ One collector declares every family once on an injected ``CollectorRegistry``. L
 names and versions. The text is rendered in Prometheus' 0.0.4 text format; Triton's families exactly as Triton
 writes them (counters without a ``_total`` suffix, durations in microseconds), so dashboards and clients built for
 Triton read them, and ipsbench's own by Prometheus' naming rules (counters end in ``_total``, durations in
-seconds). The GPU series come from :mod:`ipsbench.server.telemetry`.
+seconds). The GPU series come from :mod:`ipsbench.server.telemetry`; every serving process's CPU and event loop
+(:mod:`ipsbench.server.loop_monitor`) from :class:`ProcessesCollector`, beside prometheus_client's own
+``process_*`` series of the process that serves this endpoint.
 """
 
 from __future__ import annotations
@@ -12,15 +14,16 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from ipsbench.server.stats import FAILURE_REASONS, ModelStats, PreprocessStats, ServerStats
+from ipsbench.server.loop_monitor import LAG_BUCKETS_S, ProcessReadings
+from ipsbench.server.stats import FAILURE_REASONS, REQUEST_DURATION_BUCKETS_S, ModelStats, PreprocessStats, ServerStats
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,31 @@ _COUNTERS: tuple[tuple[str, str, Callable[[ModelStats], int]], ...] = (
         lambda s: s.compute_output.ns // 1000,
     ),
 )
+# (name, help, value of one ModelStats) for the server's own work around the queue (no Triton name), in seconds.
+_OWN_COUNTERS: tuple[tuple[str, str, Callable[[ModelStats], float]], ...] = (
+    (
+        "ipsbench_pre_queue_duration_seconds_total",
+        "Cumulative time answered requests spent in the server before the queue (receipt to enqueued: validation, "
+        "preprocessing) in seconds",
+        lambda s: s.pre_queue.ns / 1e9,
+    ),
+    (
+        "ipsbench_post_compute_duration_seconds_total",
+        "Cumulative time answered requests spent in the server after the compute (batch done to response written) "
+        "in seconds",
+        lambda s: s.post_compute.ns / 1e9,
+    ),
+    (
+        "ipsbench_execution_compute_duration_seconds_total",
+        "Cumulative compute time of the model's executions, once per batch (the instances' busy time) in seconds",
+        lambda s: s.execution_compute_ns / 1e9,
+    ),
+)
+_REQUEST_HISTOGRAM = (
+    "ipsbench_request_duration_seconds",
+    "Answered inference requests by their time in the server, receipt to response written, in seconds",
+)
+_INSTANCES = ("ipsbench_model_instances", "Engine instances of the model version (instance_group count)")
 _FAILURE = ("nv_inference_request_failure", "Number of failed inference requests, all batch sizes")
 _PENDING = (
     "nv_inference_pending_request_count",
@@ -133,6 +161,20 @@ class ServerCollector(Collector):
             for stats in models:
                 family.add_sample(name, _labels(stats), value(stats))
             yield family
+        for name, help_text, value in _OWN_COUNTERS:
+            family = Metric(name, help_text, "counter")
+            for stats in models:
+                family.add_sample(name, _labels(stats), value(stats))
+            yield family
+        histogram = HistogramMetricFamily(*_REQUEST_HISTOGRAM, labels=["model", "version"])
+        for stats in models:
+            histogram.add_metric([stats.name, str(stats.version)],
+                                 _buckets(REQUEST_DURATION_BUCKETS_S, stats.request_buckets), stats.request_seconds)
+        yield histogram
+        instances = Metric(*_INSTANCES, "gauge")
+        for stats in models:
+            instances.add_sample(_INSTANCES[0], _labels(stats), stats.instances)
+        yield instances
         failure = Metric(*_FAILURE, "counter")
         for stats in models:
             for reason in FAILURE_REASONS:
@@ -176,6 +218,61 @@ class ServerCollector(Collector):
 
 def _labels(stats: ModelStats) -> dict[str, str]:
     return {"model": stats.name, "version": str(stats.version)}
+
+
+def _buckets(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, int]]:
+    """Cumulative (le, count) pairs of per-bucket ``counts`` (one more than ``bounds``: the +Inf bucket)."""
+    cumulative, running = [], 0
+    for le, count in zip([*map(floatToGoString, bounds), "+Inf"], counts):
+        running += count
+        cumulative.append((le, running))
+    return cumulative
+
+
+_PROCESS_CPU = (
+    "ipsbench_process_cpu_seconds_total",
+    "CPU time of each serving process (role: server, engine or frontend; index: the front end's) in seconds",
+)
+_LOOP_CPU = (
+    "ipsbench_event_loop_cpu_seconds_total",
+    "CPU time of each serving process's event-loop thread in seconds (1 s per s: the loop has a core to itself)",
+)
+_PROCESS_CPUS = ("ipsbench_process_cpus", "CPUs each serving process may run on (its affinity set)")
+_LOOP_LAG = (
+    "ipsbench_event_loop_lag_seconds",
+    "How late each serving process's event loop ran a timer due every 50 ms, in seconds",
+)
+
+
+class ProcessesCollector(Collector):
+    """Every serving process's CPU and event loop: ``processes()`` gives (role, index, readings) for each."""
+
+    def __init__(self, processes: Callable[[], Iterable[tuple[str, str, ProcessReadings]]]) -> None:
+        self._processes = processes
+
+    def collect(self) -> Iterator[Metric]:
+        processes = list(self._processes())
+        cpu, loop_cpu = Metric(*_PROCESS_CPU, "counter"), Metric(*_LOOP_CPU, "counter")
+        cpus = Metric(*_PROCESS_CPUS, "gauge")
+        lag = HistogramMetricFamily(*_LOOP_LAG, labels=["role", "index"])
+        for role, index, readings in processes:
+            labels = {"role": role, "index": index}
+            cpu.add_sample(_PROCESS_CPU[0], labels, readings.process_cpu_s)
+            loop_cpu.add_sample(_LOOP_CPU[0], labels, readings.loop_cpu_s)
+            cpus.add_sample(_PROCESS_CPUS[0], labels, readings.cpus)
+            lag.add_metric([role, index], _buckets(LAG_BUCKETS_S, readings.lag_buckets), readings.lag_s)
+        yield cpu
+        yield loop_cpu
+        yield cpus
+        yield lag
+
+
+def register_process_metrics(registry: CollectorRegistry,
+                             processes: Callable[[], Iterable[tuple[str, str, ProcessReadings]]]) -> None:
+    """prometheus_client's ``process_*`` series of this process (``process_cpu_seconds_total``: every thread,
+    the engine's included) and :class:`ProcessesCollector` on ``registry``."""
+    ProcessCollector(registry=registry)
+    registry.register(ProcessesCollector(processes))
 
 
 def render(registry: CollectorRegistry) -> bytes:

@@ -39,7 +39,7 @@ class LoadedModel:
         self.version = loaded.version
         self.version_text = str(loaded.version)
         self.labels = dict(labels or {})
-        self.stats = ModelStats(spec.name, loaded.version)
+        self.stats = ModelStats(spec.name, loaded.version, instances=len(loaded.instances))
         self.stage: PreprocessStage | None = None
         """The front's preprocessing, decided here once: None for a model that takes its engine's tensors."""
         if spec.preprocess is not None:

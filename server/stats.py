@@ -1,12 +1,15 @@
 """Per model version statistics, kept as Triton keeps them; the single source for ModelStatistics and metrics.
 
 Updated only from the event loop thread; read by the gRPC ModelStatistics RPC and by the Prometheus collector. A
-request's outcome is recorded around the call (:func:`recording`), not from inside it.
+request's outcome is recorded around the call (:func:`recording`), not from inside it; the server's own work before
+the queue and after the compute, and each request's whole time in the server, when its response is written
+(:class:`RequestClock`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +18,11 @@ from dataclasses import dataclass, field
 from ipsbench.server.errors import FailureReason, ServerError
 
 FAILURE_REASONS = (FailureReason.REJECTED, FailureReason.CANCELED, FailureReason.BACKEND, FailureReason.OTHER)
+REQUEST_DURATION_BUCKETS_S = (
+    0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+)
+"""Upper bounds of the request-duration histogram: 1-2-5 steps from 100 µs to 10 s (quantiles are interpolated
+within a bucket, so a bucket is at most 2.5 times its lower bound)."""
 
 
 @dataclass(slots=True)
@@ -26,6 +34,10 @@ class Timing:
     compute_input_ns: int = 0
     compute_infer_ns: int = 0
     compute_output_ns: int = 0
+    enqueued_ns: int = 0
+    """When the request entered the queue (``perf_counter_ns``)."""
+    computed_ns: int = 0
+    """When the batch's engine call and split ended (``perf_counter_ns``)."""
 
 
 @dataclass(slots=True)
@@ -99,6 +111,18 @@ class ModelStats:
     batches: dict[int, BatchDurations] = field(default_factory=dict)
     preprocess: PreprocessStats | None = None
     """A preprocessing front's stage; None for a model that takes its engine's tensors."""
+    instances: int = 0
+    """Engine instances of the version (its ``instance_group`` count)."""
+    execution_compute_ns: int = 0
+    """Cumulative compute time of the executions (input + infer + output, once per batch): the instances' busy time."""
+    pre_queue: Duration = field(default_factory=Duration)
+    """Answered requests' server time before the queue: receipt to enqueued (validation, preprocessing)."""
+    post_compute: Duration = field(default_factory=Duration)
+    """Answered requests' server time after the compute: the batch done to the response written."""
+    request_buckets: list[int] = field(default_factory=lambda: [0] * (len(REQUEST_DURATION_BUCKETS_S) + 1))
+    """Answered requests per request-duration bucket (receipt to response written; the last: above 10 s)."""
+    request_seconds: float = 0.0
+    """Their cumulative duration in seconds (the histogram's sum)."""
 
     def set_pending(self, count: int) -> None:
         self.pending_count = count
@@ -112,6 +136,15 @@ class ModelStats:
         stats.compute_input.add(timing.compute_input_ns)
         stats.compute_infer.add(timing.compute_infer_ns)
         stats.compute_output.add(timing.compute_output_ns)
+        self.execution_compute_ns += timing.compute_input_ns + timing.compute_infer_ns + timing.compute_output_ns
+
+    def record_written(self, received_ns: int, timing: Timing, written_ns: int) -> None:
+        """A successful request's response is written: its pre-queue and post-compute time and its whole time."""
+        self.pre_queue.add(max(timing.enqueued_ns - received_ns, 0))
+        self.post_compute.add(max(written_ns - timing.computed_ns, 0))
+        seconds = (written_ns - received_ns) / 1e9
+        self.request_buckets[bisect.bisect_left(REQUEST_DURATION_BUCKETS_S, seconds)] += 1
+        self.request_seconds += seconds
 
     def record_success(self, samples: int, request_ns: int, timing: Timing) -> None:
         self.inference_count += samples
@@ -135,6 +168,25 @@ class Served:
 
     def succeeded(self, samples: int, timing: Timing) -> None:
         self.samples, self.timing = samples, timing
+
+
+@dataclass(slots=True)
+class RequestClock:
+    """One inference request's way through the server, from its receipt (the RPC handler's start): the core
+    says which model served it and the batch's timing; the transport says when the response is written."""
+
+    received_ns: int = field(default_factory=time.perf_counter_ns)
+    stats: ModelStats | None = None
+    timing: Timing | None = None
+
+    def served(self, stats: ModelStats, timing: Timing) -> None:
+        self.stats, self.timing = stats, timing
+
+    def written(self) -> None:
+        """The response is written: record its times in the model's statistics (nothing for a failed request)."""
+        if self.stats is not None and self.timing is not None:
+            self.stats.record_written(self.received_ns, self.timing, time.perf_counter_ns())
+            self.stats = None
 
 
 @contextmanager

@@ -130,6 +130,7 @@ def write_test_model(
     delay_ms: int = 0,
     extra_config: str = "",
     version: int = 1,
+    dims: tuple[int, ...] | None = None,
 ) -> Path:
     """Write ``repository/name`` with an ONNX model and its config.pbtxt; return the model folder.
 
@@ -137,13 +138,15 @@ def write_test_model(
     can be checked against its own request. ``kind="slow"``: ``output = input``, after about
     ``delay_ms * max(input)`` of single-threaded compute (so the all-zero warm-up is quick and a request of ones
     takes about ``delay_ms``). ``kind="fragile"``: ``output = input`` for one sample; the engine fails on any
-    batch of more than one sample (to test engine errors).
+    batch of more than one sample (to test engine errors). ``dims``: a sample's shape instead of ``[features]``
+    (an image's ``(3, H, W)``, for the load generator), input and output alike (not for ``fragile``).
     """
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
     batch_dims = ["batch"] if max_batch_size > 0 else []
-    shape = [*batch_dims, features]
+    sample_dims = list(dims) if dims is not None else [features]
+    shape = [*batch_dims, *sample_dims]
     inits = [
         numpy_helper.from_array(np.array(2, np.float32), "two"),
         numpy_helper.from_array(np.array(1, np.float32), "one"),
@@ -183,6 +186,7 @@ def write_test_model(
     folder = Path(repository) / name
     save_test_model(graph, folder, version)
 
+    config_dims = ", ".join(map(str, sample_dims))
     batching = ""
     if dynamic_batching:
         preferred = "".join(f" preferred_batch_size: {p}" for p in preferred_batch_sizes)
@@ -192,8 +196,8 @@ def write_test_model(
         )
     (folder / "config.pbtxt").write_text(
         f'name: "{name}"\nbackend: "onnxruntime"\nmax_batch_size: {max_batch_size}\n'
-        f'input [ {{ name: "input" data_type: TYPE_FP32 dims: [ {features} ] }} ]\n'
-        f'output [ {{ name: "output" data_type: TYPE_FP32 dims: [ {features} ] }} ]\n'
+        f'input [ {{ name: "input" data_type: TYPE_FP32 dims: [ {config_dims} ] }} ]\n'
+        f'output [ {{ name: "output" data_type: TYPE_FP32 dims: [ {config_dims} ] }} ]\n'
         f"{batching}"
         f"instance_group [ {{ count: {instance_count} kind: KIND_CPU }} ]\n"
         'parameters { key: "intra_op_thread_count" value { string_value: "1" } }\n'

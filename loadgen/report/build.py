@@ -19,6 +19,7 @@ from ipsbench.loadgen.report.steps import (
     CLIENT_BOUND_SHARE,
     CLIENT_CPU_BOUND_PERCENT,
     SERVER_SATURATED,
+    bottleneck_entry,
     step_entry,
 )
 from ipsbench.loadgen.slo import MIN_SAMPLES, LatencyObjective, min_samples, worst
@@ -41,7 +42,14 @@ SERVER_METHOD = (
     "window opens and one just after it ends, so they cover slightly more than the window; per request: "
     "duration counters / successful requests; average batch size: inferences / executions; GPU: utilization "
     "and power averaged over the two scrapes, energy from the energy counter, images per joule from the "
-    "server's inference count over the same interval"
+    "server's inference count over the same interval; ipsbench-serve's front end (before the queue and after "
+    "the compute) per answered request, its request time's p50/p99 interpolated within its histogram's buckets, "
+    "the engine's busy share (execution compute time / interval / instances), each serving process's CPU and "
+    "event-loop lag; the load generator's CPUs (its affinity set, psutil) at the same two instants. Each step's "
+    "bottleneck is the first saturated of: engine (busy or GPU utilization >= 90%), the load generator "
+    "(client-bound), a host the server shares with it (its CPUs >= 90% busy), the server's front end (an event "
+    "loop >= 85% of a core, or a serving process >= 90% of the CPUs it may run on), the load generator's CPUs "
+    "(>= 90% busy), else none"
 )
 STABILITY_METHOD = (
     f"each level runs measured windows back to back until the last {STABLE_WINDOWS} agree within the tolerance "
@@ -171,6 +179,7 @@ def step_entries(steps: list[StepRecord], run: RunFacts) -> list[dict]:
     ]
     for entry in entries:
         entry["server"] = run.server["steps"].get(entry["index"]) if run.server else None
+        entry["bottleneck"] = bottleneck_entry(entry)
     return entries
 
 

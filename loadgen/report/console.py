@@ -9,7 +9,7 @@ from rich.table import Table
 
 from ipsbench.loadgen.report.cells import client_bound, latency_cell, load_cell, load_header, ms, rate
 from ipsbench.loadgen.report.schema import has_open_loop_steps, step_load
-from ipsbench.loadgen.report.sentences import headline_words, simulated_words
+from ipsbench.loadgen.report.sentences import RESOURCE_WORDS, headline_words, simulated_words
 
 CLIENT_BOUND_MARK = "!"
 MAX_TABLE_WIDTH = 400
@@ -86,6 +86,10 @@ def print_summary(report: dict, markdown_path, console: Console | None = None) -
     if has_open_loop_steps(report):
         console.print("latency from each request's intended send time; service time from its actual send")
     for step in report["steps"]:
+        bottleneck = step.get("bottleneck") or {}
+        if bottleneck.get("resource"):
+            console.print(f"bottleneck at {step_load(step)}: {RESOURCE_WORDS.get(bottleneck['resource'])}: "
+                          f"{bottleneck.get('sentence')}", markup=False, soft_wrap=True)
         if client_bound(step):
             reasons = (step.get("client") or {}).get("reasons") or ["sent below the scheduled requests"]
             console.print(f"{CLIENT_BOUND_MARK} client-bound at {step_load(step)}: {'; '.join(reasons)}; "

@@ -18,6 +18,7 @@ from ipsbench.loadgen.report.sentences import (
     Code,
     Sentence,
     Strong,
+    bottleneck_lines,
     headline_words,
     method_lines,
     report_title,
@@ -146,6 +147,9 @@ def render_html(report: dict) -> str:
             _summary(report),
             _section("steps", "Throughput and latency (successful requests, measured window)",
                      _table(steps_table(report), "steps-table"))]
+    if bottlenecks := bottleneck_lines(report):
+        body.append(_section("bottleneck", "Bottleneck per step",
+                             "<ul>" + "".join(f"<li>{_inline(line)}</li>" for line in bottlenecks) + "</ul>"))
     if has_open_loop_steps(report):
         body.append(_section("open-loop", "Open-loop sends (measured window)",
                              _table(open_loop_table(report), "open-loop-table")))

@@ -9,6 +9,7 @@ from ipsbench.loadgen.report.sentences import (
     Code,
     Sentence,
     Strong,
+    bottleneck_lines,
     headline_words,
     method_lines,
     report_title,
@@ -66,6 +67,8 @@ def render_markdown(report: dict) -> str:
     lines += [f"- warning: {warning}" for warning in report.get("warnings", [])]
     lines += ["", "## Throughput and latency (successful requests, measured window)", "",
               *_table(steps_table(report)), ""]
+    if bottlenecks := bottleneck_lines(report):
+        lines += ["## Bottleneck per step", "", *(f"- {inline(line)}" for line in bottlenecks), ""]
     if has_open_loop_steps(report):
         lines += ["## Open-loop sends (measured window)", "", *_table(open_loop_table(report)), ""]
     if any(step.get("server") for step in report["steps"]):

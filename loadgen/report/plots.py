@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ipsbench.loadgen.report.cells import load_cell, load_header
 from ipsbench.loadgen.report.schema import PERCENTILES
-from ipsbench.loadgen.report.tables import gpu_watts, time_breakdown
+from ipsbench.loadgen.report.tables import BREAKDOWN_PARTS, gpu_watts, time_breakdown
 
 FIGURE_WIDTH_IN = 7.5
 _SVG_START = re.compile(r"<svg\b")
@@ -164,13 +164,16 @@ def breakdown(report: dict) -> Plot:
     figure, (ax,) = _figure(height_in=max(1.2 + 0.35 * len(parts), 2.0))
     labels = [f"{load_header(report)} {label}" for label, _ in parts]
     left = [0.0] * len(parts)
-    for key, name, color in (("client_network_ms", "client + network", "tab:gray"),
-                             ("queue_ms", "server queue", "tab:orange"), ("compute_ms", "server compute", "tab:blue")):
-        widths = [part[key] for _, part in parts]
-        ax.barh(labels, widths, left=left, color=color, label=name)
+    colors = dict(client_network_ms="tab:gray", pre_queue_ms="tab:purple", queue_ms="tab:orange",
+                  compute_ms="tab:blue", post_compute_ms="tab:green")
+    for key, name in BREAKDOWN_PARTS:
+        widths = [part[key] or 0.0 for _, part in parts]
+        if key in ("pre_queue_ms", "post_compute_ms") and all(part[key] is None for _, part in parts):
+            continue  # a server without its front end's series: that time is in client + network
+        ax.barh(labels, widths, left=left, color=colors[key], label=name)
         left = [a + b for a, b in zip(left, widths)]
     ax.invert_yaxis()
-    ax.set_xlabel("ms per request (client + network = end-to-end mean − queue − compute)")
+    ax.set_xlabel("ms per request (client + network = end-to-end mean − the server's parts)")
     ax.legend(fontsize=8, loc="lower right")
     plot.svg = _svg(figure, plot.name)
     return plot

@@ -29,7 +29,11 @@ failed), each step's ``slo.inconclusive`` and ``slo.settle_duration_s``, the SLO
 ``settle_duration_s`` (the ``--duration`` that would hold the samples). Later added to 4, optional for readers (None
 when absent or when the step had no success): each step's ``latency_histogram``, the successes' latency histogram
 behind ``latency_us`` (microseconds, 3 significant digits) as the hdrhistogram library's ``encode()`` writes it
-(compressed, base64 text), so ``compare --fail-on`` can resample it."""
+(compressed, base64 text), so ``compare --fail-on`` can resample it; each step's ``bottleneck`` (``resource``:
+engine, host_cpu, load_generator, server_frontend, none, or null when the server was not scraped; ``figures``;
+``sentence``) and, in its ``server`` block, the server's front-end time (``pre_queue_ms``, ``post_compute_ms``,
+``frontend_ms``), ``request_p50_ms`` / ``request_p99_ms``, ``instances``, ``engine_busy``, ``processes`` and
+``load_host``."""
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 VERDICT_EXIT_CODES = {"PASS": 0, "FAIL": 1, "UNSTABLE": 1, "INVALID": 2, "INCONCLUSIVE": 4}

@@ -192,9 +192,26 @@ def slo_search_line(slo: dict) -> str | None:
     return text + "."
 
 
+RESOURCE_WORDS = {"engine": "engine", "host_cpu": "host CPU", "load_generator": "load generator",
+                  "server_frontend": "server front end", "none": "none (latency-bound)"}
+"""A step's bottleneck resource in words."""
+
+
+def bottleneck_lines(report: dict) -> list[Sentence]:
+    """Each step's bottleneck: ``concurrency 4: **server front end**: server front end at 98 % of a core, …``."""
+    lines = []
+    for step in report["steps"]:
+        bottleneck = step.get("bottleneck")
+        if bottleneck:
+            name = RESOURCE_WORDS.get(bottleneck.get("resource"), "not named")
+            lines.append((f"{step_load(step)}: ", Strong(name), f": {bottleneck.get('sentence')}."))
+    return lines
+
+
 NO_SLO: Sentence = ("No SLO was set for this run, so there is no PASS/FAIL verdict.",)
 NO_SCRAPE: Sentence = ("The run did not scrape the server's metrics (", Code("--metrics-url"),
-                       "), so the time cannot be split into client + network, queue and compute.")
+                       "), so the time cannot be split into client + network, the server's front end, queue and "
+                       "compute.")
 NO_ERRORS: Sentence = ("No request ended in an error.",)
 ONE_PROCESS: Sentence = ("The load ran in one process (no locust workers).",)
 

@@ -1,10 +1,11 @@
 """A step as the report states it: its counts, latency percentiles, throughput, open-loop sends, the client's own
-load, its SLO judgement and its validity, from the step's record."""
+load, its bottleneck, its SLO judgement and its validity, from the step's record."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from ipsbench.loadgen.bottleneck import classify, figures_of
 from ipsbench.loadgen.censoring import scheduled_summary
 from ipsbench.loadgen.histograms import add_histogram, encode_histogram, new_histogram
 from ipsbench.loadgen.outcomes import COMPLETED, ERRORS, Outcome
@@ -178,6 +179,12 @@ def unsent_cause(step: StepRecord) -> str | None:
     client_busy = bool(step.cpu_percent) and max(step.cpu_percent) >= CLIENT_CPU_BOUND_PERCENT
     held_back = step.capped
     return SERVER_SATURATED if held_back * 2 >= step.not_sent and not client_busy else CLIENT
+
+
+def bottleneck_entry(entry: dict) -> dict:
+    """The resource that limited the step (:mod:`ipsbench.loadgen.bottleneck`), from the entry's client and
+    open-loop blocks and its ``server`` block (set it first; None: not scraped)."""
+    return classify(figures_of(entry), scraped=entry.get("server") is not None)
 
 
 def open_loop_entry(step: StepRecord, window_s: float) -> dict:

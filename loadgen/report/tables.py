@@ -85,7 +85,7 @@ def open_loop_table(report: dict) -> TableData:
 
 def server_table(report: dict) -> TableData:
     header = [load_header(report), "interval s", "inferences", "avg batch", "queue ms", "compute ms",
-              "GPU util %", "GPU W", "images/J"]
+              "server p50 ms", "server p99 ms", "engine busy %", "GPU util %", "GPU W", "images/J"]
     rows = []
     for step in report["steps"]:
         server = step.get("server")
@@ -93,14 +93,19 @@ def server_table(report: dict) -> TableData:
             rows.append([load_cell(step), *[DASH] * (len(header) - 1)])
             continue
         gpu = server.get("gpu") or {}
-        utilization = gpu.get("utilization_mean")
+        utilization, busy = gpu.get("utilization_mean"), server.get("engine_busy")
         rows.append([
             load_cell(step), number(server.get("scrape_interval_s")), str(server.get("inference_count", DASH)),
             number(server.get("avg_batch_size")), number(server.get("queue_ms"), 3),
-            number(server.get("compute_ms"), 3), number(None if utilization is None else utilization * 100, 1),
+            number(server.get("compute_ms"), 3), number(server.get("request_p50_ms"), 3),
+            number(server.get("request_p99_ms"), 3), number(None if busy is None else busy * 100, 1),
+            number(None if utilization is None else utilization * 100, 1),
             number(gpu_watts(gpu), 1), number(gpu.get("images_per_joule")),
         ])
-    return TableData(header, rows, ["Per successful request, over the scrape interval around each measured window."])
+    return TableData(header, rows, [
+        "Per successful request, over the scrape interval around each measured window. server p50/p99: the "
+        "server's own time per request (receipt to response written), from its request-duration histogram, "
+        "interpolated within a bucket. engine busy: the instances' compute time over the interval and instances."])
 
 
 def gpu_watts(gpu: dict) -> float | None:
@@ -109,28 +114,44 @@ def gpu_watts(gpu: dict) -> float | None:
     return watts if watts is not None else gpu.get("power_w_mean_of_scrapes")
 
 
+BREAKDOWN_PARTS = (
+    ("client_network_ms", "client + network"),
+    ("pre_queue_ms", "server front end"),
+    ("queue_ms", "server queue"),
+    ("compute_ms", "server compute"),
+    ("post_compute_ms", "server response"),
+)
+"""A request's way, in order: the parts of its end-to-end mean (key in :func:`time_breakdown`, label)."""
+
+
 def time_breakdown(step: dict) -> dict | None:
-    """Where a request's time went, in ms: the server's queue and compute per request, and the rest (client,
-    serialization and network) as the end-to-end mean minus both; None without server figures."""
+    """Where a request's time went, in ms: the server's front end before the queue (receipt to enqueued:
+    validation, preprocessing), its queue, its compute and its response (batch done to response written), per
+    request, and the rest (client, serialization and network) as the end-to-end mean minus those; None without
+    server figures. A server without the front-end series (Triton) leaves those two None, in the rest."""
     server = step.get("server") or {}
     # Open loop: the actual send, not the intended time, starts what the server can account for.
     latency = step.get("service_time_us") or step.get("latency_us") or {}
     queue_ms, compute_ms, mean_us = server.get("queue_ms"), server.get("compute_ms"), latency.get("mean")
     if queue_ms is None or compute_ms is None or mean_us is None:
         return None
+    pre_ms, post_ms = server.get("pre_queue_ms"), server.get("post_compute_ms")
     end_to_end_ms = mean_us / 1000
+    server_ms = queue_ms + compute_ms + (pre_ms or 0.0) + (post_ms or 0.0)
     return {
         "end_to_end_ms": end_to_end_ms,
+        "pre_queue_ms": pre_ms,
         "queue_ms": queue_ms,
         "compute_ms": compute_ms,
+        "post_compute_ms": post_ms,
         # The scrape interval is a little wider than the window, so the difference can dip below zero.
-        "client_network_ms": max(end_to_end_ms - queue_ms - compute_ms, 0.0),
+        "client_network_ms": max(end_to_end_ms - server_ms, 0.0),
     }
 
 
 def breakdown_table(report: dict) -> TableData:
-    header = [load_header(report), "end-to-end mean ms", "server queue ms", "server compute ms",
-              "client + network ms", "client + network share"]
+    header = [load_header(report), "end-to-end mean ms", *[f"{label} ms" for _, label in BREAKDOWN_PARTS],
+              "client + network share"]
     rows = []
     for step in report["steps"]:
         parts = time_breakdown(step)
@@ -138,9 +159,12 @@ def breakdown_table(report: dict) -> TableData:
             rows.append([load_cell(step), *[DASH] * (len(header) - 1)])
             continue
         share = parts["client_network_ms"] / parts["end_to_end_ms"] if parts["end_to_end_ms"] else None
-        rows.append([load_cell(step), number(parts["end_to_end_ms"], 3), number(parts["queue_ms"], 3),
-                     number(parts["compute_ms"], 3), number(parts["client_network_ms"], 3), percent(share)])
-    return TableData(header, rows, ["client + network = end-to-end mean − server queue − server compute."])
+        rows.append([load_cell(step), number(parts["end_to_end_ms"], 3),
+                     *[number(parts[key], 3) for key, _ in BREAKDOWN_PARTS], percent(share)])
+    return TableData(header, rows, [
+        "server front end: receipt to enqueued (validation, preprocessing); server response: batch done to "
+        "response written; client + network = end-to-end mean − the server's parts (a server that does not "
+        "export its front end's time leaves it in client + network)."])
 
 
 def accounting_table(report: dict) -> TableData:

@@ -340,6 +340,8 @@ class Batcher:
                         timing.compute_input_ns,
                         timing.compute_infer_ns,
                         timing.compute_output_ns,
+                        request.enqueued_ns,
+                        timing.computed_ns,
                     )
                     request.future.set_result(RequestResult(outputs, request_timing))
         finally:
@@ -363,7 +365,7 @@ class Batcher:
             raise RuntimeError(f"engine returned {len(outputs)} outputs, expected {len(self._output_names)}")
         parts = split(outputs, sizes) if self._batched else [list(outputs)]
         t3 = time.perf_counter_ns()
-        return parts, Timing(0, t1 - t0, t2 - t1, t3 - t2)
+        return parts, Timing(0, t1 - t0, t2 - t1, t3 - t2, computed_ns=t3)
 
     # -- failure handling ------------------------------------------------------------------------------------------
 

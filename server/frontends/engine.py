@@ -88,5 +88,13 @@ class EngineApp(App):
         self.metrics_registry.register(FrontendCollector(self.link))
         super()._start_metrics()
 
+    process_role = "engine"
+
+    def _process_readings(self):
+        """This process's readings, then each connected front end's (role ``frontend``, its index)."""
+        own = super()._process_readings()
+        frontends = self.link.readings() if self.link is not None else {}
+        return [*own, *(("frontend", str(index), readings) for index, readings in sorted(frontends.items()))]
+
     def _stats_for_metrics(self):
         return SummedServerStats(self.server_stats, self.link)

@@ -26,9 +26,10 @@ from ipsbench.server.core import InferenceCore
 from ipsbench.server.errors import ServerError, new_request_id
 from ipsbench.server.frontends import messages
 from ipsbench.server.frontends.messages import CALL, FAILURE, HELLO, INFER, READY, RESULT
-from ipsbench.server.frontends.ring import COUNTER_FIELDS, SLOT_ALIGN, Ring
+from ipsbench.server.frontends.ring import COUNTER_FIELDS, LOOP_FIELDS, SLOT_ALIGN, Ring, readings_from
 from ipsbench.server.grpc_service import SERVICE, InferenceServicer
-from ipsbench.server.stats import ServerStats
+from ipsbench.server.loop_monitor import ProcessReadings
+from ipsbench.server.stats import RequestClock, ServerStats
 from ipsbench.server.wire import InferRequestWire, raw_contents, tolerant
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,16 @@ class LinkServer:
             frontend.send(READY, ready)
         if self.on_ready_change is not None:
             self.on_ready_change(ready)
+
+    def readings(self) -> dict[int, ProcessReadings]:
+        """Each connected front end's process and loop readings, from its ring."""
+        found = {}
+        for frontend in list(self.frontends.values()):
+            values = frontend.ring.counters
+            if values is not None:
+                found[frontend.index] = readings_from({name: int(values[COUNTER_FIELDS.index(name)])
+                                                       for name in LOOP_FIELDS})
+        return found
 
     def counter(self, name: str) -> dict[int, int]:
         """Each connected front end's count ``name`` (one of :data:`COUNTER_FIELDS`)."""
@@ -185,17 +196,19 @@ class LinkServer:
 
     async def _infer(self, frontend: _Frontend, message: list) -> None:
         _, ident, slot, header, placed = message
+        clock = RequestClock()  # from the frame's receipt: the front end's own work shows as its CPU
         view = frontend.ring.slot(slot) if slot is not None else None
         try:
             wire = InferRequestWire(service_pb2.ModelInferRequest.FromString(header), messages.taken(placed, view))
             # Inputs and outputs that name a client's shared-memory region are read and written here, where the
             # regions are registered (the front ends forward registration).
             with self.servicer.shared_memory.use() as regions:
-                response, in_regions = await self.servicer.infer_in_regions(wire, regions)
+                response, in_regions = await self.servicer.infer_in_regions(wire, regions, clock)
             del wire  # the slot's views go before the front end may reuse the slot
             payloads = [b"" if o.name in in_regions else raw_contents(o.datatype, o.array) for o in response.outputs]
             answer = [RESULT, ident, convert.response_header(response).SerializeToString(),
                       messages.place(payloads, None if _overlaps(payloads, view) else view, SLOT_ALIGN)]
+            clock.written()
         except ServerError as exc:
             answer = [FAILURE, ident, exc.code.name, exc.message]
         except Exception:

@@ -22,8 +22,10 @@ from ipsbench.server.app import STOP_GRACE_S, new_grpc_server, url_host
 from ipsbench.server.errors import ServerError, new_request_id
 from ipsbench.server.frontends.engine_link import EngineLink
 from ipsbench.server.frontends.engine_side import FORWARDED_METHODS
+from ipsbench.server.frontends.ring import mirror_readings
 from ipsbench.server.grpc_service import InferenceServicer, rpc
 from ipsbench.server.health import Health
+from ipsbench.server.loop_monitor import LoopMonitor
 from ipsbench.server.security import SecurityConfigError, server_credentials
 from ipsbench.server.settings import Settings
 from ipsbench.server.wire import InferRequestWire, join_infer_response
@@ -133,10 +135,13 @@ async def serve_frontend(settings: Settings, index: int, socket_path, report) ->
     await health.set_serving(False)
     report(("bound", port))
     link.start()
+    monitor = LoopMonitor(on_tick=lambda readings: mirror_readings(link.counters, readings))
+    monitor.start()
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
     await health.enter_shutdown()
     await server.stop(STOP_GRACE_S)
+    monitor.stop()
     await link.close()
     return 0

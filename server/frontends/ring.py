@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ipsbench.server.loop_monitor import LAG_BUCKETS_S, ProcessReadings
+
 HEADER_BYTES = 4096
 SLOT_ALIGN = 64
 """Tensors are placed at multiples of this in a slot (numpy and the engines like aligned buffers)."""
@@ -39,9 +41,14 @@ def shared_memory_free() -> int:
     return stats.f_bavail * stats.f_frsize
 
 
-COUNTER_FIELDS = ("inflight_request_bytes", "requests_refused_for_bytes", "requests_received")
+LOOP_FIELDS = (
+    "process_cpu_us", "loop_cpu_us", "loop_lag_us", "cpus",
+    *(f"loop_lag_ticks_{i}" for i in range(len(LAG_BUCKETS_S) + 1)),
+)
+"""A front end's :class:`ipsbench.server.loop_monitor.ProcessReadings`, in microseconds and ticks per lag bucket."""
+COUNTER_FIELDS = ("inflight_request_bytes", "requests_refused_for_bytes", "requests_received", *LOOP_FIELDS)
 """A front end's counts: the first two are :class:`ipsbench.server.stats.ServerStats`'s that its byte budget keeps,
-the last its inference requests sent to the engine."""
+the third its inference requests sent to the engine, then its process's and event loop's readings."""
 _COUNTER_INDEX = {name: index for index, name in enumerate(COUNTER_FIELDS)}
 
 
@@ -75,6 +82,27 @@ class FrontendCounters:
         self._values[name] = value
         if self._mirror is not None:
             self._mirror[index] = value
+
+
+def mirror_readings(counters: FrontendCounters, readings: ProcessReadings) -> None:
+    """A front end's loop monitor tick: its readings into its counters (and so into its ring)."""
+    counters.process_cpu_us = round(readings.process_cpu_s * 1e6)
+    counters.loop_cpu_us = round(readings.loop_cpu_s * 1e6)
+    counters.loop_lag_us = round(readings.lag_s * 1e6)
+    counters.cpus = readings.cpus
+    for i, ticks in enumerate(readings.lag_buckets):
+        setattr(counters, f"loop_lag_ticks_{i}", ticks)
+
+
+def readings_from(values: dict[str, int]) -> ProcessReadings:
+    """A front end's readings from its counters as the engine reads them (:data:`LOOP_FIELDS` by name)."""
+    return ProcessReadings(
+        process_cpu_s=values["process_cpu_us"] / 1e6,
+        loop_cpu_s=values["loop_cpu_us"] / 1e6,
+        lag_buckets=[values[f"loop_lag_ticks_{i}"] for i in range(len(LAG_BUCKETS_S) + 1)],
+        lag_s=values["loop_lag_us"] / 1e6,
+        cpus=values["cpus"],
+    )
 
 
 class Ring:

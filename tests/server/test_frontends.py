@@ -122,6 +122,22 @@ def test_batches_form_across_front_ends_and_statistics_are_one(two_frontends):
     assert metric(samples, "ipsbench_frontends_connected") == 2
 
 
+def test_every_process_reports_its_cpu_and_event_loop(two_frontends):
+    server = two_frontends
+
+    def every_loop_ticked():
+        samples = scrape(server.metrics_url)
+        processes = [("engine", "0"), ("frontend", "0"), ("frontend", "1")]
+        ticked = all(metric(samples, "ipsbench_event_loop_lag_seconds_count", role=role, index=index) > 0
+                     for role, index in processes)
+        return samples if ticked else None
+
+    samples = wait_until(every_loop_ticked, what="a loop monitor tick in the engine and both front ends")
+    for index in ("0", "1"):  # the front ends' own processes, not the engine's
+        cpu = metric(samples, "ipsbench_process_cpu_seconds_total", role="frontend", index=index)
+        assert 0 < metric(samples, "ipsbench_event_loop_cpu_seconds_total", role="frontend", index=index) <= cpu
+
+
 def test_load_and_unload_apply_to_every_front_end(repository, start_server):
     server = start_server(repository, "--frontends", "2", "--model-control-mode", "explicit",
                           "--load-model", "affine")

@@ -100,6 +100,53 @@ def test_success_metrics_rise_by_exactly_the_requests_sent(stub, server):
     assert metric(after, "nv_inference_pending_request_count", **labels) == 0
 
 
+def test_the_server_time_of_each_request_is_split_before_queue_queue_compute_and_after(stub, server):
+    labels = dict(model="affine", version="1")
+    before = scrape(server.metrics_url)
+    for _ in range(5):  # one at a time: each waits its model's 20 ms queue delay alone
+        stub.ModelInfer(infer_request("affine", np.ones((1, 4), np.float32)), timeout=CALL_TIMEOUT_S)
+    after = scrape(server.metrics_url)
+
+    def delta(name, **more):
+        return metric(after, name, **labels, **more) - metric(before, name, **labels, **more)
+
+    assert delta("ipsbench_request_duration_seconds_count") == 5
+    pre = delta("ipsbench_pre_queue_duration_seconds_total")
+    post = delta("ipsbench_post_compute_duration_seconds_total")
+    queue_s, compute_s = delta("nv_inference_queue_duration_us") / 1e6, sum(
+        delta(f"nv_inference_compute_{part}_duration_us") for part in ("input", "infer", "output")) / 1e6
+    assert pre > 0 and post > 0
+    assert queue_s >= 5 * 0.020  # the queue delay is the queue's, not the front end's
+    # The parts never add up to more than the whole (gaps between them belong to none).
+    whole = delta("ipsbench_request_duration_seconds_sum")
+    assert pre + queue_s + compute_s + post <= whole + 1e-5
+    assert whole < 5 * 10  # the histogram counts each request's seconds once
+    # Every request of 20 ms or more lies above the 20 ms bucket's lower neighbour, and all within 10 s.
+    assert delta("ipsbench_request_duration_seconds_bucket", le="0.01") == 0
+    assert delta("ipsbench_request_duration_seconds_bucket", le="10.0") == 5
+    assert delta("ipsbench_execution_compute_duration_seconds_total") > 0
+    assert metric(after, "ipsbench_model_instances", **labels) == 1
+    assert metric(after, "ipsbench_model_instances", model="two_instances", version="1") == 2
+
+
+def test_the_serving_process_reports_its_cpu_and_its_event_loop(stub, server):
+    process = dict(role="server", index="0")
+    first = scrape(server.metrics_url)
+    assert metric(first, "process_cpu_seconds_total") > 0  # prometheus_client's process collector
+    # The loop's timer ticks on its own: its lag histogram grows without any request.
+    ticks = metric(first, "ipsbench_event_loop_lag_seconds_count", **process)
+
+    def ticked():
+        samples = scrape(server.metrics_url)
+        return samples if metric(samples, "ipsbench_event_loop_lag_seconds_count", **process) > ticks else None
+
+    later = wait_until(ticked, what="a tick of the loop monitor")
+    assert metric(later, "ipsbench_event_loop_lag_seconds_bucket", le="+Inf", **process) == metric(
+        later, "ipsbench_event_loop_lag_seconds_count", **process)
+    loop_cpu = metric(later, "ipsbench_event_loop_cpu_seconds_total", **process)
+    assert 0 < loop_cpu <= metric(later, "ipsbench_process_cpu_seconds_total", **process)
+
+
 def test_full_queue_rejects_at_once_with_unavailable(stub, server):
     before = scrape(server.metrics_url)
     started = time.monotonic()

@@ -412,6 +412,9 @@ def test_preprocessing_metrics_count_known_traffic(front_server, client, front_s
     assert delta("ipsbench_preprocess_images_total") == 3 * len(photos)
     assert delta("ipsbench_preprocess_failures_total") == 1
     assert delta("ipsbench_preprocess_duration_seconds_total") > 0
+    # Decoding happens before the queue, in the server: its time is the server's front end's, not the client's.
+    assert delta("ipsbench_pre_queue_duration_seconds_total") >= delta("ipsbench_preprocess_duration_seconds_total")
+    assert delta("ipsbench_request_duration_seconds_count") == 3  # the refused image was never answered
     assert ("ipsbench_preprocess_requests_total", frozenset({"model": "resnet18_uint8", "version": "1"}.items())) in after
     assert not any(name.startswith("ipsbench_preprocess") and dict(key).get("model") == "resnet18"
                    for name, key in after)
