@@ -9,26 +9,41 @@ bound, they enter the distribution here as misses: ranked after every answered r
 bound as their value. A percentile that falls among them is reported as that bound and flagged as a lower bound;
 one that falls among the answered requests is the answered latency at that rank of all the scheduled arrivals.
 
-The record keeps each censored arrival's bound to the end the window was planned to have (``censored_bounds``,
-recorded to 3 significant digits, so the bounds of the latest arrivals stay exact); an interruption that ends the
-window earlier lowers every bound by as much, once the window's length is final.
+The record keeps each censored arrival's intended time as its offset into the window (``censored_offsets``, to 3
+significant digits, in a histogram of its own whose range is a whole step's), since the window's end is final only
+once the step is over (grown to hold samples, cut short by an interruption); the bound is then the window's length
+less the offset rounded up, so it stays a lower bound, to within 0.05 % of the window's length.
 """
 
 from __future__ import annotations
 
-from ipsbench.loadgen.histograms import LOWEST_LATENCY_US, new_histogram
+from ipsbench.loadgen.histograms import (
+    HIGHEST_LATENCY_US,
+    LOWEST_LATENCY_US,
+    SIGNIFICANT_DIGITS,
+    LatencyHistogram,
+    new_histogram,
+)
 from ipsbench.loadgen.report.schema import PERCENTILES
 
 
-def shortened_bounds(planned, shortened_by_us: int):
-    """The censored arrivals' latency lower bounds (window end - intended time, microseconds) as a histogram, from
-    ``planned``, their bounds to the planned window end, for a window that ended ``shortened_by_us`` earlier."""
-    if shortened_by_us <= 0:
-        return planned
+MAX_OFFSET_US = 48 * 3600 * 1_000_000
+"""The range of the offsets' histogram: longer than any step's window may be."""
+
+
+def new_offsets():
+    """An empty histogram of censored arrivals' offsets into the window (microseconds)."""
+    return LatencyHistogram(LOWEST_LATENCY_US, MAX_OFFSET_US, SIGNIFICANT_DIGITS)
+
+
+def censored_bounds(offsets, window_us: int):
+    """The censored arrivals' latency lower bounds (window end - intended time, microseconds, at least 1) as a
+    latency histogram, from the histogram of their intended times' offsets into a window ``window_us`` long."""
     bounds = new_histogram()
-    for item in planned.get_recorded_iterator():
-        bound_us = planned.get_lowest_equivalent_value(item.value_iterated_to) - shortened_by_us
-        bounds.record_value(max(bound_us, LOWEST_LATENCY_US), item.count_at_value_iterated_to)
+    for item in offsets.get_recorded_iterator():
+        offset_us = offsets.get_highest_equivalent_value(item.value_iterated_to)
+        bound_us = min(max(window_us - offset_us, LOWEST_LATENCY_US), HIGHEST_LATENCY_US)
+        bounds.record_value(bound_us, item.count_at_value_iterated_to)
     return bounds
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import grpc
 from hdrh.histogram import HdrHistogram
 
-from ipsbench.loadgen.censoring import shortened_bounds
+from ipsbench.loadgen.censoring import censored_bounds, new_offsets
 from ipsbench.loadgen.histograms import (
     HIGHEST_LATENCY_US,
     LOWEST_LATENCY_US,
@@ -83,10 +83,9 @@ class StepRecord:
     first. Every scheduled arrival ends up sent or not sent."""
     capped: int = 0
     """Open loop: of those not sent, the ones that found the in-flight cap's worth of requests in flight."""
-    censored_bounds: HdrHistogram = field(default_factory=new_histogram)
-    """Open loop: the scheduled arrivals never sent or never answered, by the time from their intended send to the
-    planned window end (microseconds): their latency is censored at the window's end
-    (:mod:`ipsbench.loadgen.censoring`)."""
+    censored_offsets: HdrHistogram = field(default_factory=new_offsets)
+    """Open loop: the scheduled arrivals never sent or never answered, by their intended time's offset into the
+    window (microseconds): their latency is censored at the window's end (:mod:`ipsbench.loadgen.censoring`)."""
     service_histogram: HdrHistogram = field(default_factory=new_histogram)
     lateness_histogram: HdrHistogram = field(default_factory=new_histogram)
     window_end_ns: int = 0
@@ -196,13 +195,12 @@ class StepRecord:
         return round(self.window_s * self.trials_max * 1e9)
 
     def _censor(self, intended_ns: int) -> None:
-        self.censored_bounds.record_value((self.window_start_ns + self.planned_window_ns - intended_ns) // 1000)
+        self.censored_offsets.record_value((intended_ns - self.window_start_ns) // 1000)
 
     def censored_latencies(self) -> HdrHistogram:
         """Open loop: the lower bounds (window end - intended time, microseconds) of the latencies of the window's
         arrivals that were never sent or never answered."""
-        measured_ns = self.window_end_ns - self.window_start_ns
-        return shortened_bounds(self.censored_bounds, (self.planned_window_ns - measured_ns) // 1000)
+        return censored_bounds(self.censored_offsets, (self.window_end_ns - self.window_start_ns) // 1000)
 
     def in_window(self, at_ns: int) -> bool:
         return self.window_start_ns <= at_ns < self.window_end_ns

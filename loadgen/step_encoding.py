@@ -28,7 +28,7 @@ def encode_step(step: StepRecord) -> dict:
         "open_loop": [step.scheduled, step.window_sends, step.late_sends, step.not_sent, step.capped],
         "service_histogram": encode_histogram(step.service_histogram),
         "lateness_histogram": encode_histogram(step.lateness_histogram),
-        "censored_bounds": encode_histogram(step.censored_bounds),
+        "censored_offsets": encode_histogram(step.censored_offsets),
         "trials_max": step.trials_max,
         "trials": [trial.encode() for trial in step.trials],
         "trials_used": step.trials_used,
@@ -76,8 +76,8 @@ def merge_step(step: StepRecord, data: dict) -> None:
         add_encoded(step.histograms[Outcome(name)], encoded)
     add_encoded(step.service_histogram, data["service_histogram"])
     add_encoded(step.lateness_histogram, data["lateness_histogram"])
-    if "censored_bounds" in data:  # a worker of an older version censors nothing
-        add_encoded(step.censored_bounds, data["censored_bounds"])
+    if "censored_offsets" in data:  # a worker of an older version censors nothing
+        add_encoded(step.censored_offsets, data["censored_offsets"])
     scheduled, window_sends, late_sends, not_sent, capped = data["open_loop"]
     step.scheduled += scheduled
     step.window_sends += window_sends

@@ -101,7 +101,7 @@ def samples_to_settle(entry: dict, percentile: float) -> float:
 def samples_so_far(step: StepRecord) -> int:
     """What a step holds to judge a percentile on: its successes in the window, and (open loop) the window's
     arrivals counted as misses."""
-    return step.histograms[Outcome.OK].get_total_count() + step.censored_bounds.get_total_count()
+    return step.histograms[Outcome.OK].get_total_count() + step.censored_offsets.get_total_count()
 
 
 class SampleKeeper:

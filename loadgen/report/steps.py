@@ -201,7 +201,7 @@ def open_loop_entry(step: StepRecord, window_s: float) -> dict:
         "late_sends": step.late_sends,
         "not_sent": step.not_sent,
         "not_sent_in_flight_cap": step.capped,
-        "censored": step.censored_bounds.get_total_count(),
+        "censored": step.censored_offsets.get_total_count(),
         "unsent_cause": unsent_cause(step),
         "send_lateness_us": None if lateness.get_total_count() == 0 else {
             "p50": lateness.get_value_at_percentile(50.0),

@@ -180,7 +180,7 @@ def test_L21_an_slo_search_step_whose_arrivals_met_the_in_flight_cap_does_not_me
                                "was reached, so the server did not keep up with the rate (saturated); they count "
                                "in the latency as misses, at least until the window's end"]
     step.capped = step.not_sent = 0  # the same answers with every arrival sent: met
-    step.censored_bounds.reset()
+    step.censored_offsets.reset()
     assert step_meets(step, objectives, max_error_rate=0.0) == (True, [])
 
 
