@@ -52,7 +52,7 @@ def announce_step(runner: MasterRunner, step: StepRecord) -> None:
     runner.send_message(STEP_MESSAGE, {"open": {
         "index": step.index, "concurrency": step.concurrency, "warmup_s": step.warmup_s,
         "window_s": step.window_s, "rate_per_s": step.rate_per_s, "trials_max": step.trials_max,
-        "phase": step.phase,
+        "phase": step.phase, "window_requests": step.window_requests,
     }})
 
 
@@ -129,6 +129,7 @@ class WorkerSteps:
         self.recorder.open_step(
             step["concurrency"], step["warmup_s"], step["window_s"], step["rate_per_s"], index=step["index"],
             trials_max=step.get("trials_max", 1), phase=step.get("phase"),
+            window_requests=step.get("window_requests", 0),
         )
 
     def _on_report_now(self, environment, msg, **_) -> None:

@@ -35,6 +35,7 @@ from ipsbench.loadgen.histograms import (
 )
 from ipsbench.loadgen.outcomes import COMPLETED, Outcome, error_message_kind, outcome_for
 from ipsbench.loadgen.request_log import RequestLog
+from ipsbench.loadgen.stability import window_figures
 from ipsbench.loadgen.trials import STABLE_WINDOWS, Trial
 
 MAX_ERROR_KINDS = 64
@@ -92,6 +93,9 @@ class StepRecord:
     interrupted: bool = False
     trials_max: int = 1
     """Closed loop: measured windows of ``window_s`` each at most (1: one window, not judged for stability)."""
+    window_requests: int = 0
+    """Closed loop, stability-judged: a trial ends after this many completed requests (perf_analyzer's count
+    windows); 0: after ``window_s``."""
     trials: list[Trial] = field(default_factory=list)
     trials_used: int | None = None
     """Trials the step ran before it was ended (set when it was judged); None while running or if interrupted."""
@@ -107,6 +111,8 @@ class StepRecord:
     """Where each request that ends is also written (``--request-log``); None: nowhere."""
     window_start_ns: int = field(init=False)
     _cpu_start_s: float = field(init=False, default=0.0)
+    _counted: int = field(init=False, default=0)
+    """Count windows: requests this process has completed into the trials so far."""
 
     def __post_init__(self) -> None:
         self.window_start_ns = self.start_ns + round(self.warmup_s * 1e9)
@@ -218,8 +224,9 @@ class StepRecord:
             if completed_in_window:
                 latency_us = self._record_latency(self.histograms[outcome], done_ns - sent_ns)
                 if self.trials_max > 1:
-                    trial_number = self.trial_of(done_ns)
+                    trial_number = self._trial_for(done_ns)
                     trial = self.trial(trial_number)
+                    trial.end_ns = max(trial.end_ns, done_ns)
                     trial.counts[outcome] += 1
                     trial.histogram(outcome).record_value(latency_us)
                     if outcome is Outcome.OK:
@@ -241,6 +248,22 @@ class StepRecord:
         latency_us = max(latency_us, LOWEST_LATENCY_US)
         histogram.record_value(latency_us)
         return latency_us
+
+    def _trial_for(self, done_ns: int) -> int:
+        if not self.window_requests:
+            return self.trial_of(done_ns)
+        number = min(self._counted // self.window_requests, self.trials_max - 1)
+        self._counted += 1
+        return number
+
+    def trial_span_ns(self, number: int) -> tuple[int, int]:
+        """When trial ``number`` began and ended: by time, its ``window_s``; by count, from the end of the one
+        before (the window's start for the first) to its last completion."""
+        if not self.window_requests:
+            trial_ns = round(self.window_s * 1e9)
+            return self.window_start_ns + number * trial_ns, self.window_start_ns + (number + 1) * trial_ns
+        start_ns = self.trial(number - 1).end_ns if number else self.window_start_ns
+        return start_ns, max(self.trial(number).end_ns, start_ns)
 
     def trial_of(self, done_ns: int) -> int:
         """The trial (from 0) a closed-loop request completed at ``done_ns`` in the measured window counts in."""
@@ -299,14 +322,15 @@ class StepRecord:
     def end_after_trials(self, trials: int, stable: bool) -> None:
         """Stability judged after ``trials`` windows: the measured window ends with the last of them."""
         self.trials_used, self.stable = trials, stable
-        self.window_end_ns = min(self.window_end_ns, self.window_start_ns + round(trials * self.window_s * 1e9))
+        _, last_end_ns = self.trial_span_ns(trials - 1)
+        self.window_end_ns = min(self.window_end_ns, last_end_ns + (1 if self.window_requests else 0))
 
-    def trial_figures(self, number: int) -> tuple[float, int | None]:
-        """Images/sec and p99 (microseconds, None without a success) of trial ``number``."""
+    def trial_figures(self, number: int) -> dict:
+        """Images/sec, successes and their latency figures (:func:`ipsbench.loadgen.stability.window_figures`) of
+        trial ``number``."""
         trial = self.trial(number)
-        histogram = trial.histograms.get(Outcome.OK)
-        p99 = histogram.get_value_at_percentile(99.0) if histogram and histogram.get_total_count() else None
-        return trial.images_ok / self.window_s, p99
+        start_ns, end_ns = self.trial_span_ns(number)
+        return window_figures(trial.images_ok, (end_ns - start_ns) / 1e9, trial.histograms.get(Outcome.OK))
 
     def settled(self) -> StepRecord:
         """The step as reported: for a stability-judged step, its last 3 trials together (the whole step's
@@ -315,16 +339,17 @@ class StepRecord:
             return self
         first = max(self.trials_used - STABLE_WINDOWS, 0)
         chosen = [self.trial(n) for n in range(first, self.trials_used)]
-        trial_ns = round(self.window_s * 1e9)
+        view_start_ns, _ = self.trial_span_ns(first)
+        _, view_end_ns = self.trial_span_ns(self.trials_used - 1)
         view = StepRecord(
             index=self.index, concurrency=self.concurrency, warmup_s=self.warmup_s, window_s=self.window_s,
             start_ns=self.start_ns, rate_per_s=self.rate_per_s, issued=self.issued, counts=dict(self.counts),
             latencies_clamped=self.latencies_clamped, errors=self.errors, interrupted=self.interrupted,
-            window_end_ns=self.window_start_ns + self.trials_used * trial_ns, trials_max=self.trials_max,
+            window_end_ns=view_end_ns, trials_max=self.trials_max, window_requests=self.window_requests,
             trials=self.trials, trials_used=self.trials_used, stable=self.stable, phase=self.phase,
             cpu_seconds=self.cpu_seconds, cpu_percent=self.cpu_percent, accuracy=self.accuracy,
         )
-        view.window_start_ns = self.window_start_ns + first * trial_ns
+        view.window_start_ns = view_start_ns
         for trial in chosen:
             for outcome, n in trial.counts.items():
                 view.window_counts[outcome] += n
@@ -371,13 +396,13 @@ class RunRecorder:
 
     def open_step(
         self, concurrency: int, warmup_s: float, window_s: float, rate_per_s: float | None = None,
-        index: int | None = None, trials_max: int = 1, phase: str | None = None,
+        index: int | None = None, trials_max: int = 1, phase: str | None = None, window_requests: int = 0,
     ) -> StepRecord:
         """Start a step now; ``index`` defaults to the next one (a worker passes the master's)."""
         step = StepRecord(
             index=len(self.steps) if index is None else index, concurrency=concurrency, warmup_s=warmup_s,
             window_s=window_s, start_ns=self._clock_ns(), rate_per_s=rate_per_s, trials_max=trials_max,
-            phase=phase, request_log=self.request_log,
+            phase=phase, request_log=self.request_log, window_requests=window_requests,
         )
         if self.request_log is not None:
             self.request_log.begin_step(step.start_ns)

@@ -49,6 +49,7 @@ from ipsbench.loadgen.senders import off_the_hub, prompt_senders
 from ipsbench.loadgen.settings import RunSettings
 from ipsbench.loadgen.shape import DRAIN_GRACE_S, StepShape
 from ipsbench.loadgen.slo import parse_objective
+from ipsbench.loadgen.stability import DEFAULT_STABILITY_METRICS
 from ipsbench.loadgen.users import Workload
 from ipsbench.loadgen.watchers import SampleKeeper, StabilityJudge, WindowScraper
 from ipsbench.loadgen.worker import LocalWorkers
@@ -227,6 +228,7 @@ class LoadRun:
             search=search,
             tolerance=getattr(self.settings.steps, "stability", None),
             sample_rule=validity.sample_rule,
+            stability_metrics=getattr(self.settings.steps, "stability_metrics", DEFAULT_STABILITY_METRICS),
             engine=self._engine,
             running=running,
             request_log=self._request_log_entry(workers),

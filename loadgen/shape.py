@@ -132,14 +132,17 @@ class StepShape(LoadTestShape):
         self.step_count += 1
         users = plan.users or self._processes()
         load = f"{users} users" if plan.rate_per_s is None else f"{plan.rate_per_s:g} requests/s ({users} senders)"
+        each = f"{plan.window_requests:,}-request" if plan.window_requests else f"{plan.window_s:g} s"
         windows = f"{plan.window_s:g} s measured" if plan.trials_max <= 1 else (
-            f"{plan.window_s:g} s windows until 3 agree within {plan.tolerance:.0%} (at most {plan.trials_max})"
+            f"{each} windows until 3 agree within {plan.tolerance:.0%} on {', '.join(plan.stability_metrics)} "
+            f"(at most {plan.trials_max})"
         )
         logger.info(
             "step %d/%d: %s, %g s warm-up, %s", self.step_count, self.planned_step_count, load, plan.warmup_s, windows,
         )
         step = self.recorder.open_step(
-            users, plan.warmup_s, plan.window_s, plan.rate_per_s, trials_max=plan.trials_max, phase=plan.phase
+            users, plan.warmup_s, plan.window_s, plan.rate_per_s, trials_max=plan.trials_max, phase=plan.phase,
+            window_requests=plan.window_requests if plan.trials_max > 1 else 0,
         )
         self.events.opened.fire(step=step, plan=plan)
         return users, _spawn_rate(users)

@@ -31,6 +31,10 @@ def encode_step(step: StepRecord) -> dict:
         "censored_offsets": encode_histogram(step.censored_offsets),
         "trials_max": step.trials_max,
         "trials": [trial.encode() for trial in step.trials],
+        # count windows end at their last completion: as an offset into the window (clocks differ per process)
+        "trial_ends_s": [(trial.end_ns - step.window_start_ns) / 1e9 if trial.end_ns else None
+                         for trial in step.trials],
+        "window_requests": step.window_requests,
         "trials_used": step.trials_used,
         "stable": step.stable,
         "phase": step.phase,
@@ -52,6 +56,7 @@ def decode_step(data: dict, start_ns: int = 0) -> StepRecord:
         window_end_ns=window_start_ns + round(data["measured_window_s"] * 1e9),
         interrupted=data["interrupted"],
         trials_max=data.get("trials_max", 1),
+        window_requests=data.get("window_requests", 0),
         trials_used=data.get("trials_used"),
         stable=data.get("stable"),
         phase=data.get("phase"),
@@ -90,7 +95,11 @@ def merge_step(step: StepRecord, data: dict) -> None:
         kind.first_ns = min(kind.first_ns, first_ns)
         kind.last_ns = max(kind.last_ns, last_ns)
     step.interrupted = step.interrupted or data["interrupted"]
+    ends = data.get("trial_ends_s") or ()
     for number, trial in enumerate(data.get("trials", ())):
         step.trial(number).merge_encoded(trial)
+        if number < len(ends) and ends[number] is not None:
+            local_end_ns = step.window_start_ns + round(ends[number] * 1e9)
+            step.trial(number).end_ns = max(step.trial(number).end_ns, local_end_ns)
     step.cpu_percent = [*step.cpu_percent, *data.get("cpu_percent", ())]
     step.accuracy = [mine + theirs for mine, theirs in zip(step.accuracy, data.get("accuracy", (0, 0, 0)))]

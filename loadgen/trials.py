@@ -20,6 +20,8 @@ class Trial:
 
     counts: dict[Outcome, int] = field(default_factory=lambda: {o: 0 for o in COMPLETED})
     images_ok: int = 0
+    end_ns: int = 0
+    """When its last request completed (count windows end there; ``perf_counter_ns``, this process's clock)."""
     histograms: dict[Outcome, HdrHistogram] = field(default_factory=dict)
     """Created per outcome on its first latency (errors are rare; each histogram is about 140 KB)."""
 

@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 RECORD_LAG_S = 2 * DRAIN_PERIOD_S
 """How long after a trial's end its figures are read: users record their sender threads' outcomes in batches."""
 POLL_S = 0.05
+COUNT_POLL_S = 0.2
+"""How often a count-window judge counts its step's completed requests (a distributed step is merged to count)."""
 """How often a watcher looks whether its step's window has ended (an interrupt ends it early)."""
 
 
@@ -43,14 +45,19 @@ class StabilityJudge:
 
     def _on_opened(self, step: StepRecord, plan, **_) -> None:
         if plan.trials_max > 1:
-            self._greenlets.append(gevent.spawn(self._judge, step, plan.tolerance))
+            self._greenlets.append(gevent.spawn(self._judge, step, plan.tolerance, plan.stability_metrics))
 
-    def _judge(self, step: StepRecord, tolerance: float) -> None:
+    def _judge(self, step: StepRecord, tolerance: float, metrics) -> None:
         clock = self.shape.recorder.now_ns
         trial_ns = round(step.window_s * 1e9)
         for trials in range(1, step.trials_max + 1):
+            if step.window_requests:
+                while not self._counted_in(step, trials):
+                    if step.interrupted:
+                        return
+                    gevent.sleep(COUNT_POLL_S)
             boundary_ns = step.window_start_ns + trials * trial_ns
-            while (wait_ns := boundary_ns - clock()) > 0:
+            while not step.window_requests and (wait_ns := boundary_ns - clock()) > 0:
                 if step.interrupted:
                     return
                 gevent.sleep(min(wait_ns / 1e9, POLL_S))
@@ -61,11 +68,21 @@ class StabilityJudge:
             gevent.sleep(RECORD_LAG_S)  # the window's last outcomes reach the recorder up to a drain period late
             merged = self.shape.merged(step)
             windows = [merged.trial_figures(number) for number in range(trials)]
-            stable = is_stable(windows, tolerance)
+            stable = is_stable(windows, tolerance, metrics)
             if stable or trials == step.trials_max:
                 logger.info("step %d %s after %d windows", step.index + 1, "stable" if stable else "UNSTABLE", trials)
                 self.shape.end_after_trials(step, trials, stable)
                 return
+
+    def _counted_in(self, step: StepRecord, trials: int) -> bool:
+        """Count windows: the first ``trials`` windows are complete (a later one began, the last one holds its
+        requests), or the step's time ran out."""
+        if self.shape.recorder.now_ns() >= step.window_end_ns:
+            return True
+        merged = self.shape.merged(step)
+        if len(merged.trials) > trials:
+            return True
+        return len(merged.trials) == trials and sum(merged.trial(trials - 1).counts.values()) >= step.window_requests
 
     def stop(self) -> None:
         gevent.killall(self._greenlets, block=False)

@@ -23,6 +23,7 @@ from ipsbench.loadgen.report.steps import (
     step_entry,
 )
 from ipsbench.loadgen.slo import MIN_SAMPLES, LatencyObjective, min_samples, worst
+from ipsbench.loadgen.stability import DEFAULT_STABILITY_METRICS
 from ipsbench.loadgen.trials import STABLE_WINDOWS
 
 HEADLINE_PERCENTILES = {"single-stream": "p90"}
@@ -53,8 +54,9 @@ SERVER_METHOD = (
 )
 STABILITY_METHOD = (
     f"each level runs measured windows back to back until the last {STABLE_WINDOWS} agree within the tolerance "
-    f"of their mean for images/sec and p99 (at most max_trials windows, else UNSTABLE); the step's figures are "
-    f"those {STABLE_WINDOWS} windows' histograms together"
+    f"of their mean on each stability metric (images/sec and p50 unless --stability-metric says; a percentile "
+    f"only when each window holds the samples it needs, 100/(1-p)) (at most max_trials windows, else UNSTABLE); "
+    f"the step's figures are those {STABLE_WINDOWS} windows' histograms together"
 )
 CLIENT_METHOD = (
     "the load generator's own CPU time (all threads of each load-generating process) over the time it issued "
@@ -101,6 +103,8 @@ class RunFacts:
     """The stability tolerance of a run whose steps are judged for stability."""
     sample_rule: str = MIN_SAMPLES
     """When a step holds the samples to judge a percentile (``--sample-rule``)."""
+    stability_metrics: Sequence[str] = DEFAULT_STABILITY_METRICS
+    """What a stability-judged step's last windows must agree on (``--stability-metric``)."""
     engine: dict | None = None
     """``ipsbench-serve bench --json`` results, for the engine vs end-to-end table."""
     running: bool = False
@@ -174,7 +178,8 @@ def step_entries(steps: list[StepRecord], run: RunFacts) -> list[dict]:
     entries = [
         step_entry(step, run.max_error_rate, run.unix_s,
                    objectives=list(run.objectives or ()) if run.judged else None, tolerance=run.tolerance,
-                   errors_invalidate=run.search is None, sample_rule=run.sample_rule)
+                   errors_invalidate=run.search is None, sample_rule=run.sample_rule,
+                   stability_metrics=run.stability_metrics)
         for step in steps
     ]
     for entry in entries:

@@ -12,7 +12,7 @@ from ipsbench.loadgen.outcomes import COMPLETED, ERRORS, Outcome
 from ipsbench.loadgen.recorder import StepRecord
 from ipsbench.loadgen.report.schema import COUNT_FIELDS, PERCENTILES
 from ipsbench.loadgen.slo import MIN_SAMPLES, LatencyObjective, duration_to_hold, judge, min_samples
-from ipsbench.loadgen.stability import stability_entry
+from ipsbench.loadgen.stability import DEFAULT_STABILITY_METRICS, stability_entry
 
 CLIENT_CPU_BOUND_PERCENT = 90.0
 """A step where a load-generating process used at least this much of a core is client-bound."""
@@ -40,6 +40,7 @@ def step_entry(
     tolerance: float | None = None,
     errors_invalidate: bool = True,
     sample_rule: str = MIN_SAMPLES,
+    stability_metrics: Sequence[str] = DEFAULT_STABILITY_METRICS,
 ) -> dict:
     """A step as the report states it, with its validity; ``unix_s`` maps the monotonic clock to wall-clock time;
     ``objectives`` (None: no SLO) judge it; ``tolerance``: of a stability-judged step; ``errors_invalidate``:
@@ -79,7 +80,8 @@ def step_entry(
         "open_loop": open_loop_entry(step, window_s) if open_loop else None,
         "phase": step.phase,
         "stability": None if step.trials_max <= 1 else stability_entry(
-            windows, step.stable, step.trials_used or len(step.trials), tolerance if tolerance is not None else 0.10
+            windows, step.stable, step.trials_used or len(step.trials), tolerance if tolerance is not None else 0.10,
+            stability_metrics,
         ),
     }
     entry["client"] = client_entry(step, entry["open_loop"])

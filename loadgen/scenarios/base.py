@@ -15,6 +15,7 @@ from typing import Any
 
 from ipsbench.loadgen.recorder import StepRecord
 from ipsbench.loadgen.settings import RunSettings, StepSettings
+from ipsbench.loadgen.stability import DEFAULT_STABILITY_METRICS
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,10 @@ class StepPlan:
     trials_max: int = 1
     """Closed loop: measured windows of ``window_s`` at most, until the last 3 agree (1: one window)."""
     tolerance: float = 0.10
+    stability_metrics: tuple[str, ...] = DEFAULT_STABILITY_METRICS
+    """What the last 3 windows must agree on (:mod:`ipsbench.loadgen.stability`)."""
+    window_requests: int = 0
+    """Stability windows by count: each ends after this many completed requests (0: by time, ``window_s``)."""
     phase: str | None = None
 
 

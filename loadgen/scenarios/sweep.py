@@ -11,26 +11,38 @@ from dataclasses import dataclass
 from ipsbench.loadgen.levels import level_list
 from ipsbench.loadgen.scenarios.base import Scenario, StepPlan, StepPlanner
 from ipsbench.loadgen.settings import MAX_TRIALS, RunSettings, StepSettings, check_concurrency
+from ipsbench.loadgen.stability import DEFAULT_STABILITY_METRICS, STABILITY_METRICS, stability_metric_list
 from ipsbench.server.flags import option, values
 
 MAX_RAMP_STEPS = 100
+MAX_WINDOW_REQUESTS = 10_000_000
 
 
 @dataclass(frozen=True, kw_only=True)
 class SweepSettings(StepSettings):
     """Closed-loop concurrency sweep: one step per level; each level runs measured windows until the last 3
-    agree (images/sec and p99) or the trials run out (perf_analyzer's stability rule)."""
+    agree (images/sec and p50 unless --stability-metric says) or the trials run out (perf_analyzer's stability
+    rule)."""
 
     concurrency: tuple[int, ...] = option(
         (1, 2, 4), "concurrency levels: 1,2,4, or a range as perf_analyzer takes it, 1:16:4 or 1:64:x2 (doubling)",
         parse=level_list(int, "concurrency", "1,2,4 or 1:64:x2"),
     )
     stability: float = option(0.10, (
-        "the last 3 windows of a level must agree within this fraction of their mean, for images/sec and p99"
+        "the last 3 windows of a level must agree within this fraction of their mean, on each --stability-metric"
     ))
     max_trials: int = option(10, (
         "measured windows per level at most before it is marked UNSTABLE (1: a single window, not judged)"
     ))
+    stability_metrics: tuple[str, ...] = option(DEFAULT_STABILITY_METRICS, (
+        f"what the last 3 windows must agree on, comma-separated of {', '.join(STABILITY_METRICS)}; a percentile "
+        "is judged only when each window holds the samples it needs (100/(1-p))"
+    ), flag="--stability-metric", parse=stability_metric_list, metavar="METRICS")
+    window_requests: int = option(0, (
+        "measure each stability window by count: it ends after N completed requests (perf_analyzer's count "
+        "windows; each load-generating process counts its own); 0: by time, --duration each. A level still "
+        "ends by --duration x --max-trials"
+    ), metavar="N")
     phases: tuple[str, ...] = option((), "a name per level (ramp and spike steps)", cli=False)
 
     def __post_init__(self) -> None:
@@ -40,6 +52,8 @@ class SweepSettings(StepSettings):
             raise ValueError(f"stability must be in [0, 1], got {self.stability:g}")
         if not 1 <= self.max_trials <= MAX_TRIALS:
             raise ValueError(f"max trials must be in [1, {MAX_TRIALS}], got {self.max_trials}")
+        if not 0 <= self.window_requests <= MAX_WINDOW_REQUESTS:
+            raise ValueError(f"window requests must be in [0, {MAX_WINDOW_REQUESTS}], got {self.window_requests}")
         if self.phases and len(self.phases) != len(self.concurrency):
             raise ValueError("one phase name per level")
 
@@ -54,13 +68,14 @@ class SweepSettings(StepSettings):
 
 def sweep_plans(
     concurrency: Sequence[int], warmup_s: float, window_s: float, max_trials: int, stability: float,
-    phases: Sequence[str] = (),
+    phases: Sequence[str] = (), stability_metrics: Sequence[str] = DEFAULT_STABILITY_METRICS,
+    window_requests: int = 0,
 ) -> list[StepPlan]:
     """One step per concurrency level, measured in windows until the last 3 agree (one window: ``max_trials`` 1)."""
     phases = list(phases) or [None] * len(concurrency)
     return [
         StepPlan(users=level, warmup_s=warmup_s, window_s=window_s, trials_max=max_trials, tolerance=stability,
-                 phase=phase)
+                 stability_metrics=tuple(stability_metrics), window_requests=window_requests, phase=phase)
         for level, phase in zip(concurrency, phases)
     ]
 
@@ -68,7 +83,7 @@ def sweep_plans(
 def sweep_planner(settings: RunSettings) -> StepPlanner:
     steps = settings.steps
     return StepPlanner(sweep_plans(steps.concurrency, steps.warmup_s, steps.window_s, steps.max_trials,
-                                   steps.stability, steps.phases))
+                                   steps.stability, steps.phases, steps.stability_metrics, steps.window_requests))
 
 
 def ramp_levels(start: int, end: int, steps: int) -> tuple[tuple[int, ...], tuple[str, ...]]:

@@ -234,3 +234,22 @@ def test_a_terminal_sees_a_live_progress_line(server, tmp_path):
     text = seen.decode(errors="replace")
     assert "step 1/1 concurrency 1" in text and "images/s, p99" in text and "errors" in text
     assert "report: " in text
+
+
+def test_count_windows_hold_their_requests_and_stability_is_judged_on_the_chosen_metrics(server, start_load):
+    """--window-requests 250: each stability window ends after 250 completed requests (perf_analyzer's count
+    windows), however long that takes; judged on images/sec and p50 (which 250 samples can support) and, asked for
+    p99 too, not on p99, which they cannot (10,000 needed): the report says so."""
+    run = start_load(server.grpc_url, "--concurrency", "2", "--duration", "60s", "--max-trials", "4",
+                     "--window-requests", "250", "--stability", "1.0", "--stability-metric", "images_per_s,p50,p99",
+                     *QUICK)
+    assert run.finish(timeout=180) == 0, run.stdout + run.stderr()
+    report = run.report()
+    assert_accounted(report)
+    (step,) = report["steps"]
+    stability = step["stability"]
+    assert stability["stable"] and stability["trials"] == 3
+    assert [window["requests"] for window in stability["windows"]] == [250, 250, 250]
+    assert stability["judged_metrics"] == ["images_per_s", "p50"]
+    assert stability["unjudged_metrics"] == {"p99": "a window held 250 samples, 10000 needed to judge p99"}
+    assert step["window_requests"]["ok"] == 750 and step["window_s"] < 60  # ended by its count, not its time

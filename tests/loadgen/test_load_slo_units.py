@@ -7,7 +7,7 @@ from ipsbench.loadgen.report.schema import VERDICT_EXIT_CODES
 from ipsbench.loadgen.step_encoding import decode_step, encode_step, merge_step
 from load_helpers import report_from
 from ipsbench.loadgen.slo import Search, judge, min_samples, parse_objective
-from ipsbench.loadgen.stability import is_stable
+from ipsbench.loadgen.stability import is_stable, stability_entry, stability_metric_list
 
 MS = 1_000_000
 
@@ -55,13 +55,36 @@ def test_bad_objectives_are_refused(text):
         parse_objective(text)
 
 
-def test_stability_needs_three_windows_agreeing_on_throughput_and_p99():
-    assert is_stable([(100, 10_000), (105, 10_500), (95, 9_800)], 0.10)
-    assert not is_stable([(100, 10_000), (105, 10_500)], 0.10)  # two windows are not enough
-    assert not is_stable([(100, 10_000), (130, 10_500), (95, 9_800)], 0.10)  # throughput off
-    assert not is_stable([(100, 10_000), (100, 14_000), (100, 9_800)], 0.10)  # p99 off
-    assert is_stable([(10, 1), (100, 10_000), (105, 10_500), (95, 9_800)], 0.10)  # only the last 3 count
-    assert not is_stable([(100, None), (100, 10_000), (100, 10_000)], 0.10)  # a window without success
+def window(images_per_s: float, p50_us: int | None, requests: int = 1_000, p99_us: int | None = None) -> dict:
+    return {"images_per_s": images_per_s, "requests": requests if p50_us is not None else 0, "p50": p50_us,
+            "p90": p50_us, "p95": p50_us, "p99": p99_us if p99_us is not None else p50_us, "mean": p50_us}
+
+
+def test_stability_needs_three_windows_agreeing_on_throughput_and_p50_by_default():
+    assert is_stable([window(100, 10_000), window(105, 10_500), window(95, 9_800)], 0.10)
+    assert not is_stable([window(100, 10_000), window(105, 10_500)], 0.10)  # two windows are not enough
+    assert not is_stable([window(100, 10_000), window(130, 10_500), window(95, 9_800)], 0.10)  # throughput off
+    assert not is_stable([window(100, 10_000), window(100, 14_000), window(100, 9_800)], 0.10)  # p50 off
+    # only the last 3 count
+    assert is_stable([window(10, 1), window(100, 10_000), window(105, 10_500), window(95, 9_800)], 0.10)
+    assert not is_stable([window(100, None), window(100, 10_000), window(100, 10_000)], 0.10)  # no success
+    # p99 is not a default metric: windows that disagree on it alone are stable
+    assert is_stable([window(100, 10_000, p99_us=p99) for p99 in (20_000, 40_000, 30_000)], 0.10)
+
+
+def test_a_percentile_is_judged_only_from_windows_holding_the_samples_it_needs():
+    """p99 of 90-sample windows is their maximum: not judged, and said so; images/sec still is."""
+    small = [window(100, 10_000, requests=90, p99_us=p99) for p99 in (20_000, 40_000, 30_000)]
+    assert is_stable(small, 0.10, ("images_per_s", "p99"))  # judged on images/sec only
+    assert not is_stable(small, 0.10, ("p99",))  # nothing it can be judged on
+    entry = stability_entry(small, False, 3, 0.10, ("images_per_s", "p99"))
+    assert entry["judged_metrics"] == ["images_per_s"]
+    assert entry["unjudged_metrics"] == {"p99": "a window held 90 samples, 10000 needed to judge p99"}
+    large = [window(100, 10_000, requests=20_000, p99_us=p99) for p99 in (20_000, 40_000, 30_000)]
+    assert not is_stable(large, 0.10, ("images_per_s", "p99"))  # judged, and p99 disagrees
+    with pytest.raises(ValueError, match="comma-separated choice of images_per_s, p50"):
+        stability_metric_list("p50,p42")
+    assert stability_metric_list("images_per_s, p95") == ("images_per_s", "p95")
 
 
 def stability_step() -> StepRecord:
@@ -78,7 +101,7 @@ def stability_step() -> StepRecord:
 
 def test_a_stability_judged_step_reports_its_last_three_windows():
     step = stability_step()
-    assert [step.trial_figures(n)[0] for n in range(5)] == [20.0] * 5
+    assert [step.trial_figures(n)["images_per_s"] for n in range(5)] == [20.0] * 5
     settled = step.settled()
     assert settled.measured_window_s == 3.0 and settled.window_counts[Outcome.OK] == 30
     assert settled.histograms[Outcome.OK].get_min_value() == 3000  # trials 3 to 5 only
@@ -110,8 +133,8 @@ def test_trials_merge_across_processes():
     one, other = stability_step(), stability_step()
     merged = decode_step(encode_step(one), start_ns=0)
     merge_step(merged, encode_step(other))
-    rate, p99 = merged.trial_figures(4)
-    assert rate == 40.0 and p99 == pytest.approx(5000, rel=1e-3)
+    figures = merged.trial_figures(4)
+    assert figures["images_per_s"] == 40.0 and figures["p99"] == pytest.approx(5000, rel=1e-3)
     assert merged.settled().window_counts[Outcome.OK] == 60
 
 
@@ -200,3 +223,24 @@ def test_min_samples_misses_a_percentile_once_more_samples_exceed_its_target_tha
     mixed.record_value(1_000, 60)
     (p99, _error_rate) = judge(objectives, mixed, 0.0, 150, 0.0)
     assert not p99["enough_samples"] and not p99["met"] and p99["why"] == "150 samples, 10000 needed to claim p99"
+
+
+def test_count_windows_end_after_their_requests_and_are_timed_by_them():
+    """--window-requests 10: each trial holds the next 10 completions, whenever they come; its images/sec is over
+    its own span (from the previous trial's last completion to its own)."""
+    step = StepRecord(index=0, concurrency=1, warmup_s=1.0, window_s=5.0, start_ns=0, trials_max=5,
+                      window_requests=10)
+    done_ns = 1_000 * MS
+    for number in range(45):
+        done_ns += (10 if number < 20 else 20) * MS  # the first two trials twice as fast as the rest
+        step.record_issued()
+        step.record_ok(done_ns - MS, done_ns, images=1)
+    assert [sum(trial.counts.values()) for trial in step.trials] == [10, 10, 10, 10, 5]
+    rates = [step.trial_figures(number)["images_per_s"] for number in range(4)]
+    assert rates == pytest.approx([100.0, 100.0, 50.0, 50.0])
+    step.end_after_trials(4, stable=True)
+    assert step.window_end_ns == 1_000 * MS + 20 * 10 * MS + 20 * 20 * MS + 1  # the 40th completion's, just past
+    settled = step.settled()
+    assert settled.window_counts[Outcome.OK] == 30 and settled.measured_window_s == pytest.approx(0.5, abs=1e-6)
+    merged = decode_step(encode_step(step), start_ns=0)
+    assert merged.trial_figures(3)["images_per_s"] == pytest.approx(50.0)
