@@ -59,6 +59,10 @@ def write_preprocess_front(repository: Path, name: str, kind: str, recipe: Recip
     for warmup in config.model_warmup:
         # Warm-up data for the engine's tensor does not fit the image input; the server generates an image.
         warmup.inputs.clear()
+    # The front's recipe replaces whatever preprocessing the plain entry stated (a key it omits, such as
+    # channel_order for rgb, must not survive from the plain entry).
+    for key in [key for key in config.parameters if key.startswith(PARAMETER_PREFIX)]:
+        del config.parameters[key]
     for key, value in Front(kind, recipe, engine_input, engine_type, device=device).parameters().items():
         config.parameters[key].string_value = value
 

@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """2: open-loop (rate) steps, workers of distributed runs, warnings. 3: stability windows, the client's own
 CPU, SLO objectives and the search, phases, the engine bench, payload modes, verdict, running/incomplete; later
 added to 3, both optional for readers (None when absent): ``headline`` (the run's one figure where its scenario
@@ -18,22 +18,29 @@ has one, e.g. single-stream's p90) and ``request_log`` (where the per-request lo
 count (UNAVAILABLE from the transport: no server answered), so ``rejected`` is the server's admission control
 alone; the payload's ``images_read``, ``skipped_images`` and ``skipped_image_examples``; later added to 4, optional
 for readers: the payload's ``transfer`` (``grpc`` or ``system_shared_memory``) and ``shared_memory`` (its regions and
-bytes, or null). A partial report (written
-while the run goes on) has status ``incomplete``, an ``incomplete_reason``, verdict ``INCOMPLETE`` (its SLO's too)
-and ``valid`` / ``stable`` null: the run-level judgements are stated by the final report only. Later added to 4,
-optional for readers (None when absent): ``simulated`` (``backend``, ``device``, ``label``: the target served the
-model with the device-time model backend, so no device computed and every rendering heads the report with
-``label``) and the model's ``backend`` (from its ModelConfig; None where the target has none). Later added to 4:
-verdict ``INCONCLUSIVE`` (exit 4: an objective's percentile lacked the samples to be judged and nothing else
-failed), each step's ``slo.inconclusive`` and ``slo.settle_duration_s``, the SLO block's ``inconclusive_steps`` and
-``settle_duration_s`` (the ``--duration`` that would hold the samples). Later added to 4, optional for readers (None
-when absent or when the step had no success): each step's ``latency_histogram``, the successes' latency histogram
-behind ``latency_us`` (microseconds, 3 significant digits) as the hdrhistogram library's ``encode()`` writes it
-(compressed, base64 text), so ``compare --fail-on`` can resample it; each step's ``bottleneck`` (``resource``:
-engine, host_cpu, load_generator, server_frontend, none, or null when the server was not scraped; ``figures``;
-``sentence``) and, in its ``server`` block, the server's front-end time (``pre_queue_ms``, ``post_compute_ms``,
-``frontend_ms``), ``request_p50_ms`` / ``request_p99_ms``, ``instances``, ``engine_busy``, ``processes`` and
-``load_host``."""
+bytes, or null); ``simulated`` (``backend``, ``device``, ``label``: the target served the model with the
+device-time model backend, so no device computed and every rendering heads the report with ``label``) and the
+model's ``backend`` (from its ModelConfig; None where the target has none). A partial report (written while the run
+goes on) has status ``incomplete``, an ``incomplete_reason``, verdict ``INCOMPLETE`` (its SLO's too) and ``valid`` /
+``stable`` null: the run-level judgements are stated by the final report only.
+
+5: verdicts a planner can sign. Verdict ``INCONCLUSIVE`` (exit 4: an objective's percentile lacked the samples to
+be judged and nothing else failed), each step's ``slo.inconclusive`` and ``slo.settle_duration_s``, the SLO block's
+``inconclusive_steps`` and ``settle_duration_s`` (the ``--duration`` that would hold the samples); each objective's
+``rule`` (``min-samples`` or ``early-stopping``), ``lower_bound`` and, early stopping, ``over_target``; each step's
+``window_grown`` (its window measured past ``--duration`` to hold its objectives' samples). Open loop:
+``latency_scheduled_us`` (every scheduled arrival's latency, those never sent or never answered counted as misses
+at their window-end bound: ``censored``, and ``lower_bound`` naming the figures that are lower bounds), and in
+``open_loop`` the ``censored`` count and ``unsent_cause`` (``client``, ``server_saturated`` or null); a full
+in-flight cap no longer makes a step invalid. Each step's ``latency_histogram`` (None without a success): the
+successes' latency histogram behind ``latency_us`` (microseconds, 3 significant digits) as the hdrhistogram
+library's ``encode()`` writes it (compressed, base64 text), so ``compare --fail-on`` can resample it. Each step's
+``bottleneck`` (``resource``: engine, host_cpu, load_generator, server_frontend, none, or null when the server was
+not scraped; ``figures``; ``sentence``) and, in its ``server`` block, the server's front-end time (``pre_queue_ms``,
+``post_compute_ms``, ``frontend_ms``), ``request_p50_ms`` / ``request_p99_ms``, ``instances``, ``engine_busy``,
+``processes`` and ``load_host``. Stability blocks name their ``metrics``, ``judged_metrics`` and
+``unjudged_metrics`` (why not), and each window its ``requests``, ``p50_us`` .. ``p99_us`` and ``mean_us`` beside
+``images_per_s``. Scenario ``ui`` writes reports too (one step per test started in the web UI)."""
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 VERDICT_EXIT_CODES = {"PASS": 0, "FAIL": 1, "UNSTABLE": 1, "INVALID": 2, "INCONCLUSIVE": 4}

@@ -122,3 +122,16 @@ def test_bad_arguments_are_refused_with_a_clear_message(repository, name, kind, 
         write_front(repository, name, kind, **args)
     assert message in str(caught.value)
     assert not (repository / f"{name}_{kind}").exists()
+
+
+def test_the_fronts_recipe_replaces_the_plain_entrys_preprocessing(repository):
+    """A plain entry that states bgr (a Caffe-trained model) with a front written for rgb: the front's
+    preprocessing is its own recipe alone, no channel order left over from the plain entry."""
+    config_file = repository / "resnet18" / "config.pbtxt"
+    plain = read_config(repository / "resnet18")
+    plain.parameters["ipsbench.preprocess.channel_order"].string_value = "bgr"
+    config_file.unlink()  # hard-linked to the session's repository: write a file of this test's own
+    config_file.write_text(text_format.MessageToString(plain))
+    front = read_config(write_front(repository, "resnet18", "uint8", resize=73, crop=64))
+    assert "ipsbench.preprocess.channel_order" not in front.parameters
+    assert front.parameters["ipsbench.preprocess"].string_value == "uint8"
