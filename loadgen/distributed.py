@@ -123,7 +123,7 @@ class WorkerSteps:
         if ended := msg.data.get("end_after_trials"):
             for step in self.recorder.steps:
                 if step.index == ended["index"]:
-                    step.end_after_trials(ended["trials"], ended["stable"])
+                    step.end_after_trials(ended["trials"], ended["stable"], self.recorder.now_ns())
             return
         step = msg.data["open"]
         self.recorder.open_step(

@@ -235,6 +235,13 @@ class StepRecord:
             latency_us = self._record_latency(self.histograms[outcome], done_ns - intended_ns)
             if outcome is Outcome.OK:
                 self._record_latency(self.service_histogram, done_ns - sent_ns)
+            if self.trials_max > 1:  # open-loop stability windows: an arrival counts in the window it was due in
+                trial_number = self.trial_of(intended_ns)
+                trial = self.trial(trial_number)
+                trial.counts[outcome] += 1
+                trial.histogram(outcome).record_value(latency_us)
+                if outcome is Outcome.OK:
+                    trial.images_ok += images
         if self.request_log is not None:
             self.request_log.completed(self.index + 1, outcome, code, sent_ns, done_ns, intended_ns, latency_us,
                                        images, None if trial_number is None else trial_number + 1)
@@ -319,11 +326,15 @@ class StepRecord:
         """The measured window ran past its planned length to hold its objectives' samples."""
         return self.window_end_ns - self.window_start_ns > self.planned_window_ns
 
-    def end_after_trials(self, trials: int, stable: bool) -> None:
-        """Stability judged after ``trials`` windows: the measured window ends with the last of them."""
+    def end_after_trials(self, trials: int, stable: bool, now_ns: int | None = None) -> None:
+        """Stability judged after ``trials`` windows: the measured window ends with the last of them; open loop
+        (given ``now_ns``), when it was judged, so that every arrival already scheduled into it stays counted."""
         self.trials_used, self.stable = trials, stable
         _, last_end_ns = self.trial_span_ns(trials - 1)
-        self.window_end_ns = min(self.window_end_ns, last_end_ns + (1 if self.window_requests else 0))
+        end_ns = last_end_ns + (1 if self.window_requests else 0)
+        if self.open_loop and now_ns is not None:
+            end_ns = max(end_ns, now_ns)
+        self.window_end_ns = min(self.window_end_ns, end_ns)
 
     def trial_figures(self, number: int) -> dict:
         """Images/sec, successes and their latency figures (:func:`ipsbench.loadgen.stability.window_figures`) of
@@ -333,9 +344,10 @@ class StepRecord:
         return window_figures(trial.images_ok, (end_ns - start_ns) / 1e9, trial.histograms.get(Outcome.OK))
 
     def settled(self) -> StepRecord:
-        """The step as reported: for a stability-judged step, its last 3 trials together (the whole step's
-        counts and errors unchanged); otherwise the step itself."""
-        if self.trials_max <= 1 or not self.trials_used:
+        """The step as reported: for a stability-judged closed-loop step, its last 3 trials together (the whole
+        step's counts and errors unchanged); otherwise the step itself (an open-loop step's windows only judge its
+        stability: its arrivals came at one rate throughout, and its open-loop accounting is the whole window's)."""
+        if self.trials_max <= 1 or not self.trials_used or self.open_loop:
             return self
         first = max(self.trials_used - STABLE_WINDOWS, 0)
         chosen = [self.trial(n) for n in range(first, self.trials_used)]

@@ -87,7 +87,7 @@ class StepShape(LoadTestShape):
 
     def end_after_trials(self, step: StepRecord, trials: int, stable: bool) -> None:
         """A stability judge's verdict: ``step``'s measured window ends with its ``trials``-th window."""
-        step.end_after_trials(trials, stable)
+        step.end_after_trials(trials, stable, self.recorder.now_ns())
         self.events.trials_ended.fire(step=step)
 
     def resize_window(self, step: StepRecord, window_s: float) -> bool:

@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 RECORD_LAG_S = 2 * DRAIN_PERIOD_S
 """How long after a trial's end its figures are read: users record their sender threads' outcomes in batches."""
 POLL_S = 0.05
+OPEN_LOOP_LAG_MAX_S = 2.0
+"""Bound on waiting, after an open-loop window, for the answers to its last arrivals (their service time's p99)."""
 COUNT_POLL_S = 0.2
 """How often a count-window judge counts its step's completed requests (a distributed step is merged to count)."""
 """How often a watcher looks whether its step's window has ended (an interrupt ends it early)."""
@@ -66,6 +68,10 @@ class StabilityJudge:
             if trials < STABLE_WINDOWS and trials < step.trials_max:
                 continue
             gevent.sleep(RECORD_LAG_S)  # the window's last outcomes reach the recorder up to a drain period late
+            if step.open_loop:  # arrivals due late in the window are answered after it: wait for most of them
+                service = self.shape.merged(step).service_histogram
+                if service.get_total_count():
+                    gevent.sleep(min(service.get_value_at_percentile(99.0) / 1e6, OPEN_LOOP_LAG_MAX_S))
             merged = self.shape.merged(step)
             windows = [merged.trial_figures(number) for number in range(trials)]
             stable = is_stable(windows, tolerance, metrics)

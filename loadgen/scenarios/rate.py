@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from ipsbench.loadgen.arrivals import MAX_RATE_PER_S, read_trace
 from ipsbench.loadgen.levels import level_list
 from ipsbench.loadgen.scenarios.base import Scenario, StepPlan, StepPlanner
-from ipsbench.loadgen.settings import MAX_TRACE_ARRIVALS, OpenLoopSettings, RunSettings
+from ipsbench.loadgen.settings import MAX_TRACE_ARRIVALS, MAX_TRIALS, OpenLoopSettings, RunSettings
+from ipsbench.loadgen.stability import DEFAULT_STABILITY_METRICS, STABILITY_METRICS, stability_metric_list
 from ipsbench.server.flags import option, values
 
 TRACE_END_SLACK_S = 0.001
@@ -48,6 +49,15 @@ class RateSettings(OpenLoopSettings):
         help="arrival rates in requests/s: 20,40, or a range, 100:1000:100 or 10:160:x2 (doubling)", flag="--rate",
         parse=level_list(float, "rate", "20,40 or 100:1000:100"),
     )
+    max_trials: int = option(1, (
+        "measured windows (--duration each) per rate at most, until the last 3 agree on each --stability-metric "
+        "(arrivals counted in the window they were due in); 1: one window, not judged. The step's figures cover "
+        "every window it ran"
+    ))
+    stability: float = option(0.10, "the last 3 windows must agree within this fraction of their mean")
+    stability_metrics: tuple[str, ...] = option(DEFAULT_STABILITY_METRICS, (
+        f"what the last 3 windows must agree on, comma-separated of {', '.join(STABILITY_METRICS)}"
+    ), flag="--stability-metric", parse=stability_metric_list, metavar="METRICS")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -55,23 +65,34 @@ class RateSettings(OpenLoopSettings):
             raise ValueError("at least one rate is needed")
         for rate in self.rates_per_s:
             check_rate(rate)
+        if not 1 <= self.max_trials <= MAX_TRIALS:
+            raise ValueError(f"max trials must be in [1, {MAX_TRIALS}], got {self.max_trials}")
+        if not 0 <= self.stability <= 1:
+            raise ValueError(f"stability must be in [0, 1], got {self.stability:g}")
 
     @property
     def step_count(self) -> int:
         return len(self.rates_per_s)
 
+    @property
+    def windows_per_step(self) -> int:
+        return self.max_trials
+
 
 def rate_plans(rates_per_s: Sequence[float], warmup_s: float, window_s: float,
-               phase: str | None = None) -> list[StepPlan]:
+               phase: str | None = None, max_trials: int = 1, stability: float = 0.10,
+               stability_metrics: Sequence[str] = DEFAULT_STABILITY_METRICS) -> list[StepPlan]:
     """One step per rate; each step's rate is split evenly among its senders (one per locust process)."""
-    return [StepPlan(users=0, warmup_s=warmup_s, window_s=window_s, rate_per_s=rate, phase=phase)
+    return [StepPlan(users=0, warmup_s=warmup_s, window_s=window_s, rate_per_s=rate, phase=phase,
+                     trials_max=max_trials, tolerance=stability, stability_metrics=tuple(stability_metrics))
             for rate in rates_per_s]
 
 
 def rate_planner(settings: RunSettings) -> StepPlanner:
     steps = settings.steps
     phase = "trace" if steps.arrival == "trace" else None
-    return StepPlanner(rate_plans(steps.rates_per_s, steps.warmup_s, steps.window_s, phase))
+    return StepPlanner(rate_plans(steps.rates_per_s, steps.warmup_s, steps.window_s, phase,
+                                  steps.max_trials, steps.stability, steps.stability_metrics))
 
 
 def _trace_arguments(parser: argparse.ArgumentParser) -> None:

@@ -125,3 +125,22 @@ def test_L21_with_one_request_in_flight_allowed_every_arrival_of_a_gentle_rate_i
     (step,) = report["steps"]
     open_loop = step["open_loop"]
     assert open_loop["scheduled"] == 10 and open_loop["sent"] == 10 and open_loop["not_sent"] == 0, open_loop
+
+
+def test_open_loop_steps_get_stability_windows_too(server, start_load):
+    """--max-trials on a rate step: its windows (each arrival in the one it was due in) are judged like a closed
+    loop's, and the step ends once the last 3 agree; its figures cover every window it ran, up to when it was
+    judged (the arrivals scheduled meanwhile count too)."""
+    run = start_load(server.grpc_url, "--rate", "40", "--arrival", "constant", "--duration", "1s", "--max-trials", "5",
+                     "--stability", "1.0", "--warmup", "500ms", "--drain", "5s", scenario="rate")
+    assert run.finish(timeout=90) == 0, run.stdout + run.stderr()
+    report = run.report()
+    assert_accounted(report)
+    (step,) = report["steps"]
+    stability = step["stability"]
+    assert stability["stable"] and stability["trials"] == 3 and stability["judged_metrics"] == ["images_per_s"]
+    assert stability["unjudged_metrics"] == {"p50": "a window held 40 samples, 200 needed to judge p50"}
+    assert [window["requests"] for window in stability["windows"]] == [40, 40, 40]
+    assert 3.0 <= step["window_s"] < 5.0 and step["open_loop"]["scheduled"] >= 120
+    assert step["open_loop"]["scheduled"] == pytest.approx(40 * step["window_s"], abs=1)
+    assert step["latency_us"]["count"] == step["open_loop"]["scheduled"] and step["open_loop"]["not_sent"] == 0
