@@ -226,7 +226,7 @@ def test_open_loop_state_encodes_and_merges():
     assert censored.get_max_value() == pytest.approx(100_000, abs=1_000)
 
 
-def test_unsent_and_unanswered_arrivals_are_censored_at_the_window_end_even_a_shortened_one():
+def test_L21_unsent_and_unanswered_arrivals_are_censored_at_the_window_end_even_a_shortened_one():
     step = open_loop_step()  # window [1 s, 3 s)
     step.record_not_sent(1_200 * MS, capped=True)
     step.record_issued()
