@@ -16,11 +16,13 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import numpy as np
 
 from ipsbench.loadgen.censoring import scheduled_percentile
 from ipsbench.loadgen.histograms import count_above
+from ipsbench.loadgen.outcomes import Outcome
 from ipsbench.server.durations import parse_duration_s
 
 _OBJECTIVE = re.compile(r"^\s*p(\d{1,2}(?:\.\d+)?)\s*=\s*(.+?)\s*$")
@@ -77,6 +79,20 @@ def early_stopping_decision(samples: int, over: int, percentile: float) -> bool 
 def early_stopping_min_samples(percentile: float) -> int:
     """The fewest samples that can settle ``percentile`` as met: all of them within the target."""
     return math.ceil(math.log(1 - EARLY_STOPPING_CONFIDENCE) / math.log(percentile / 100))
+
+
+def samples_to_settle(judged: dict, percentile: float) -> float:
+    """About how many samples settle an early-stopping objective (``judged``: its entry from :func:`judge`), at
+    the share over its target seen so far: the normal approximation of the binomial test; unbounded when that
+    share is the allowed tail itself."""
+    tail = 1 - percentile / 100
+    seen = judged["over_target"] / judged["samples"] if judged["samples"] else 0.0
+    if seen == 0:
+        return early_stopping_min_samples(percentile)
+    if seen == tail:
+        return math.inf
+    z = NormalDist().inv_cdf(EARLY_STOPPING_CONFIDENCE)
+    return z ** 2 * tail * (1 - tail) / (seen - tail) ** 2
 
 
 def samples_needed(percentile: float, rule: str) -> int:
@@ -193,6 +209,14 @@ def judge(
         "why": None if met else f"error rate {error_rate:.2%} above {max_error_rate:.2%}",
     })
     return judged
+
+
+def judge_step(step, objectives, error_rate: float, max_error_rate: float, rule: str = MIN_SAMPLES) -> list[dict]:
+    """:func:`judge` on a step's record: its successes' latency and, open loop, its arrivals never sent or never
+    answered (``step.censored_latencies()``)."""
+    censored = step.censored_latencies() if step.open_loop else None
+    return judge(list(objectives), step.histograms[Outcome.OK], error_rate, step.issued, max_error_rate, censored,
+                 rule)
 
 
 def worst(per_step: list[list[dict]]) -> list[dict]:

@@ -5,6 +5,7 @@ run out first is UNSTABLE. A percentile is judged only when each of those window
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 
 from ipsbench.loadgen.report.schema import PERCENTILES
@@ -80,11 +81,15 @@ def stability_entry(windows: Sequence[Window], stable: bool | None, trials: int,
     }
 
 
+class MetricListError(argparse.ArgumentTypeError, ValueError):
+    """A ``--stability-metric`` value that names no known metric: argparse prints its message as it is."""
+
+
 def stability_metric_list(text: str) -> tuple[str, ...]:
-    """``images_per_s,p50`` → the metrics; ValueError naming the choices otherwise."""
+    """``images_per_s,p50`` → the metrics; :class:`MetricListError` (a ValueError) naming the choices otherwise."""
     metrics = tuple(part.strip() for part in text.split(",") if part.strip())
     unknown = [metric for metric in metrics if metric not in STABILITY_METRICS]
     if unknown or not metrics:
-        raise ValueError(f"stability metrics are a comma-separated choice of {', '.join(STABILITY_METRICS)}, got "
+        raise MetricListError(f"stability metrics are a comma-separated choice of {', '.join(STABILITY_METRICS)}, got "
                          f"{text[:80]!r}")
     return metrics

@@ -9,17 +9,17 @@ import logging
 
 import gevent
 
-from ipsbench.loadgen.outcomes import Outcome
+from ipsbench.loadgen.outcomes import ERRORS, Outcome
 from ipsbench.loadgen.recorder import StepRecord
 from ipsbench.loadgen.scrape import SCRAPE_LEAD_S, StepScrapes
 from ipsbench.loadgen.senders import DRAIN_PERIOD_S
 from ipsbench.loadgen.slo import (
     EARLY_STOPPING,
     LatencyObjective,
-    early_stopping_min_samples,
-    judge,
+    judge_step,
     samples_needed,
     samples_to_expect,
+    samples_to_settle,
 )
 from ipsbench.loadgen.stability import is_stable
 from ipsbench.loadgen.trials import STABLE_WINDOWS
@@ -32,7 +32,15 @@ POLL_S = 0.05
 OPEN_LOOP_LAG_MAX_S = 2.0
 """Bound on waiting, after an open-loop window, for the answers to its last arrivals (their service time's p99)."""
 COUNT_POLL_S = 0.2
-"""How often a count-window judge counts its step's completed requests (a distributed step is merged to count)."""
+"""How often a count-window judge counts its step's completed requests."""
+MERGED_POLL_S = 2.0
+"""How often a watcher that polls reads a distributed step: each read asks every worker for a report (and the
+workers are the load generators, whose CPU it costs)."""
+
+
+def poll_interval_s(shape, local_s: float) -> float:
+    """``local_s``, or :data:`MERGED_POLL_S` where reading the step means asking every worker for it."""
+    return local_s if shape.results is None else max(local_s, MERGED_POLL_S)
 """How often a watcher looks whether its step's window has ended (an interrupt ends it early)."""
 
 
@@ -57,7 +65,7 @@ class StabilityJudge:
                 while not self._counted_in(step, trials):
                     if step.interrupted:
                         return
-                    gevent.sleep(COUNT_POLL_S)
+                    gevent.sleep(poll_interval_s(self.shape, COUNT_POLL_S))
             boundary_ns = step.window_start_ns + trials * trial_ns
             while not step.window_requests and (wait_ns := boundary_ns - clock()) > 0:
                 if step.interrupted:
@@ -105,22 +113,6 @@ SETTLE_CHECK_S = 1.0
 """How often a grown window looks whether its objectives are settled (and ends if so)."""
 EARLY_STOPPING_GROWTH = 1.5
 """An unsettled early-stopping step grows its window at least this much at a time."""
-ONE_SIDED_Z_99 = 2.326
-"""The normal quantile of a one-sided 99 % test."""
-
-
-def samples_to_settle(entry: dict, percentile: float) -> float:
-    """About how many samples settle an early-stopping objective, at the share over its target seen so far (the
-    normal approximation of the binomial test; unbounded when that share is the allowed tail itself)."""
-    tail = 1 - percentile / 100
-    seen = entry["over_target"] / entry["samples"] if entry["samples"] else 0.0
-    if seen == 0:
-        return early_stopping_min_samples(percentile)
-    if seen == tail:
-        return float("inf")
-    return ONE_SIDED_Z_99 ** 2 * tail * (1 - tail) / (seen - tail) ** 2
-
-
 def samples_so_far(step: StepRecord) -> int:
     """What a step holds to judge a percentile on: its successes in the window, and (open loop) the window's
     arrivals counted as misses."""
@@ -160,7 +152,7 @@ class SampleKeeper:
                 merged = self.shape.merged(step)
                 judged = self._judged(merged)
                 elapsed_s = (now_ns - step.window_start_ns) / 1e9
-                if all(entry["enough_samples"] for entry in judged[:-1]):
+                if all(entry["enough_samples"] for entry in judged[:-1]) or self._errors_settle(merged, now_ns):
                     if grown and self.shape.resize_window(step, elapsed_s):
                         logger.info("step %d: its objectives settled after %.1f s measured", step.index + 1,
                                     elapsed_s)
@@ -176,11 +168,22 @@ class SampleKeeper:
                     if not grown:
                         return  # not grown, and growing would not hold them: the window stays as planned
             wait_ns = max(decide_ns - now_ns, 0) if not grown else 0
-            gevent.sleep(min(wait_ns / 1e9, SETTLE_CHECK_S) if wait_ns else SETTLE_CHECK_S)
+            check_s = poll_interval_s(self.shape, SETTLE_CHECK_S)
+            gevent.sleep(min(wait_ns / 1e9, check_s) if wait_ns else check_s)
+
+    def _errors_settle(self, step: StepRecord, now_ns: int) -> bool:
+        """The step's errors already exceed its error bound, however many requests the longest window would add
+        (a dead or refusing server): measuring longer could not change its verdict."""
+        errors = sum(step.counts[outcome] for outcome in ERRORS)
+        elapsed_s = (now_ns - step.start_ns) / 1e9
+        if not errors or elapsed_s <= 0:
+            return False
+        left_s = max(self.longest_window_s - (now_ns - step.window_start_ns) / 1e9, 0.0)
+        most_issued = step.issued + step.issued / elapsed_s * left_s
+        return errors > self.max_error_rate * most_issued
 
     def _judged(self, step: StepRecord) -> list[dict]:
-        censored = step.censored_latencies() if step.open_loop else None
-        return judge(self.objectives, step.histograms[Outcome.OK], 0.0, step.issued, 1.0, censored, self.rule)
+        return judge_step(step, self.objectives, 0.0, 1.0, self.rule)
 
     def _grown_window_s(self, judged: list[dict], samples: int, rate_per_s: float, elapsed_s: float) -> float | None:
         """The window a step with ``judged`` objectives unsettled should grow to, or None when even the longest

@@ -11,7 +11,7 @@ from ipsbench.loadgen.histograms import add_histogram, encode_histogram, new_his
 from ipsbench.loadgen.outcomes import COMPLETED, ERRORS, Outcome
 from ipsbench.loadgen.recorder import StepRecord
 from ipsbench.loadgen.report.schema import COUNT_FIELDS, PERCENTILES
-from ipsbench.loadgen.slo import MIN_SAMPLES, LatencyObjective, duration_to_hold, judge, min_samples
+from ipsbench.loadgen.slo import MIN_SAMPLES, LatencyObjective, duration_to_hold, judge_step, min_samples
 from ipsbench.loadgen.stability import DEFAULT_STABILITY_METRICS, stability_entry
 
 CLIENT_CPU_BOUND_PERCENT = 90.0
@@ -127,9 +127,7 @@ def slo_entry(step: StepRecord, objectives: Sequence[LatencyObjective] | None, e
     """The step judged against the latency objectives (None: the run has no SLO)."""
     if objectives is None:
         return None
-    censored = step.censored_latencies() if step.open_loop else None
-    judged = judge(list(objectives), step.histograms[Outcome.OK], error_rate, step.issued, max_error_rate, censored,
-                   sample_rule)
+    judged = judge_step(step, objectives, error_rate, max_error_rate, sample_rule)
     met = all(o["met"] for o in judged)
     unmet = [o for o in judged if not o["met"]]
     # short of samples and nothing else: the step neither meets nor misses its objectives; a saturated server

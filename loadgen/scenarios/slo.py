@@ -13,7 +13,7 @@ from ipsbench.loadgen.report.steps import capped_reason
 from ipsbench.loadgen.scenarios.base import Scenario, StepPlan, StepPlanner
 from ipsbench.loadgen.scenarios.rate import check_rate
 from ipsbench.loadgen.settings import MAX_SEARCH_STEPS, OpenLoopSettings, RunSettings, check_concurrency
-from ipsbench.loadgen.slo import MIN_SAMPLES, LatencyObjective, Search, judge, parse_objective
+from ipsbench.loadgen.slo import MIN_SAMPLES, LatencyObjective, Search, judge_step, parse_objective
 from ipsbench.server.flags import option, values
 
 logger = logging.getLogger(__name__)
@@ -66,9 +66,7 @@ def step_meets(
     """Whether a (settled, merged) step meets every objective, and why not."""
     errors = sum(step.counts[o] for o in ERRORS)
     error_rate = errors / step.issued if step.issued else 0.0
-    censored = step.censored_latencies() if step.open_loop else None
-    judged = judge(list(objectives), step.histograms[Outcome.OK], error_rate, step.issued, max_error_rate, censored,
-                   sample_rule)
+    judged = judge_step(step, objectives, error_rate, max_error_rate, sample_rule)
     why = [entry["why"] for entry in judged if not entry["met"]]
     if not step.identity_holds():
         why.append("not every issued request is accounted for")

@@ -106,3 +106,26 @@ def test_early_stopping_settles_a_far_target_from_fewer_samples_and_a_missed_one
     (p90, _error_rate) = step["slo"]["objectives"]
     assert not p90["met"] and p90["enough_samples"] and not step["slo"]["inconclusive"]
     assert not step["window_grown"]  # settled within --duration
+
+
+def test_a_window_does_not_grow_for_samples_once_its_errors_already_decide_it():
+    """Errors past the bound even if every request the longest window could add succeeded: a dead or refusing
+    server's step is not measured for minutes more to hold latency samples."""
+    import grpc
+
+    from ipsbench.loadgen.recorder import StepRecord
+    from ipsbench.loadgen.watchers import SampleKeeper
+
+    ms = 1_000_000
+    step = StepRecord(index=0, concurrency=1, warmup_s=0.0, window_s=2.0, start_ns=0)
+    for number in range(100):
+        step.record_issued()
+        if number % 2:
+            step.record_error(grpc.StatusCode.INTERNAL, "engine failed", number * 10 * ms, number * 10 * ms + ms)
+        else:
+            step.record_ok(number * 10 * ms, number * 10 * ms + ms, images=1)
+    # 50 errors of 100 in 1 s; a 600 s window would issue about 60,000: 1 % allows 600, 0.01 % allows 6
+    lenient = SampleKeeper(None, [], "min-samples", 600.0, max_error_rate=0.01)
+    strict = SampleKeeper(None, [], "min-samples", 600.0, max_error_rate=0.0001)
+    assert not lenient._errors_settle(step, 1_000 * ms)
+    assert strict._errors_settle(step, 1_000 * ms)

@@ -138,19 +138,26 @@ def start_ui(tmp_path):
         process.wait(timeout=10)
 
 
-@pytest.mark.parametrize("remote_workers", [0, 1])
-def test_the_web_ui_runs_users_shows_exact_percentiles_and_reports_each_test(server, start_ui, remote_workers):
-    """Without workers the UI's process sends the load; with --remote-workers a worker started on its own does,
-    and the tab shows its reports. The report is written when the test stops, and again at Ctrl-C."""
+def answering_ui(server, start_ui, remote_workers: int, *args: str):
+    """``start_ui`` with ``args``, its web UI answering and, with ``remote_workers``, a worker of its own started on
+    its own and ready (its requests prepared)."""
     master_port = free_port()
     distributed = ["--remote-workers", "1", "--master-bind", f"127.0.0.1:{master_port}"] if remote_workers else []
-    ui = start_ui(server.grpc_url, *distributed)
+    ui = start_ui(server.grpc_url, *args, *distributed)
     if remote_workers:
         start_ui.worker(master_port, ui.log)
     ui.wait_answering()
     if remote_workers:
         wait_until(lambda: "ready" in ui.log_text(), what="the worker to prepare its requests", give_up=ui.exited,
                    interval_s=0.2)
+    return ui
+
+
+@pytest.mark.parametrize("remote_workers", [0, 1])
+def test_the_web_ui_runs_users_shows_exact_percentiles_and_reports_each_test(server, start_ui, remote_workers):
+    """Without workers the UI's process sends the load; with --remote-workers a worker started on its own does,
+    and the tab shows its reports. The report is written when the test stops, and again at Ctrl-C."""
+    ui = answering_ui(server, start_ui, remote_workers)
     assert template_args(fetch(ui.base + "/").decode())["extra_options"] == {}  # no rate: a closed loop
     assert ui.swarm(users=2)["success"]
     step = ui.wait_measured(0)
@@ -202,15 +209,7 @@ def test_a_signal_during_a_test_stops_it_and_writes_the_report_with_the_server_s
 def test_an_open_loop_ui_sends_each_test_at_its_rate(server, start_ui, remote_workers):
     """With --rate each test is an open-loop step at that rate (sent by a worker with --remote-workers); the form's
     custom parameter changes it for the next test, and values out of bounds are refused before any user starts."""
-    master_port = free_port()
-    distributed = ["--remote-workers", "1", "--master-bind", f"127.0.0.1:{master_port}"] if remote_workers else []
-    ui = start_ui(server.grpc_url, "--rate", "20", "--arrival", "constant", "--drain", "2s", *distributed)
-    if remote_workers:
-        start_ui.worker(master_port, ui.log)
-    ui.wait_answering()
-    if remote_workers:
-        wait_until(lambda: "ready" in ui.log_text(), what="the worker to prepare its requests", give_up=ui.exited,
-                   interval_s=0.2)
+    ui = answering_ui(server, start_ui, remote_workers, "--rate", "20", "--arrival", "constant", "--drain", "2s")
     offered = template_args(fetch(ui.base + "/").decode())["extra_options"]  # the form's custom parameters
     assert offered["rate"]["default_value"] == 20.0
     refused = ui.swarm(users=1, rate="nan")
