@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check, one call: does ipsbench-serve keep a GPU busy?
+# The GPU check, one call: does ipsbench-serve keep a GPU busy? And the P40 table on this GPU.
 #
 # Export ResNet-50 FP16 (TorchScript, channels-last, CUDA graphs) with its uint8 and jpeg preprocessing fronts → the
 # engine alone (ipsbench-serve bench) → for each --frontends value one server holding all three models, and against
@@ -13,17 +13,20 @@
 # Ctrl-C or SIGTERM. Runs from the repository root, ipsbench installed or not. Exit: 0 every phase ok, 1 some phase
 # failed (the summary says which), 2 refused before starting anything (no GPU), 130/143 interrupted.
 #
-# Budget on an H100/H200 with 16 cores (expected seconds; the defaults fit 8 minutes with about 1.5 to spare):
+# Budget on an H100/H200 with 16 cores (expected seconds; the defaults fit 9 minutes with about 1 to spare):
 #   preflight                      ~10   GPU, CUDA in PyTorch, imports
 #   export                         ~60   ResNet-50 FP16 TorchScript + CUDA graphs, top-1 check, two fronts
 #   engine bench                   ~30   4 batch sizes × (1 s warm-up + BENCH_DURATION 2 s) + load and capture
-#   per FRONTENDS value (2 of them):
+#   per FRONTENDS value (1 of them):
 #     server start                 ~40   three models loaded and captured, N front-end processes
 #     load, per payload (3)        ~34   2 levels × (WARMUP 2 s + MAX_TRIALS 3 × DURATION 3 s + drain) + ~10 start
 #     server stop                   ~5
+#   matrix                        ~240   6 cells × (export ~15, engine and training bench 4 batch sizes × 1.5 s + load
+#                                        ~20, server start ~10, load 1 level × (1 s + 2 s) + start ~8); MATRIX_LIMIT_S
+#                                        caps it, and a matrix stopped there still writes the cells it finished
 #   summary                         ~3
-#   total                         ~390   (GPU_CHECK_BUDGET_S=450 caps it; a phase that no longer fits is skipped)
-# FRONTENDS runs 8 first: if the budget runs out, the baseline (1) is what is lost, not the answer.
+#   total                         ~490   (GPU_CHECK_BUDGET_S=540 caps it; a phase that no longer fits is skipped)
+# FRONTENDS=8,1 adds the single-front-end baseline (~145 s more: raise GPU_CHECK_BUDGET_S, or set MATRIX=0).
 #
 # Where ipsbench's load-generator packages are missing (the bare H200 box: no locust, gevent, tritonclient, ...),
 # fetch them here first with `bash deploy/gpu-check-wheels.sh` (into .whl/), then on the GPU box, as one command:
@@ -39,7 +42,9 @@ REHEARSAL=${GPU_CHECK_REHEARSAL:-0}
 if [ "$REHEARSAL" = 1 ]; then
   : "${MODEL:=resnet18}" "${PRECISION:=fp32}" "${IMAGE_SIZE:=64}" "${MAX_BATCH_SIZE:=8}" "${BATCH_SIZES:=1,8}"
   : "${CONCURRENCY:=1,4}" "${IMAGES_PER_REQUEST:=2}" "${DURATION:=1s}" "${WARMUP:=1s}" "${MAX_TRIALS:=1}"
-  : "${BENCH_DURATION:=1s}" "${LOAD_PROCESSES:=2}" "${FRONTENDS:=2,1}" "${GPU_CHECK_BUDGET_S:=420}"
+  : "${BENCH_DURATION:=1s}" "${LOAD_PROCESSES:=2}" "${FRONTENDS:=2,1}" "${GPU_CHECK_BUDGET_S:=480}"
+  : "${MATRIX_NETWORKS:=resnet18}" "${MATRIX_PRECISIONS:=fp32}" "${MATRIX_BATCH_SIZES:=1,2}"
+  : "${MATRIX_CONCURRENCY:=1}" "${MATRIX_IMAGE_SIZE:=64}"
 fi
 MODEL=${MODEL:-resnet50}
 PRECISION=${PRECISION:-fp16}                 # fp16 or fp32 (TorchScript on CUDA)
@@ -48,14 +53,21 @@ MAX_BATCH_SIZE=${MAX_BATCH_SIZE:-64}
 BATCH_SIZES=${BATCH_SIZES:-1,8,32,64}        # engine bench
 BENCH_DURATION=${BENCH_DURATION:-2s}
 PAYLOADS=${PAYLOADS:-fp32,uint8,jpeg}
-FRONTENDS=${FRONTENDS:-8,1}                  # one server start per value
+FRONTENDS=${FRONTENDS:-8}                    # one server start per value
 CONCURRENCY=${CONCURRENCY:-16,64}            # requests in flight; × IMAGES_PER_REQUEST images
 IMAGES_PER_REQUEST=${IMAGES_PER_REQUEST:-8}  # 8 images per RPC: the load generator sends an eighth of the RPCs
 DURATION=${DURATION:-3s}                     # one measured window; a level runs up to MAX_TRIALS of them
 WARMUP=${WARMUP:-2s}
 MAX_TRIALS=${MAX_TRIALS:-3}                  # 3: the fewest the stability rule judges
 LOAD_PROCESSES=${LOAD_PROCESSES:-4}          # locust worker processes of ipsbench-load
-GPU_CHECK_BUDGET_S=${GPU_CHECK_BUDGET_S:-450}
+GPU_CHECK_BUDGET_S=${GPU_CHECK_BUDGET_S:-540}
+MATRIX=${MATRIX:-1}                          # 0: no P40 matrix
+MATRIX_NETWORKS=${MATRIX_NETWORKS:-}         # empty: the p40 preset (AlexNet, GoogLeNet, ResNet-50)
+MATRIX_PRECISIONS=${MATRIX_PRECISIONS:-fp32,fp16}
+MATRIX_BATCH_SIZES=${MATRIX_BATCH_SIZES:-1,8,32,128}
+MATRIX_CONCURRENCY=${MATRIX_CONCURRENCY:-16}
+MATRIX_IMAGE_SIZE=${MATRIX_IMAGE_SIZE:-}
+MATRIX_LIMIT_S=${MATRIX_LIMIT_S:-260}
 READY_TIMEOUT_S=${READY_TIMEOUT_S:-150}
 GRACE_PERIOD_S=${GRACE_PERIOD_S:-5}
 RUN_DIR=${GPU_CHECK_DIR:-reports/gpu-check-$(date +%Y%m%d-%H%M%S)}  # not $OUT: a device runner may own that name
@@ -95,7 +107,7 @@ fi
 if ! "$PYTHON" -c 'import ipsbench.server' 2>/dev/null; then
   shim=$(mktemp -d)
   mkdir "$shim/ipsbench"
-  for role in server loadgen export; do ln -s "$ROOT/$role" "$shim/ipsbench/$role"; done
+  for role in server loadgen export matrix; do ln -s "$ROOT/$role" "$shim/ipsbench/$role"; done
   export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}"
   "$PYTHON" -c 'import ipsbench.server' || die "cannot import ipsbench.server from $ROOT"
 fi
@@ -266,6 +278,16 @@ for frontends in "${frontend_counts[@]}"; do
   curl -sf --max-time 5 "$metrics" >"$dir/server-metrics.txt" 2>/dev/null || true
   stop_server
 done
+
+# The P40 table on this GPU: every network × precision exported, benched (power, training), served and loaded.
+if [ "$MATRIX" = 1 ]; then
+  matrix_cells=(--preset p40); [ -n "$MATRIX_NETWORKS" ] && matrix_cells=(--networks "$MATRIX_NETWORKS")
+  [ -n "$MATRIX_IMAGE_SIZE" ] && matrix_cells+=(--image-size "$MATRIX_IMAGE_SIZE")
+  phase matrix "$MATRIX_LIMIT_S" "$PYTHON" -m ipsbench.matrix matrix "${matrix_cells[@]}" \
+    --precisions "$MATRIX_PRECISIONS" --batch-sizes "$MATRIX_BATCH_SIZES" --repository "$RUN_DIR/matrix-models" \
+    --out "$RUN_DIR/matrix" --bench-duration 1s --bench-warmup 0.5s --concurrency "$MATRIX_CONCURRENCY" \
+    --duration 2s --warmup 1s --max-trials 1
+fi
 
 cleanup
 summarize

@@ -3,7 +3,8 @@
 The folder holds ``run.json`` (the check's settings), ``phases.tsv`` (each phase's outcome), ``bench.json``
 (``ipsbench-serve bench --json``), ``gpu-samples.csv`` (``nvidia-smi --query-gpu=timestamp,utilization.gpu,
 power.draw,memory.used --format=csv,noheader,nounits``) and per front-end count ``fe<N>/models.json``
-(``gpu_probe.py``) and ``fe<N>/<payload>/report.json`` (``ipsbench-load``). Any of them may be missing (a phase
+(``gpu_probe.py``), ``fe<N>/<payload>/report.json`` (``ipsbench-load``) and ``matrix/matrix.md`` (``ipsbench
+matrix``). Any of them may be missing (a phase
 failed); the page says what is missing instead of failing.
 """
 
@@ -190,6 +191,15 @@ def render_end_to_end(rows: list[dict], missing: list[str]) -> list[str]:
     return lines + [""]
 
 
+def render_matrix(path: Path) -> list[str]:
+    """The matrix phase's own Markdown (its P40 table first), its headings one level down; nothing without it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return []
+    return [("##" + line) if line.startswith("#") else line for line in text.splitlines()] + [""]
+
+
 def render(run_dir: Path) -> str:
     meta = read_json(run_dir / "run.json") or {}
     bench = read_json(run_dir / "bench.json")
@@ -213,6 +223,7 @@ def render(run_dir: Path) -> str:
               "utilization and power: NVML through nvidia-smi every 0.5 s, averaged over each step's measured "
               "window.", ""]
     lines += render_engine(bench) + render_end_to_end(rows, missing)
+    lines += render_matrix(run_dir / "matrix" / "matrix.md")
     phases = read_phases(run_dir / "phases.tsv")
     lines += ["### Phases", "", "| phase | status | seconds | limit s |", "|---|---|---:|---:|"]
     lines += [f"| {p.get('phase')} | {p.get('status')} | {p.get('seconds')} | {p.get('limit_s')} |" for p in phases]

@@ -67,7 +67,7 @@ def _inline(sentence: Sentence) -> str:
     )
 
 
-def _table(table: TableData, table_id: str) -> str:
+def table_html(table: TableData, table_id: str) -> str:
     header = "".join(f"<th>{html.escape(name)}</th>" for name in table.header)
     rows = []
     for row in table.rows:
@@ -129,7 +129,7 @@ def _summary(report: dict) -> str:
         parts.append("<ul>" + "".join(f"<li>warning: {html.escape(w)}</li>" for w in report["warnings"]) + "</ul>")
     slo = report.get("slo")
     if slo:
-        parts.append(f"<h3>SLO: {html.escape(str(slo.get('verdict')))}</h3>" + _table(slo_table(slo), "slo-table"))
+        parts.append(f"<h3>SLO: {html.escape(str(slo.get('verdict')))}</h3>" + table_html(slo_table(slo), "slo-table"))
         if search := slo_search_line(slo):
             parts.append(f"<p>{html.escape(search)}</p>")
     else:
@@ -146,34 +146,34 @@ def render_html(report: dict) -> str:
             *([f'<p id="simulated" class="bad">{_inline(simulated)}</p>'] if simulated else []),
             _summary(report),
             _section("steps", "Throughput and latency (successful requests, measured window)",
-                     _table(steps_table(report), "steps-table"))]
+                     table_html(steps_table(report), "steps-table"))]
     if bottlenecks := bottleneck_lines(report):
         body.append(_section("bottleneck", "Bottleneck per step",
                              "<ul>" + "".join(f"<li>{_inline(line)}</li>" for line in bottlenecks) + "</ul>"))
     if has_open_loop_steps(report):
         body.append(_section("open-loop", "Open-loop sends (measured window)",
-                             _table(open_loop_table(report), "open-loop-table")))
+                             table_html(open_loop_table(report), "open-loop-table")))
     body.append(_section("plots", "Plots", *(_figure(plot) for plot in plots.values())))
     if any(step.get("server") for step in report["steps"]):
         body.append(_section("time-breakdown", "Where the time went (mean per request)",
-                             _table(breakdown_table(report), "breakdown-table")))
+                             table_html(breakdown_table(report), "breakdown-table")))
         body.append(_section("server", f"Server side (scraped from {report.get('server_metrics_url')})",
-                             _table(server_table(report), "server-table")))
+                             table_html(server_table(report), "server-table")))
     else:
         body.append(_section("time-breakdown", "Where the time went",
                              _note(NO_SCRAPE)))
     if p40 := p40_table(report):
         meaning = "".join(f"<p>{_inline(paragraph)}</p>" for paragraph in what_numbers_mean(report))
-        body.append(_section("p40", "Engine and end to end (P40-style)", _table(p40, "p40-table"),
+        body.append(_section("p40", "Engine and end to end (P40-style)", table_html(p40, "p40-table"),
                              "<h3>What these numbers mean</h3>", meaning))
     body.append(_section("accounting", "Accounting (whole step, warm-up included)",
-                         _table(accounting_table(report), "accounting-table")))
+                         table_html(accounting_table(report), "accounting-table")))
     errors = errors_table(report)
     body.append(_section("errors", "Errors by code and message",
-                         _table(errors, "errors-table") if errors else _note(NO_ERRORS)))
+                         table_html(errors, "errors-table") if errors else _note(NO_ERRORS)))
     workers = workers_table(report)
     body.append(_section("workers", "Workers",
-                         _table(workers, "workers-table") if workers else
+                         table_html(workers, "workers-table") if workers else
                          _note(ONE_PROCESS)))
     body.append(_section("method", "Method",
                          "<ul>" + "".join(f"<li>{_inline(line)}</li>" for line in method_lines(report)) + "</ul>"))

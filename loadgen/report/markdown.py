@@ -42,7 +42,7 @@ def _cell(text: str) -> str:
     return f"**{escaped}**" if isinstance(text, Flag) else escaped
 
 
-def _table(table: TableData) -> list[str]:
+def table_lines(table: TableData) -> list[str]:
     header = table.header
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" for _ in header) + "|"]
     lines += ["| " + " | ".join(_cell(cell) for cell in row) + " |" for row in table.rows]
@@ -66,24 +66,24 @@ def render_markdown(report: dict) -> str:
     lines += ["", *(inline(line) for line in setup_lines(report))]
     lines += [f"- warning: {warning}" for warning in report.get("warnings", [])]
     lines += ["", "## Throughput and latency (successful requests, measured window)", "",
-              *_table(steps_table(report)), ""]
+              *table_lines(steps_table(report)), ""]
     if bottlenecks := bottleneck_lines(report):
         lines += ["## Bottleneck per step", "", *(f"- {inline(line)}" for line in bottlenecks), ""]
     if has_open_loop_steps(report):
-        lines += ["## Open-loop sends (measured window)", "", *_table(open_loop_table(report)), ""]
+        lines += ["## Open-loop sends (measured window)", "", *table_lines(open_loop_table(report)), ""]
     if any(step.get("server") for step in report["steps"]):
         lines += [f"## Server side (scraped from {report.get('server_metrics_url')})", "",
-                  *_table(server_table(report)), ""]
-        lines += ["## Where the time went (mean per request)", "", *_table(breakdown_table(report)), ""]
+                  *table_lines(server_table(report)), ""]
+        lines += ["## Where the time went (mean per request)", "", *table_lines(breakdown_table(report)), ""]
     if p40 := p40_table(report):
-        lines += ["## Engine and end to end (P40-style)", "", *_table(p40), "", "### What these numbers mean", ""]
+        lines += ["## Engine and end to end (P40-style)", "", *table_lines(p40), "", "### What these numbers mean", ""]
         for paragraph in what_numbers_mean(report):
             lines += [inline(paragraph), ""]
-    lines += ["## Accounting (whole step, warm-up included)", "", *_table(accounting_table(report))]
+    lines += ["## Accounting (whole step, warm-up included)", "", *table_lines(accounting_table(report))]
     if workers := workers_table(report):
-        lines += ["", "## Workers (their counts add up to the steps')", "", *_table(workers)]
+        lines += ["", "## Workers (their counts add up to the steps')", "", *table_lines(workers)]
     if errors := errors_table(report):
-        lines += ["", "## Errors", "", *_table(errors)]
+        lines += ["", "## Errors", "", *table_lines(errors)]
     invalid_steps = [step for step in report["steps"] if not step["valid"]]
     if invalid_steps:
         lines += ["", "## Invalid steps", ""]
@@ -93,7 +93,7 @@ def render_markdown(report: dict) -> str:
 
 
 def _slo_section(slo: dict) -> list[str]:
-    lines = [f"## SLO: {slo.get('verdict', '–')}", "", *_table(slo_table(slo))]
+    lines = [f"## SLO: {slo.get('verdict', '–')}", "", *table_lines(slo_table(slo))]
     if search := slo_search_line(slo):
         lines += ["", search]
     return [*lines, ""]

@@ -155,6 +155,20 @@ def test_summary_without_engine_figures_judges_no_ratio(tmp_path):
     assert "preprocessing on" in page and "| n/a | yes |" in page
 
 
+def test_summary_carries_the_matrix_p40_table(tmp_path):
+    """The matrix phase's report is part of the one summary page, its headings under the check's own."""
+    write_run(tmp_path / "run", {(8, "jpeg"): [step(64, 5000.0, 50000, 70000)]},
+              phases=["matrix\tok\t200\t260"])
+    (tmp_path / "run" / "matrix").mkdir()
+    (tmp_path / "run" / "matrix" / "matrix.md").write_text(
+        "# ipsbench matrix: 3 networks × 2 precisions on NVIDIA H200\n\n## Images per second: engine and end to end\n"
+        "\n| network | precision |\n|---|---|\n| resnet50 | fp16 |\n")
+    page = render(tmp_path / "run")
+    assert "### ipsbench matrix: 3 networks × 2 precisions on NVIDIA H200" in page
+    assert page.index("#### Images per second: engine and end to end") < page.index("### Phases")
+    assert "| resnet50 | fp16 |" in page
+
+
 # --- a run interrupted mid-way --------------------------------------------------------------------------------------
 
 def alive(process: psutil.Process) -> bool:

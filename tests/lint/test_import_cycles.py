@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DISTRIBUTION = "ipsbench"
-ROLES = ("server", "loadgen", "export")
+ROLES = ("server", "loadgen", "export", "matrix")
 """Top-level folders, installed as ``ipsbench.<folder>``."""
 SCRIPT_FOLDERS = ("tests", "benchmarks", "deploy", "scripts")
 """Folders whose code imports the installed roles."""

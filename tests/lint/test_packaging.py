@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-ROLES = ("server", "loadgen", "export")
+ROLES = ("server", "loadgen", "export", "matrix")
 BUILD_TIMEOUT_S = 300
 
 
@@ -92,7 +92,7 @@ def test_the_installed_wheel_imports_through_ipsbench_only(installed, tmp_path):
         "        raise\n"
         "    assert importlib.import_module(name).__file__.startswith(ipsbench.__path__[0]), name\n"
         "print(len(names), 'modules', 'skipped', skipped)\n"
-        "for top in ('server', 'loadgen', 'export'):\n"
+        "for top in ('server', 'loadgen', 'export', 'matrix'):\n"
         "    try:\n"
         "        importlib.import_module(top)\n"
         "    except ModuleNotFoundError:\n"
@@ -105,7 +105,7 @@ def test_the_installed_wheel_imports_through_ipsbench_only(installed, tmp_path):
     assert count > 60, result.stdout  # every module of the three roles was imported from the wheel
 
 
-@pytest.mark.parametrize("command", ["ipsbench-serve", "ipsbench-load", "ipsbench-export"])
+@pytest.mark.parametrize("command", ["ipsbench-serve", "ipsbench-load", "ipsbench-export", "ipsbench"])
 def test_the_installed_commands_run(installed, tmp_path, command):
     result = run_in(installed, str(installed / "bin" / command), "--help", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("server", "loadgen", "export")
+PACKAGES = ("server", "loadgen", "export", "matrix")
 
 
 def calls(tree: ast.AST):

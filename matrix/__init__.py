@@ -1,0 +1,2 @@
+"""``ipsbench matrix``: the P40 report from one command — networks × precisions, exported, benched, served and
+loaded, in one combined report."""
