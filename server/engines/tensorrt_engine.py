@@ -87,6 +87,7 @@ class _DeviceBuffers:
         if size >= nbytes:
             return pointer
         if pointer:
+            del self._held[name]  # forgotten first: a failed allocation below must not leave it to be freed twice
             self._cuda("cudaFree", self._cuda.rt.cudaFree(pointer))
         pointer = int(self._cuda("cudaMalloc", self._cuda.rt.cudaMalloc(nbytes)))
         self._held[name] = (pointer, nbytes)
