@@ -1,10 +1,15 @@
-"""ONNX file → TensorRT engine (``model.plan``) with the TensorRT Python API, FP32, FP16 or INT8.
+"""ONNX file → TensorRT engine (``model.plan``) with TensorRT 11's Python API: FP32, FP16 or INT8 from the graph.
+
+TensorRT 11 networks are strongly typed: every tensor keeps the type the ONNX graph gives it, and there are no
+precision flags and no calibrators. So the precision is the graph's: an FP32 graph builds an FP32 engine, an FP16
+graph (FP16 weights and activations, casts to FP32 at the edges) an FP16 engine, and a graph with QuantizeLinear /
+DequantizeLinear nodes (statically calibrated beforehand) an INT8 engine. :func:`check_graph_precision` refuses a
+build whose parsed network does not say what was asked.
 
 The engine has one optimization profile for the batch dimension (min 1, opt, max ``max_batch_size``). Kernel timings
 are kept in a timing cache file in the model's folder (``<repo>/<name>/timing.cache``), so a rebuild of the same
-network on the same GPU skips most of the autotuning. INT8 uses post-training calibration over a folder of images
-(entropy calibration), with a calibration cache next to the timing cache that later builds reuse. A SHA-256 manifest
-is written next to the plan: the server deserializes only engines whose checksum matches.
+network on the same GPU skips most of the autotuning. A SHA-256 manifest is written next to the plan: the server
+deserializes only engines whose checksum matches.
 
 An engine is specific to the GPU model and TensorRT version it was built with: build it on the serving host (or one
 with the same GPU and TensorRT version). Importable without TensorRT; every entry point says what to install.
@@ -16,14 +21,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from ipsbench.server.engines.tensorrt_engine import import_runtime
 from ipsbench.server.repository.layout import MODEL_FILENAMES
 
 FILENAME = MODEL_FILENAMES["tensorrt"]
 TIMING_CACHE = "timing.cache"
-CALIBRATION_CACHE = "calibration.cache"
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_WORKSPACE_BYTES = 4 << 30
 
@@ -31,64 +33,108 @@ DEFAULT_WORKSPACE_BYTES = 4 << 30
 @dataclass(frozen=True)
 class BuildSettings:
     precision: str = "fp16"
+    """What the ONNX graph handed to :func:`build_engine` holds; checked against the parsed network."""
     max_batch_size: int = 64
     opt_batch_size: int | None = None
     """Batch size the kernels are tuned for (default: ``max_batch_size``)."""
     workspace_bytes: int = DEFAULT_WORKSPACE_BYTES
-    calibration_batch_size: int = 8
 
 
-class _Calibrator:
-    """Entropy calibration over preprocessed images, with a cache file. Subclasses TensorRT's class at run time."""
+@dataclass(frozen=True)
+class GraphTypes:
+    """What a parsed network says about its precision."""
 
-    @staticmethod
-    def create(trt, torch, images: np.ndarray, batch_size: int, cache_path: Path):
-        class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
-            def __init__(self) -> None:
-                trt.IInt8EntropyCalibrator2.__init__(self)
-                self._batches: Iterator[np.ndarray] = (
-                    images[i : i + batch_size] for i in range(0, len(images) - batch_size + 1, batch_size)
-                )
-                self._device = torch.empty((batch_size, *images.shape[1:]), dtype=torch.float32, device="cuda")
+    io_types: dict[str, str]
+    """Network input and output name → TensorRT data type name (``FLOAT``, ``HALF``, ...)."""
+    tensor_types: frozenset[str]
+    """Data type names of every layer's outputs."""
+    quantize_layers: int
+    dequantize_layers: int
 
-            def get_batch_size(self) -> int:
-                return batch_size
+    @property
+    def has_fp16(self) -> bool:
+        return "HALF" in self.tensor_types or "HALF" in self.io_types.values()
 
-            def get_batch(self, names):
-                batch = next(self._batches, None)
-                if batch is None:
-                    return None
-                self._device.copy_(torch.from_numpy(np.ascontiguousarray(batch)))
-                torch.cuda.synchronize()
-                return [int(self._device.data_ptr())]
-
-            def read_calibration_cache(self):
-                return cache_path.read_bytes() if cache_path.is_file() else None
-
-            def write_calibration_cache(self, cache) -> None:
-                cache_path.write_bytes(bytes(cache))
-
-        return EntropyCalibrator()
+    @property
+    def has_qdq(self) -> bool:
+        return self.quantize_layers > 0 or self.dequantize_layers > 0
 
 
-def _set_precision(trt, torch, builder, config, settings: BuildSettings, input_name: str,
-                   sample_shape: tuple[int, ...], cache_dir: Path, calibration_images: np.ndarray | None) -> None:
-    """The builder flags (and for INT8 the calibration profile and calibrator) of ``settings.precision``."""
-    if settings.precision in ("fp16", "int8"):
-        config.set_flag(trt.BuilderFlag.FP16)  # INT8 layers fall back to FP16, not FP32, where INT8 has no kernel
-    if settings.precision == "int8":
-        if calibration_images is None or len(calibration_images) < settings.calibration_batch_size:
-            raise ValueError(
-                f"INT8 needs at least {settings.calibration_batch_size} calibration images (--calibration-images DIR)"
-            )
-        config.set_flag(trt.BuilderFlag.INT8)
-        calibration_profile = builder.create_optimization_profile()
-        shape = (settings.calibration_batch_size, *sample_shape)
-        calibration_profile.set_shape(input_name, shape, shape, shape)
-        config.set_calibration_profile(calibration_profile)
-        config.int8_calibrator = _Calibrator.create(
-            trt, torch, calibration_images, settings.calibration_batch_size, cache_dir / CALIBRATION_CACHE
-        )
+def _tensors(count: int, get) -> Iterator:
+    for index in range(count):
+        tensor = get(index)
+        if tensor is not None:  # an optional output is absent
+            yield tensor
+
+
+def graph_types(network, trt) -> GraphTypes:
+    """The types of ``network`` (a parsed ``INetworkDefinition``, or anything with its ``num_inputs`` /
+    ``get_input``, ``num_outputs`` / ``get_output``, ``num_layers`` / ``get_layer`` and layers' ``type``,
+    ``num_outputs`` / ``get_output`` and tensors' ``name`` / ``dtype``); ``trt`` gives ``LayerType``."""
+    io = {
+        tensor.name: tensor.dtype.name
+        for tensor in (*_tensors(network.num_inputs, network.get_input),
+                       *_tensors(network.num_outputs, network.get_output))
+    }
+    types: set[str] = set()
+    quantize = dequantize = 0
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        if layer.type == trt.LayerType.QUANTIZE:
+            quantize += 1
+        elif layer.type == trt.LayerType.DEQUANTIZE:
+            dequantize += 1
+        types.update(tensor.dtype.name for tensor in _tensors(layer.num_outputs, layer.get_output))
+    return GraphTypes(io, frozenset(types), quantize, dequantize)
+
+
+def precision_mismatch(precision: str, types: GraphTypes) -> str | None:
+    """Why a graph of ``types`` cannot give a ``precision`` engine under strong typing, or None when it can."""
+    if precision == "fp32":
+        if types.has_qdq:
+            return ("the graph has Q/DQ (QuantizeLinear/DequantizeLinear) nodes, so its engine would be INT8, not "
+                    "FP32: build it with --precision int8, or hand in the FP32 graph")
+        if types.has_fp16:
+            return ("the graph has FP16 tensors, so its engine would not be FP32: build it with --precision fp16, "
+                    "or hand in the FP32 graph")
+        return None
+    if precision == "fp16":
+        if types.has_qdq:
+            return ("the graph has Q/DQ (QuantizeLinear/DequantizeLinear) nodes, so its engine would be INT8, not "
+                    "FP16: build it with --precision int8, or hand in the FP16 graph")
+        if not types.has_fp16:
+            return ("the graph has no FP16 tensors, and TensorRT 11 builds every layer in the type the graph gives "
+                    "it (no FP16 flag): an FP16 engine needs an FP16 ONNX graph (FP16 weights and activations, "
+                    "casts at the edges)")
+        return None
+    if precision == "int8":
+        if not (types.quantize_layers and types.dequantize_layers):
+            return ("the graph has no Q/DQ (QuantizeLinear/DequantizeLinear) pairs, and TensorRT 11 has no INT8 "
+                    "calibrator: an INT8 engine needs a graph quantized beforehand (static calibration writes the "
+                    "Q/DQ nodes)")
+        return None
+    raise ValueError(f"TensorRT precision must be one of {', '.join(PRECISIONS)}, not {precision}")
+
+
+def check_graph_precision(network, trt, precision: str, source: str = "the ONNX graph") -> GraphTypes:
+    """The network's :class:`GraphTypes`; ``ValueError`` naming ``source`` when they contradict ``precision``."""
+    types = graph_types(network, trt)
+    problem = precision_mismatch(precision, types)
+    if problem:
+        raise ValueError(f"cannot build a TensorRT {precision} engine from {source}: {problem}")
+    return types
+
+
+def _parse(trt, builder, logger, onnx_path: Path):
+    # No creation flags: TensorRT 11 networks are always strongly typed (its STRONGLY_TYPED flag is deprecated and
+    # ignored), and explicit batch has been the only mode since TensorRT 10.
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT could not parse {onnx_path.name}: {errors}")
+    # The network refers to the parser's weights: keep the parser alive as long as the network.
+    return network, parser
 
 
 def build_engine(
@@ -99,23 +145,20 @@ def build_engine(
     input_name: str,
     sample_shape: tuple[int, ...],
     cache_dir: Path,
-    calibration_images: np.ndarray | None = None,
     progress=None,
 ) -> Path:
-    """Build ``plan_path`` from ``onnx_path``; returns the plan path. Raises :class:`TensorRTUnavailable` when
-    TensorRT or a GPU is missing, ``RuntimeError`` with the parser's or builder's errors otherwise."""
+    """Build ``plan_path`` from ``onnx_path`` (an FP32, FP16 or Q/DQ INT8 graph, as ``settings.precision`` says);
+    returns the plan path. Raises :class:`TensorRTUnavailable` when TensorRT or a GPU is missing, ``ValueError``
+    when the graph's types contradict the precision, ``RuntimeError`` with the parser's or builder's errors."""
     from ipsbench.server.repository.checksum import write_checksum
 
     if settings.precision not in PRECISIONS:
         raise ValueError(f"TensorRT precision must be one of {', '.join(PRECISIONS)}, not {settings.precision}")
-    trt, torch = import_runtime("ipsbench-export --format tensorrt")
+    trt, _ = import_runtime("ipsbench-export --format tensorrt")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch: the only mode in TensorRT 10
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT could not parse {onnx_path.name}: {errors}")
+    network, _parser = _parse(trt, builder, logger, onnx_path)
+    check_graph_precision(network, trt, settings.precision, onnx_path.name)
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_bytes)
@@ -130,9 +173,6 @@ def build_engine(
     timing_path = cache_dir / TIMING_CACHE
     timing_cache = config.create_timing_cache(timing_path.read_bytes() if timing_path.is_file() else b"")
     config.set_timing_cache(timing_cache, ignore_mismatch=False)
-
-    _set_precision(trt, torch, builder, config, settings, input_name, sample_shape, cache_dir,
-                   calibration_images)
 
     if progress:
         progress(f"building the TensorRT {settings.precision} engine (batch 1..{settings.max_batch_size}, opt {opt})")

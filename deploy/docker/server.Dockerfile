@@ -29,10 +29,12 @@ COPY server server
 COPY loadgen loadgen
 COPY export export
 # onnxruntime-gpu replaces the CPU onnxruntime that the server extra names: both install the same module.
+# TensorRT's backend needs what the tensorrt extra names: TensorRT 11 (here its CUDA 13 build, tensorrt-cu13) and
+# cuda-bindings for its device buffers and streams, so the image serves plans without PyTorch.
 RUN /opt/venv/bin/pip install --no-cache-dir -c deploy/constraints.txt '.[server]' \
     && /opt/venv/bin/pip uninstall -y onnxruntime \
     && /opt/venv/bin/pip install --no-cache-dir -c deploy/constraints.txt \
-        --extra-index-url https://pypi.nvidia.com onnxruntime-gpu tensorrt-cu13
+        --extra-index-url https://pypi.nvidia.com onnxruntime-gpu tensorrt-cu13 cuda-bindings
 
 # -- runtime: the same base, Python, the environment, a non-root user; nothing to build with --
 FROM ${CUDA_IMAGE} AS server
