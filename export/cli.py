@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from ipsbench.export import models
 from ipsbench.export.errors import ExportError
@@ -25,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
         "machine supports (ONNX FP32; with CUDA TorchScript FP16; with TensorRT FP16 and INT8 engines)",
     )
     add_options(parser, ExportSettings)
+    parser.add_argument("--json", type=Path, metavar="FILE",
+                        help="also write the export's record (how it was made, every check's figures, ok or not) "
+                        "to FILE; the entry's own copy is export.json next to its config")
     return parser
 
 
@@ -106,8 +110,8 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     progress = Progress()
     if args.preset:
-        if args.model or args.name or args.simulate:
-            parser.error("--preset names its own models: give no model name, no --name and no --simulate")
+        if args.model or args.name or args.simulate or args.json:
+            parser.error("--preset names its own models: give no model name, no --name, no --simulate and no --json")
         return _run_preset(args.preset, _settings(parser, args), progress)
     if not args.model:
         parser.error("a model name is required (or --list, or --preset)")
@@ -123,9 +127,20 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return 1
     models.describe(settings.model, settings.image_size)  # an unknown name fails here, before any work
     result = export_one(settings, progress)
+    if args.json is not None and result.record is not None:
+        from ipsbench.export.record import write_record
+
+        write_record(args.json, result.record)
     if not result.ok:
-        print(f"error: {settings.format} output differs from PyTorch beyond tolerance; {result.path} is not usable",
-              file=sys.stderr)
+        failed = [check for check in result.checks if not check.ok]
+        low = [check for check in failed if check.top1_agree < check.min_top1]
+        if low:
+            check = low[0]
+            print(f"error: top-1 agreement with FP32 {check.top1_agree:.1%} on {check.batch_size} images is below "
+                  f"the minimum {check.min_top1:.1%}; {result.path} is not usable", file=sys.stderr)
+        else:
+            print(f"error: {settings.format} output differs from PyTorch beyond tolerance; {result.path} is not "
+                  "usable", file=sys.stderr)
         return 1
     print(f"wrote {result.config_path} and {result.path} in {progress.elapsed_s:.1f}s")
     return 0

@@ -2,7 +2,7 @@
 
 FP16 is exported from the model converted with ``.half()`` inside a wrapper that casts its FP32 input to FP16 and its
 FP16 output back to FP32: the weights and arithmetic are FP16, while the wire types stay FP32, so the same config,
-clients and load generator serve both precisions. ONNX Runtime's CPU provider runs the FP16 graph correctly (casting
+clients and load generator serve both precisions. INT8 is the FP32 graph quantized by :mod:`ipsbench.export.quantize`. ONNX Runtime's CPU provider runs the FP16 graph correctly (casting
 around operators it has no FP16 kernel for); GPU providers run it in FP16 natively.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ MAX_DYNAMIC_BATCH = 4096
 PRECISIONS = ("fp32", "fp16")
 
 
-def _half_precision(model):
+def half_precision(model):
     """``model`` in FP16 behind FP32 input and output."""
     import torch
 
@@ -40,7 +40,7 @@ def export_onnx(model, crop_size: int, path: Path, precision: str = "fp32") -> P
 
     if precision not in PRECISIONS:
         raise ValueError(f"ONNX export supports {', '.join(PRECISIONS)}, not {precision}")
-    network = _half_precision(model) if precision == "fp16" else model
+    network = half_precision(model) if precision == "fp16" else model
     example = torch.randn(2, 3, crop_size, crop_size)
     batch = torch.export.Dim("batch", min=1, max=MAX_DYNAMIC_BATCH)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,15 +1,14 @@
 """Presets: sets of exports written by one command. ``p40``: the networks of NVIDIA's Tesla P40 inference report
 (AlexNet, GoogLeNet, ResNet-50) at every precision this machine can build.
 
-Names are ``<model>_<precision>``: ``_fp32`` is the ONNX model (ONNX Runtime, any machine); ``_fp16`` the TensorRT
-engine where TensorRT is installed, else TorchScript in FP16 on CUDA; ``_int8`` the TensorRT INT8 engine.
+Names are ``<model>_<precision>``; :func:`engine_for` picks each one's format and device.
 """
 from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
 
-from ipsbench.export.settings import ExportSettings
+from ipsbench.export.settings import PRECISIONS, ExportSettings
 
 PRESETS = {"p40": ("alexnet", "googlenet", "resnet50")}
 
@@ -33,21 +32,38 @@ def capabilities() -> tuple[bool, bool, bool]:
 
     cuda = torch.cuda.is_available()
     ort_cuda = cuda and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-    return cuda, ort_cuda, cuda and importlib.util.find_spec("tensorrt") is not None
+    return cuda, ort_cuda, cuda and importlib.util.find_spec("tensorrt") is not None and _tensorrt_usable()
+
+
+def _tensorrt_usable() -> bool:
+    """TensorRT 11 with its CUDA runtime bindings (an older TensorRT is refused by the build, so not chosen)."""
+    from ipsbench.server.engines.tensorrt_engine import TensorRTUnavailable, import_runtime
+
+    try:
+        import_runtime()
+    except TensorRTUnavailable:
+        return False
+    return True
+
+
+def engine_for(precision: str, cuda: bool, tensorrt: bool, ort_cuda: bool = False) -> tuple[str, str]:
+    """(format, device) that runs ``precision`` best on a machine with these capabilities: FP32 as ONNX (on the GPU
+    where ONNX Runtime has its CUDA provider, else TorchScript on CUDA), FP16 and INT8 as TensorRT engines where
+    TensorRT is; without it FP16 as TorchScript on CUDA and INT8 as the QDQ ONNX model on the CPU; on a CPU-only box
+    ONNX Runtime runs all three."""
+    if precision == "fp32":
+        return ("onnx", "gpu") if ort_cuda else ("torchscript", "gpu") if cuda else ("onnx", "cpu")
+    if tensorrt:
+        return "tensorrt", "gpu"
+    if precision == "fp16" and cuda:
+        return "torchscript", "gpu"
+    return "onnx", "cpu"
 
 
 def variants(preset: str, cuda: bool, tensorrt: bool, ort_cuda: bool = False) -> list[Variant]:
-    """The exports of ``preset`` on a machine with these capabilities; FP32 ONNX runs on the GPU only where
-    ONNX Runtime has its CUDA provider."""
-    chosen = []
-    for model in PRESETS[preset]:
-        chosen.append(Variant(model, "fp32", "onnx", "gpu" if ort_cuda else "cpu"))
-        if tensorrt:
-            chosen.append(Variant(model, "fp16", "tensorrt", "gpu"))
-            chosen.append(Variant(model, "int8", "tensorrt", "gpu"))
-        elif cuda:
-            chosen.append(Variant(model, "fp16", "torchscript", "gpu"))
-    return chosen
+    """The exports of ``preset`` on a machine with these capabilities: each network at each precision."""
+    return [Variant(model, precision, *engine_for(precision, cuda, tensorrt, ort_cuda))
+            for model in PRESETS[preset] for precision in PRECISIONS]
 
 
 def settings_for(settings: ExportSettings, variant: Variant) -> ExportSettings:

@@ -12,14 +12,15 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from ipsbench.server.flags import option
+from ipsbench.export.quantize import MAX_CALIBRATION_IMAGES
+from ipsbench.server.flags import check_bounds, option
 from ipsbench.server.preprocess.recipe import FRONT_KINDS, PREPROCESS_DEVICES
 
 FORMATS = ("onnx", "torchscript", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
 DEVICES = ("cpu", "gpu")
 NOT_SIMULATED = ("format", "device", "precision", "channels_last", "cuda_graphs", "max_batch_size", "opt_batch_size",
-                 "calibration_images", "verify_images", "weights", "front")
+                 "calibration_images", "verify_images", "weights", "front", "min_agreement")
 """Options of a network's export that ``--simulate`` (which exports none) refuses when given."""
 
 
@@ -45,8 +46,8 @@ class ExportSettings:
         None, "instance_group kind: KIND_CPU or KIND_GPU (default: cpu; gpu for --format tensorrt)", choices=DEVICES
     )
     precision: str = option(
-        "fp32", "engine precision: fp16 for ONNX, TorchScript (--device gpu) and TensorRT; int8 for TensorRT only",
-        choices=PRECISIONS,
+        "fp32", "engine precision: fp16 for ONNX, TorchScript (--device gpu) and TensorRT; int8 (a QDQ graph from "
+        "static calibration) for ONNX and TensorRT", choices=PRECISIONS,
     )
     channels_last: bool | None = option(
         None, "TorchScript: NHWC memory format in the engine (default: on for --device gpu, off for cpu)"
@@ -56,10 +57,16 @@ class ExportSettings:
     opt_batch_size: int | None = option(None, "TensorRT: batch size the kernels are tuned for (default: the maximum)")
     workspace_gib: float = option(4.0, "TensorRT: builder workspace in GiB")
     calibration_images: Path | None = option(
-        None, "TensorRT INT8: folder of JPEG/PNG images to calibrate on (the calibration cache is kept next to the "
-        "model's config and reused)",
+        None, "INT8: folder of JPEG/PNG images to calibrate on (default: synthetic images, whose accuracy is not "
+        "representative); when --verify-images is the same folder or not given, agreement is checked on the "
+        "folder's other images",
     )
-    calibration_limit: int = option(512, "TensorRT INT8: images to calibrate on")
+    calibration_limit: int = option(256, "INT8: images to calibrate on (the first in name order)",
+                                    bounds=(1, MAX_CALIBRATION_IMAGES))
+    min_agreement: float | None = option(
+        None, "lowest top-1 agreement with FP32 on the image set an artifact may have (default: 100% for fp32, "
+        "90% for fp16, 80% for int8); below it the export fails", bounds=(0.0, 1.0),
+    )
     verify_images: Path | None = option(
         None, "folder of JPEG/PNG images for the top-1 agreement check (default: synthetic images)"
     )
@@ -86,6 +93,7 @@ class ExportSettings:
     weights: str = option("", "local state-dict file to load (weights_only=True) instead of random weights")
 
     def __post_init__(self) -> None:
+        check_bounds(self)
         self._check_ranges()
         self._check_simulate_options()
         self._check_format_options()
@@ -124,11 +132,10 @@ class ExportSettings:
             for flag, given in {"--channels-last": self.channels_last is not None, "--cuda-graphs": self.cuda_graphs}.items():
                 if given:
                     raise ValueError(f"{flag} applies to --format torchscript only")
-        if self.format != "tensorrt":
-            if self.precision == "int8":
-                raise ValueError("--precision int8 needs --format tensorrt")
-            if self.calibration_images is not None:
-                raise ValueError("--calibration-images applies to --format tensorrt --precision int8 only")
+        if self.precision == "int8" and self.format == "torchscript":
+            raise ValueError("--precision int8 needs --format onnx or tensorrt (a QDQ graph)")
+        if self.calibration_images is not None and self.precision != "int8":
+            raise ValueError("--calibration-images applies to --precision int8 only")
         if self.format == "tensorrt" and self.device == "cpu":
             raise ValueError("--format tensorrt builds a GPU engine: --device cpu does not apply")
         if self.format == "torchscript" and (self.device or "cpu") == "cpu":

@@ -188,7 +188,8 @@ def build_engine(
     return plan_path
 
 
-def verify_plan(model, plan_path: Path, crop_size: int, *, seed: int, precision: str, max_batch_size: int, images):
+def verify_plan(model, plan_path: Path, crop_size: int, *, seed: int, precision: str, max_batch_size: int, images,
+                required_top1: float | None = None):
     """Same inputs through PyTorch and the engine, run by the server's TensorRT engine."""
     from ipsbench.export.verify import check
     from ipsbench.server.engines.tensorrt_engine import TensorRTEngine
@@ -204,6 +205,7 @@ def verify_plan(model, plan_path: Path, crop_size: int, *, seed: int, precision:
             precision=precision,
             images=images,
             max_batch_size=max_batch_size,
+            required_top1=required_top1,
         )
     finally:
         engine.close()

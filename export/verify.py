@@ -37,11 +37,17 @@ class Agreement:
     device: str = "cpu"
     precision: str = "fp32"
     on_images: bool = False
-    """True: the batch was the image set, held to :data:`MIN_TOP1_AGREEMENT`."""
+    """True: the batch was the image set, held to :data:`MIN_TOP1_AGREEMENT` (or ``required_top1``)."""
+    top5_agree: float = 1.0
+    """Share whose top-1 class is among the reference's top 5."""
+    required_top1: float | None = None
+    """``--min-agreement``: the image set's top-1 agreement minimum, instead of the precision's default."""
 
     @property
     def min_top1(self) -> float:
-        return MIN_TOP1_AGREEMENT[self.precision] if self.on_images else 0.0
+        if not self.on_images:
+            return 0.0
+        return MIN_TOP1_AGREEMENT[self.precision] if self.required_top1 is None else self.required_top1
 
     @property
     def ok(self) -> bool:
@@ -51,7 +57,7 @@ class Agreement:
         what = f"images {self.batch_size}" if self.on_images else f"batch {self.batch_size}"
         top1 = f"top-1 agreement {self.top1_agree:.0%}"
         if self.on_images:
-            top1 += f" (at least {self.min_top1:.0%})"
+            top1 += f" (at least {self.min_top1:.0%}), top-5 agreement {self.top5_agree:.0%}"
         return (
             f"verify {what}: max abs diff {self.max_abs_diff:.3g} (tolerance {self.tolerance:.3g}, "
             f"max |logit| {self.max_abs_reference:.3g}), {top1} on {self.device} in {self.precision}: "
@@ -59,8 +65,16 @@ class Agreement:
         )
 
 
+def top5_agreement(ours: np.ndarray, reference: np.ndarray) -> float:
+    """Share of rows whose top-1 class is among the reference's five highest."""
+    k = min(5, reference.shape[1])
+    top5 = np.argpartition(-reference, k - 1, axis=1)[:, :k]
+    return float((top5 == ours.argmax(1)[:, None]).any(axis=1).mean())
+
+
 def compare(
-    batch_size: int, ours: np.ndarray, reference: np.ndarray, device: str, precision: str, on_images: bool = False
+    batch_size: int, ours: np.ndarray, reference: np.ndarray, device: str, precision: str, on_images: bool = False,
+    required_top1: float | None = None,
 ) -> Agreement:
     atol, rtol = TOLERANCES[precision]
     scale = float(np.abs(reference).max())
@@ -73,6 +87,8 @@ def compare(
         device=device,
         precision=precision,
         on_images=on_images,
+        top5_agree=top5_agreement(ours, reference),
+        required_top1=required_top1,
     )
 
 
@@ -104,9 +120,11 @@ def check(
     precision: str = "fp32",
     images: np.ndarray | None = None,
     max_batch_size: int = 64,
+    required_top1: float | None = None,
 ) -> list[Agreement]:
     """Random batches (sizes capped at ``max_batch_size``), then ``images`` in batches of at most
-    ``max_batch_size``, through ``run`` and the eager model."""
+    ``max_batch_size``, through ``run`` and the eager model; ``required_top1`` (``--min-agreement``) holds the
+    image set to that top-1 agreement instead of the precision's default."""
     sizes = sorted({min(b, max_batch_size) for b in VERIFY_BATCH_SIZES})
     results = [
         compare(len(x), run(x), reference, device, precision)
@@ -119,7 +137,8 @@ def check(
             ours.append(run(batch))
             reference.append(_eager(model, batch))
         results.append(
-            compare(len(images), np.concatenate(ours), np.concatenate(reference), device, precision, on_images=True)
+            compare(len(images), np.concatenate(ours), np.concatenate(reference), device, precision, on_images=True,
+                    required_top1=required_top1)
         )
     return results
 
@@ -133,6 +152,7 @@ def verify_onnx(
     precision: str = "fp32",
     images: np.ndarray | None = None,
     max_batch_size: int = 64,
+    required_top1: float | None = None,
 ) -> list[Agreement]:
     """Same inputs through PyTorch and ONNX Runtime (CPU) at each verification batch size and on ``images``."""
     import onnxruntime as ort
@@ -144,7 +164,8 @@ def verify_onnx(
         return session.run(None, {input_name: x})[0]
 
     return check(
-        model, run, crop_size, seed=seed, precision=precision, images=images, max_batch_size=max_batch_size
+        model, run, crop_size, seed=seed, precision=precision, images=images, max_batch_size=max_batch_size,
+        required_top1=required_top1,
     )
 
 
@@ -158,6 +179,7 @@ def verify_torchscript(
     options=None,
     max_batch_size: int = 64,
     images: np.ndarray | None = None,
+    required_top1: float | None = None,
 ) -> list[Agreement]:
     """Same inputs through PyTorch and the TorchScript file, loaded by the server's PyTorch engine on
     ``device`` (``cpu`` or ``cuda:N``) with ``options`` (:class:`ipsbench.server.engines.torch_options.TorchOptions`)."""
@@ -184,6 +206,7 @@ def verify_torchscript(
             precision=options.precision,
             images=images,
             max_batch_size=max_batch_size,
+            required_top1=required_top1,
         )
     finally:
         engine.close()

@@ -29,18 +29,10 @@ def detect_capabilities() -> Capabilities:
 
 
 def engine_for(precision: str, caps: Capabilities) -> tuple[str, str]:
-    """(format, device) that runs ``precision`` best here: TensorRT where installed; on CUDA without it, the
-    PyTorch engine for FP32/FP16 (ONNX Runtime's CUDA provider for FP32 where present) and ONNX Runtime's QDQ INT8
-    on the CPU; on a CPU-only box, ONNX Runtime for all three."""
-    if caps.tensorrt:
-        return "tensorrt", "gpu"
-    if caps.cuda:
-        if precision == "int8":
-            return "onnx", "cpu"
-        if precision == "fp32" and caps.ort_cuda:
-            return "onnx", "gpu"
-        return "torchscript", "gpu"
-    return "onnx", "cpu"
+    """(format, device) that runs ``precision`` here: the exporter's own choice for its presets."""
+    from ipsbench.export import preset
+
+    return preset.engine_for(precision, caps.cuda, caps.tensorrt, caps.ort_cuda)
 
 
 @dataclass(frozen=True)

@@ -123,8 +123,14 @@ def _cell_outcome(record: dict) -> str:
 def _settings_record(settings: MatrixSettings) -> dict:
     from dataclasses import asdict
 
-    return {key: (str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value)
-            for key, value in asdict(settings).items()}
+    def plain(value):
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, (tuple, list)):
+            return [plain(item) for item in value]
+        return value
+
+    return {key: plain(value) for key, value in asdict(settings).items()}
 
 
 def _software() -> dict:

@@ -35,6 +35,16 @@ def _precisions(text: str) -> tuple[str, ...]:
     return chosen
 
 
+def _weights(text: str) -> tuple[str, Path]:
+    """``--weights resnet50=resnet50.pth``."""
+    import argparse
+
+    network, sep, path = text.partition("=")
+    if not sep or not network.strip() or not path.strip():
+        raise argparse.ArgumentTypeError(f"expected NETWORK=FILE, got {text!r}")
+    return network.strip(), Path(path.strip())
+
+
 def _objective(text: str) -> str:
     """``--latency-slo`` as the load generator checks it; empty: none."""
     return latency_objective(text) if text.strip() else ""
@@ -82,6 +92,7 @@ class MatrixSettings:
     calibration_images: Path | None = option(None, "INT8: folder of JPEG/PNG images to calibrate on (default: "
                                              "synthetic images; accuracy then not representative)",
                                              must_be="directory")
+    calibration_limit: int = option(256, "INT8: images to calibrate on", bounds=(1, 10_000))
     min_agreement: float | None = option(None, "lowest top-1 agreement with FP32 a lower-precision entry may "
                                          "have; below it the cell fails (default: the exporter's per precision)",
                                          bounds=(0.0, 1.0))
@@ -92,6 +103,9 @@ class MatrixSettings:
                                           "kilowatt-hours per million images", bounds=(0.0, 1e5))
     ready_timeout_s: float = option(180.0, "how long a started server may take to load its model",
                                     flag="--ready-timeout", parse=duration, bounds=(1.0, 3600.0))
+    weights: tuple[tuple[str, Path], ...] = option(
+        (), "NETWORK=FILE: a local state dict for that network (weights_only=True) instead of random weights, so the "
+        "agreement figures mean what they would for your model (repeat for several)", parse=_weights, repeat=True)
     seed: int = option(0, "seed of the random weights and inputs")
 
     def __post_init__(self) -> None:
@@ -109,12 +123,21 @@ class MatrixSettings:
         if self.metrics_url and not self.target:
             raise ValueError("--metrics-url is the --target server's: give --target too (a started server's own "
                              "endpoint is found by itself)")
+        unknown = sorted({network for network, _ in self.weights} - set(self.network_names))
+        if unknown:
+            raise ValueError(f"--weights names {', '.join(unknown)}, which this matrix does not measure")
+        missing = [str(path) for _, path in self.weights if not Path(path).is_file()]
+        if missing:
+            raise ValueError(f"--weights: {', '.join(missing)} is not a file")
         object.__setattr__(self, "repository", Path(self.repository))
         object.__setattr__(self, "out", Path(self.out))
 
     @property
     def network_names(self) -> tuple[str, ...]:
         return PRESETS[self.preset] if self.preset else tuple(dict.fromkeys(self.networks))
+
+    def weights_for(self, network: str) -> Path | None:
+        return next((Path(path) for name, path in self.weights if name == network), None)
 
     @property
     def sorted_batch_sizes(self) -> tuple[int, ...]:

@@ -137,10 +137,14 @@ class CellStages:
         ]
         if settings.image_size:
             argv += ["--image-size", str(settings.image_size)]
+        if (weights := settings.weights_for(cell.network)) is not None:
+            argv += ["--weights", str(weights)]
         if cell.format == "torchscript" and cell.device == "gpu":
             argv += ["--cuda-graphs"]
-        if cell.precision == "int8" and settings.calibration_images:
-            argv += ["--calibration-images", str(settings.calibration_images)]
+        if cell.precision == "int8":
+            argv += ["--calibration-limit", str(settings.calibration_limit)]
+            if settings.calibration_images:
+                argv += ["--calibration-images", str(settings.calibration_images)]
         if settings.min_agreement is not None and cell.precision != "fp32":
             argv += ["--min-agreement", str(settings.min_agreement)]
         result = run_stage(argv, self.folder / "export.log", self.stop, STAGE_TIMEOUT_FLOOR_S * 3)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -67,37 +68,35 @@ def test_fp16_onnx_serves_pytorchs_answer_within_the_fp16_tolerance(fp16_export,
     assert "cpu, fp16" in server.log()
 
 
+ALL = [f"{m}_{p}" for m in ("alexnet", "googlenet", "resnet50") for p in ("fp32", "fp16", "int8")]
+
+
 @pytest.mark.parametrize(
-    "cuda, ort_cuda, tensorrt, expected",
+    "cuda, ort_cuda, tensorrt, engines",
     [
-        (False, False, False, ["alexnet_fp32", "googlenet_fp32", "resnet50_fp32"]),
-        (True, False, False, ["alexnet_fp32", "alexnet_fp16", "googlenet_fp32", "googlenet_fp16", "resnet50_fp32",
-                              "resnet50_fp16"]),
-        (True, True, True, [f"{m}_{p}" for m in ("alexnet", "googlenet", "resnet50") for p in ("fp32", "fp16", "int8")]),
+        (False, False, False, {"fp32": ("onnx", "cpu"), "fp16": ("onnx", "cpu"), "int8": ("onnx", "cpu")}),
+        (True, False, False, {"fp32": ("torchscript", "gpu"), "fp16": ("torchscript", "gpu"), "int8": ("onnx", "cpu")}),
+        (True, True, False, {"fp32": ("onnx", "gpu"), "fp16": ("torchscript", "gpu"), "int8": ("onnx", "cpu")}),
+        (True, True, True, {"fp32": ("onnx", "gpu"), "fp16": ("tensorrt", "gpu"), "int8": ("tensorrt", "gpu")}),
     ],
 )
-def test_p40_preset_builds_each_precision_the_machine_supports(cuda, ort_cuda, tensorrt, expected):
+def test_p40_preset_builds_each_precision_with_what_the_machine_runs(cuda, ort_cuda, tensorrt, engines):
     chosen = preset.variants("p40", cuda, tensorrt, ort_cuda)
-    assert [v.name for v in chosen] == expected
-    formats = {v.precision: v.format for v in chosen}
-    assert formats["fp32"] == "onnx"
-    if tensorrt:
-        assert formats["fp16"] == formats["int8"] == "tensorrt"
-    elif cuda:
-        assert formats["fp16"] == "torchscript"
-    assert {v.device for v in chosen if v.format == "onnx"} == {"gpu" if ort_cuda else "cpu"}
+    assert [v.name for v in chosen] == ALL
+    assert {v.precision: (v.format, v.device) for v in chosen} == engines
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: the preset would build the GPU variants too")
-def test_p40_preset_on_a_cpu_writes_the_three_fp32_onnx_models(tmp_path):
+def test_p40_preset_on_a_cpu_writes_every_precision_as_onnx(tmp_path):
     result = run_export("--preset", "p40", "--image-size", "64", "--max-batch-size", "2", "--verify-image-count", "2",
-                        "--out", str(tmp_path))
+                        "--calibration-limit", "4", "--out", str(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "preset p40: 3 exports (alexnet_fp32, googlenet_fp32, resnet50_fp32); CUDA no, TensorRT no" in result.stderr
-    for name in ("alexnet_fp32", "googlenet_fp32", "resnet50_fp32"):
+    assert f"preset p40: 9 exports ({', '.join(ALL)}); CUDA no, TensorRT no" in result.stderr
+    for name in ALL:
         config = text_format.Parse((tmp_path / name / "config.pbtxt").read_text(), mc.ModelConfig())
         assert config.platform == "onnxruntime_onnx" and (tmp_path / name / "1" / "model.onnx").is_file()
-    assert "[3/3] resnet50_fp32: onnx fp32" in result.stderr
+        assert json.loads((tmp_path / name / "export.json").read_text())["precision"] == name.rsplit("_", 1)[1]
+    assert "[9/9] resnet50_int8: onnx int8" in result.stderr
 
 
 def test_preset_refuses_a_model_name(tmp_path):
