@@ -61,6 +61,7 @@ def classifier_config(
     )
     for key, value in {**spec.recipe.parameters(), **(parameters or {})}.items():
         config.parameters[key].string_value = value
+    config.parameters["ipsbench.network"].string_value = spec.name  # what `ipsbench-serve bench --mode train` trains
     return config
 
 

@@ -4,7 +4,9 @@ The model is loaded by the code the server uses (repository scan, loader with it
 instance, without gRPC or the batcher. For each batch size one random input batch is run over and over, first for
 the warm-up time, then for the measured time; every call of the instance's ``run`` is timed with
 ``time.perf_counter_ns``, so the host→device copy, the compute and the device→host copy are included, exactly as
-the server pays them per batch.
+the server pays them per batch. ``--mode train`` times a training step of the entry's PyTorch network instead
+(:mod:`ipsbench.server.bench_train`). On a GPU, NVML is sampled during each timed loop
+(:mod:`ipsbench.server.bench_power`): power, energy per image, utilization, SM clocks.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import platform
 import socket
 import sys
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -23,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ipsbench.server.backends.base import ModelInstance
+from ipsbench.server.bench_power import PowerReading, PowerSampler, open_power_sampler
 from ipsbench.server.flags import comma_list, duration, option
 from ipsbench.server.backends.device_profile import simulated_label
 from ipsbench.server.backends.registry import get_backend
@@ -33,8 +38,18 @@ from ipsbench.server.repository.scan import ModelLoadError, load_model_source
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: the power fields of each batch size, ``mode`` and ``measures``."""
 PERCENTILES = (50, 90, 99)
+MAX_BATCH_SIZE = 4096
+"""The largest batch size the bench accepts, refused before any input is allocated."""
+MODES = ("infer", "train")
+MEASURES = {
+    "infer": "forward pass of the served engine, per batch (host-to-device and device-to-host copies included): "
+    "inference images/s",
+    "train": "forward + backward + SGD step of the PyTorch network, per batch: training images/s",
+}
+"""What a figure of each mode means, in one sentence (the console header and the JSON's ``measures``)."""
 
 
 @dataclass(frozen=True)
@@ -50,13 +65,24 @@ class BenchSettings:
     )
     duration_s: float = option(5.0, "measured time per batch size", flag="--duration", parse=duration)
     warmup_s: float = option(1.0, "untimed runs per batch size", flag="--warmup", parse=duration)
-    seed: int = option(0, "seed of the random inputs")
+    seed: int = option(0, "seed of the random inputs (and of the trained network's weights)")
+    mode: str = option(
+        "infer", "infer: the served engine's forward pass; train: forward + backward + SGD step of the entry's "
+        "torchvision network in PyTorch, on the entry's device", choices=MODES,
+    )
+    network: str | None = option(
+        None, "--mode train: the torchvision network to train (default: the entry's ipsbench.network parameter)"
+    )
 
     def __post_init__(self) -> None:
-        if not self.batch_sizes or min(self.batch_sizes) < 1:
-            raise ValueError(f"batch sizes must be integers >= 1, got {list(self.batch_sizes)}")
+        if not self.batch_sizes or min(self.batch_sizes) < 1 or max(self.batch_sizes) > MAX_BATCH_SIZE:
+            raise ValueError(f"batch sizes must be integers in 1..{MAX_BATCH_SIZE}, got {list(self.batch_sizes)}")
         if self.duration_s <= 0 or self.warmup_s < 0:
             raise ValueError("--duration must be > 0 and --warmup >= 0")
+        if self.mode not in MODES:
+            raise ValueError(f"--mode must be one of {', '.join(MODES)}, got '{self.mode}'")
+        if self.network is not None and self.mode != "train":
+            raise ValueError("--network names the network to train: it needs --mode train")
 
 
 @dataclass
@@ -67,7 +93,45 @@ class BatchSizeResult:
     elapsed_s: float
     images_per_s: float
     latency_ms: dict[str, float]
-    """``p50``, ``p90``, ``p99``, ``mean``, ``min``, ``max`` of one ``run`` call."""
+    """``p50``, ``p90``, ``p99``, ``mean``, ``min``, ``max`` of one ``run`` call (one training step in train mode)."""
+    # NVML over the timed loop (ipsbench.server.bench_power); None where not measured (CPU, no NVML).
+    power_w: float | None = None
+    """Mean power of the whole GPU over the loop."""
+    energy_j: float | None = None
+    """Energy over the loop: NVML's energy counter's difference where it works, else mean power × elapsed."""
+    energy_source: str | None = None
+    """``counter`` or ``sampled_power``: which of the two ``energy_j`` is."""
+    images_per_joule: float | None = None
+    """Images per joule: images/s per watt."""
+    joules_per_image: float | None = None
+    gpu_utilization: float | None = None
+    """Mean GPU utilization, a fraction 0..1 (as the server's ``nv_gpu_utilization``)."""
+    sm_clock_mhz: dict[str, float] | None = None
+    """``mean``, ``min``, ``max`` of the sampled SM clock."""
+    max_sm_clock_mhz: float | None = None
+    """The SM clock's maximum: a mean well below it means the loop ran held back."""
+    memory_used_mib: float | None = None
+    """The most device memory in use in any sample (the whole device's)."""
+    power_samples: int | None = None
+    throttled: list[str] | None = None
+    """NVML's reasons for holding the clocks down seen in any sample (``sw_power_cap``, ``hw_thermal_slowdown``,
+    ...); empty when none was."""
+    final_loss: float | None = None
+    """Train mode: the cross-entropy of the last timed step (finite: the steps trained without diverging)."""
+
+    def add_power(self, reading: PowerReading) -> None:
+        self.power_w = reading.power_w
+        self.energy_j = reading.energy_j
+        self.energy_source = reading.energy_source
+        if reading.energy_j:
+            self.images_per_joule = self.images / reading.energy_j
+            self.joules_per_image = reading.energy_j / self.images
+        self.gpu_utilization = reading.gpu_utilization
+        self.sm_clock_mhz = reading.sm_clock_mhz
+        self.max_sm_clock_mhz = reading.max_sm_clock_mhz
+        self.memory_used_mib = reading.memory_used_mib
+        self.power_samples = reading.power_samples
+        self.throttled = reading.throttled
 
 
 @dataclass
@@ -91,6 +155,13 @@ class BenchResult:
     simulated: str | None = None
     """``SIMULATED (device-time model from <device>)`` when no device computed (the ``ipsbench_device_model``
     backend replays a profile); None for a real engine."""
+    mode: str = "infer"
+    measures: str = MEASURES["infer"]
+    """What each batch size's figures time, in one sentence."""
+    network: str | None = None
+    """Train mode: the torchvision network trained."""
+    note: str | None = None
+    """Train mode: why the training precision differs from the entry's, where it does."""
 
     def to_json(self) -> dict:
         return {"schema_version": SCHEMA_VERSION, "kind": "engine_bench", **asdict(self)}
@@ -98,6 +169,15 @@ class BenchResult:
 
 def open_instance(settings: BenchSettings) -> tuple[ModelSpec, int, ModelInstance]:
     """Load and warm one instance of the model, as the server would."""
+    spec, version, model_path = find_entry(settings)
+    instance = load_instance(
+        get_backend(spec.backend), spec, version, model_path, spec.instances[0], warmup_batches(spec)
+    )
+    return spec, version, instance
+
+
+def find_entry(settings: BenchSettings) -> tuple[ModelSpec, int, Path]:
+    """The model's validated spec, the version to bench and its model file, read as the server reads them."""
     root = Path(os.path.realpath(settings.model_repository))
     if not root.is_dir():
         raise FileNotFoundError(f"model repository '{settings.model_repository}' is not a directory")
@@ -109,11 +189,7 @@ def open_instance(settings: BenchSettings) -> tuple[ModelSpec, int, ModelInstanc
     version = max(versions) if settings.version is None else settings.version
     if version not in versions:
         raise ValueError(f"model '{settings.model}' has no version {version}; it serves {sorted(versions)}")
-    spec = source.spec
-    instance = load_instance(
-        get_backend(spec.backend), spec, version, versions[version], spec.instances[0], warmup_batches(spec)
-    )
-    return spec, version, instance
+    return source.spec, version, versions[version]
 
 
 def effective_batch_sizes(spec: ModelSpec, requested: tuple[int, ...]) -> list[int]:
@@ -144,37 +220,41 @@ def batch_inputs(spec: ModelSpec, batch_size: int, rng: np.random.Generator) -> 
 
 
 def measure(
-    instance: ModelInstance,
-    spec: ModelSpec,
-    arrays: dict[str, np.ndarray],
+    step: Callable[[], object],
     batch_size: int,
     warmup_s: float,
     duration_s: float,
+    sampler: PowerSampler | None = None,
 ) -> BatchSizeResult:
-    """Run ``arrays`` for ``warmup_s`` untimed, then for ``duration_s`` (at least once), timing every call."""
-    names = spec.output_names
+    """Call ``step`` (one batch) for ``warmup_s`` untimed, then for ``duration_s`` (at least once), timing every call;
+    with a ``sampler``, NVML is sampled over the timed calls."""
     warm_until = time.perf_counter_ns() + int(warmup_s * 1e9)
     while time.perf_counter_ns() < warm_until:
-        instance.run(arrays, names)
+        step()
     latencies_ns: list[int] = []
-    started = time.perf_counter_ns()
-    deadline = started + int(duration_s * 1e9)
-    finished = started
-    while finished < deadline or not latencies_ns:
-        before = time.perf_counter_ns()
-        instance.run(arrays, names)
-        finished = time.perf_counter_ns()
-        latencies_ns.append(finished - before)
+    with (sampler.window() if sampler is not None else nullcontext()) as reading:
+        started = time.perf_counter_ns()
+        deadline = started + int(duration_s * 1e9)
+        finished = started
+        while finished < deadline or not latencies_ns:
+            before = time.perf_counter_ns()
+            step()
+            finished = time.perf_counter_ns()
+            latencies_ns.append(finished - before)
     elapsed_s = (finished - started) / 1e9
     latency_ms = np.asarray(latencies_ns, dtype=np.float64) / 1e6
     stats = {f"p{q}": float(np.percentile(latency_ms, q)) for q in PERCENTILES}
     stats.update(mean=float(latency_ms.mean()), min=float(latency_ms.min()), max=float(latency_ms.max()))
     images = batch_size * len(latencies_ns)
-    return BatchSizeResult(batch_size, len(latencies_ns), images, elapsed_s, images / elapsed_s, stats)
+    result = BatchSizeResult(batch_size, len(latencies_ns), images, elapsed_s, images / elapsed_s, stats)
+    if reading is not None:
+        result.add_power(reading)
+    return result
 
 
 def run_bench(settings: BenchSettings, on_result=None) -> BenchResult:
-    """Measure every batch size; ``on_result(result, batch)`` is called as each batch size finishes."""
+    """Measure the engine's forward pass at every batch size; ``on_result(result, batch)`` is called as each batch
+    size finishes. (``--mode train`` is :func:`ipsbench.server.bench_train.run_train_bench`.)"""
     spec, version, instance = open_instance(settings)
     # A preprocessing front is benchmarked as its engine: the preprocessed tensor in, decoding excluded.
     engine = spec.engine_spec()
@@ -188,12 +268,7 @@ def run_bench(settings: BenchSettings, on_result=None) -> BenchResult:
             device=info.device,
             device_name=info.simulated_from or device_name(info.device),
             precision=info.precision,
-            # The engine's own parameters: the bench times the engine, never the preprocessing recipe.
-            parameters={
-                key: value.string_value
-                for key, value in spec.config.parameters.items()
-                if not is_preprocess_parameter(key)
-            },
+            parameters=engine_parameters(spec),
             input_shapes={name: list(tensor.metadata_shape) for name, tensor in engine.inputs.items()},
             duration_s=settings.duration_s,
             warmup_s=settings.warmup_s,
@@ -201,15 +276,45 @@ def run_bench(settings: BenchSettings, on_result=None) -> BenchResult:
             simulated=simulated_label(info.simulated_from) if info.simulated_from else None,
         )
         rng = np.random.default_rng(settings.seed)
-        for batch_size in effective_batch_sizes(spec, settings.batch_sizes):
+
+        def engine_call(batch_size: int) -> Callable[[], object]:
             arrays = batch_inputs(engine, batch_size, rng)
-            batch = measure(instance, engine, arrays, batch_size, settings.warmup_s, settings.duration_s)
-            result.results.append(batch)
-            if on_result is not None:
-                on_result(result, batch)
+            return lambda: instance.run(arrays, engine.output_names)
+
+        # A simulated device computes nothing: no power of its own to sample.
+        sampler = None if info.simulated_from else open_power_sampler(info.device)
+        measure_batch_sizes(result, effective_batch_sizes(spec, settings.batch_sizes), engine_call, settings,
+                            sampler, on_result)
         return result
     finally:
         instance.close()
+
+
+def measure_batch_sizes(
+    result: BenchResult,
+    batch_sizes: list[int],
+    step_for: Callable[[int], Callable[[], object]],
+    settings: BenchSettings,
+    sampler: PowerSampler | None,
+    on_result=None,
+) -> None:
+    """Time ``step_for(batch_size)`` at each batch size into ``result.results``; closes ``sampler`` at the end."""
+    try:
+        for batch_size in batch_sizes:
+            batch = measure(step_for(batch_size), batch_size, settings.warmup_s, settings.duration_s, sampler)
+            result.results.append(batch)
+            if on_result is not None:
+                on_result(result, batch)
+    finally:
+        if sampler is not None:
+            sampler.close()
+
+
+def engine_parameters(spec: ModelSpec) -> dict[str, str]:
+    """The entry's own parameters: the bench times the engine, never the preprocessing recipe."""
+    return {
+        key: value.string_value for key, value in spec.config.parameters.items() if not is_preprocess_parameter(key)
+    }
 
 
 def device_name(device: str) -> str:

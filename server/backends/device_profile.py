@@ -36,7 +36,8 @@ MAX_PROFILE_BATCH_SIZE = 1 << 20
 MAX_BATCH_TIME_S = 60.0
 """The longest one simulated batch may take, in the profile and extrapolated to a model's max_batch_size."""
 BENCH_KIND = "engine_bench"
-BENCH_SCHEMA_VERSION = 1
+BENCH_SCHEMA_VERSIONS = (1, 2)
+"""The bench JSON versions a profile may be (2 added power fields and ``mode``; the figures read are unchanged)."""
 
 
 class ProfileError(ValueError):
@@ -118,9 +119,12 @@ def profile_from_document(document: object, where: str) -> DeviceProfile:
     """The profile a parsed ``ipsbench-serve bench --json`` document states."""
     if not isinstance(document, dict):
         raise ProfileError(f"device profile '{where}' must be a JSON object, got {type(document).__name__}")
-    if document.get("kind") != BENCH_KIND or document.get("schema_version") != BENCH_SCHEMA_VERSION:
+    if document.get("kind") != BENCH_KIND or document.get("schema_version") not in BENCH_SCHEMA_VERSIONS:
         raise ProfileError(f"device profile '{where}' must be ipsbench-serve bench --json output (kind "
-                           f"'{BENCH_KIND}', schema_version {BENCH_SCHEMA_VERSION})")
+                           f"'{BENCH_KIND}', schema_version {' or '.join(map(str, BENCH_SCHEMA_VERSIONS))})")
+    if document.get("mode", "infer") != "infer":
+        raise ProfileError(f"device profile '{where}' times training steps (mode '{document.get('mode')}'), not the "
+                           "served engine: measure it with ipsbench-serve bench --mode infer")
     if document.get("simulated"):
         raise ProfileError(f"device profile '{where}' was measured against a device-time model, not a device")
     results = document.get("results")

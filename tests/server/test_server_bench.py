@@ -16,7 +16,8 @@ def run_bench(*args: str) -> subprocess.CompletedProcess:
 
 
 def check_report(report: dict, batch_sizes: list[int]) -> None:
-    assert report["schema_version"] == 1
+    assert report["schema_version"] == 2 and report["mode"] == "infer"
+    assert report["measures"].startswith("forward pass of the served engine, per batch")
     assert [r["batch_size"] for r in report["results"]] == batch_sizes
     for row in report["results"]:
         assert row["batches"] >= 1 and row["images"] == row["batches"] * row["batch_size"]
@@ -34,9 +35,11 @@ def test_bench_on_an_onnx_model_prints_a_table_and_writes_json(tmp_path, write_t
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[1].split() == ["batch", "images/s", "p50", "ms", "p99", "ms", "precision", "device", "backend"]
-    assert [line.split()[0] for line in lines[2:5]] == ["1", "4", "8"]
-    assert all(line.split()[-3:] == ["fp32", "cpu", "onnxruntime"] for line in lines[2:5])
+    assert lines[1].startswith("infer: forward pass of the served engine, per batch")
+    # On the CPU there is no power to sample: no power columns.
+    assert lines[2].split() == ["batch", "images/s", "p50", "ms", "p99", "ms", "precision", "device", "backend"]
+    assert [line.split()[0] for line in lines[3:6]] == ["1", "4", "8"]
+    assert all(line.split()[-3:] == ["fp32", "cpu", "onnxruntime"] for line in lines[3:6])
     assert "capped at max_batch_size 8" in result.stderr
     report = json.loads(out.read_text())
     check_report(report, [1, 4, 8])
@@ -55,7 +58,7 @@ def test_bench_on_a_torchscript_model_reports_the_pytorch_engine(torchscript_rep
     report = json.loads(out.read_text())
     check_report(report, [1, 2])
     assert (report["backend"], report["platform"], report["device"]) == ("pytorch", "pytorch_libtorch", "cpu")
-    assert report["parameters"] == {"precision": "fp32", "channels_last": "false"}
+    assert report["parameters"] == {"precision": "fp32", "channels_last": "false", "ipsbench.network": "resnet18"}
     assert "torch" in report["software"]
 
 
