@@ -140,14 +140,15 @@ def _torchscript(args, spec, model, name, progress: Progress, sets: ImageSets):
         options = TorchOptions(args.precision, args.channels_last, args.cuda_graphs)
     else:
         device = "cpu"
-        options = TorchOptions(args.precision if args.precision == "fp16" else "fp32", args.channels_last)
+        options = TorchOptions(channels_last=args.channels_last)
         if args.device == "gpu":
-            print("CUDA is not available here: verifying on the CPU; the GPU settings are checked when "
-                  "ipsbench-serve loads the model", flush=True)
+            print(f"CUDA is not available here: verifying on the CPU (the file computes in {args.precision} "
+                  "itself); the GPU settings are checked when ipsbench-serve loads the model", flush=True)
     with progress.step(f"verifying against PyTorch on {device}"):
         checks = verify_torchscript(
             model, path, spec.crop_size, seed=args.seed, device=device, options=options,
             max_batch_size=args.max_batch_size, images=sets.verification, required_top1=args.min_agreement,
+            precision=args.precision,
         )
     config = torchscript_config(
         spec, name, args.max_batch_size, instance_count=args.instance_count, device=args.device,

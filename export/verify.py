@@ -180,6 +180,7 @@ def verify_torchscript(
     max_batch_size: int = 64,
     images: np.ndarray | None = None,
     required_top1: float | None = None,
+    precision: str | None = None,
 ) -> list[Agreement]:
     """Same inputs through PyTorch and the TorchScript file, loaded by the server's PyTorch engine on
     ``device`` (``cpu`` or ``cuda:N``) with ``options`` (:class:`ipsbench.server.engines.torch_options.TorchOptions`)."""
@@ -203,7 +204,7 @@ def verify_torchscript(
             crop_size,
             seed=seed,
             device=device,
-            precision=options.precision,
+            precision=precision or options.precision,
             images=images,
             max_batch_size=max_batch_size,
             required_top1=required_top1,

@@ -30,7 +30,7 @@ def test_torchscript_entry_has_triton_names_a_checksum_and_cpu_settings(torchscr
     assert [(t.name, list(t.dims)) for t in config.output] == [("OUTPUT__0", [1000])]
     assert config.HasField("dynamic_batching")
     assert [g.kind for g in config.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
-    assert parameters(config) == {"precision": "fp32", "channels_last": "false"}
+    assert parameters(config) == {"precision": "fp32", "channels_last": "false", "ipsbench.network": "resnet18"}
     assert len((entry / "labels.txt").read_text().splitlines()) == 1000
     recipe = {key: value.string_value for key, value in config.parameters.items() if key not in parameters(config)}
     assert recipe == {"ipsbench.preprocess.resize": "73", "ipsbench.preprocess.crop": "64",
@@ -41,13 +41,13 @@ def test_torchscript_entry_has_triton_names_a_checksum_and_cpu_settings(torchscr
 def test_gpu_export_asks_for_gpu_fp16_channels_last_and_says_where_it_was_verified(torchscript_gpu_export):
     config = read_config(torchscript_gpu_export.repository / "resnet18_gpu" / "config.pbtxt")
     assert [(g.kind, list(g.gpus)) for g in config.instance_group] == [(mc.ModelInstanceGroup.KIND_GPU, [0])]
-    assert parameters(config) == {"precision": "fp16", "channels_last": "true"}
+    assert parameters(config) == {"precision": "fp16", "channels_last": "true", "ipsbench.network": "resnet18"}
     out = torchscript_gpu_export.stdout
     if torch.cuda.is_available():
         assert "verify batch 4:" in out and "on cuda:0 in fp16: ok" in out
     else:
-        assert "CUDA is not available here: verifying on the CPU in FP32" in out
-        assert "verify batch 4:" in out and "on cpu in fp32: ok" in out
+        assert "CUDA is not available here: verifying on the CPU (the file computes in fp16 itself)" in out
+        assert "verify batch 4:" in out and "on cpu in fp16: ok" in out
 
 
 @pytest.mark.parametrize(
@@ -55,8 +55,11 @@ def test_gpu_export_asks_for_gpu_fp16_channels_last_and_says_where_it_was_verifi
     [
         (["--format", "torchscript", "--precision", "fp16"], "--precision fp16 needs --device gpu"),
         (["--format", "torchscript", "--cuda-graphs"], "--cuda-graphs needs --device gpu"),
-        (["--precision", "int8"], "--precision int8 needs --format tensorrt"),
-        (["--format", "torchscript", "--precision", "int8", "--device", "gpu"], "--precision int8 needs --format tensorrt"),
+        (["--calibration-images", "images"], "--calibration-images applies to --precision int8 only"),
+        (["--format", "torchscript", "--precision", "int8", "--device", "gpu"],
+         "--precision int8 needs --format onnx or tensorrt"),
+        (["--precision", "int8", "--calibration-limit", "0"], "--calibration-limit"),
+        (["--min-agreement", "1.5"], "--min-agreement"),
         (["--cuda-graphs", "--device", "gpu"], "--cuda-graphs applies to --format torchscript only"),
         (["--format", "tensorrt", "--device", "cpu"], "--format tensorrt builds a GPU engine"),
         (["--format", "tensorrt", "--channels-last"], "--channels-last applies to --format torchscript only"),
