@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
 
-from ipsbench.server.telemetry import _shutdown
+from ipsbench.server.telemetry import _shutdown, start_nvml
 
 log = logging.getLogger(__name__)
 
@@ -192,16 +192,8 @@ def open_power_sampler(
     """
     if not device.startswith("cuda"):
         return None
+    nvml = start_nvml(nvml, "no power figures")
     if nvml is None:
-        try:
-            import pynvml as nvml
-        except ImportError:
-            log.info("no power figures: nvidia-ml-py is not installed (pip install nvidia-ml-py)")
-            return None
-    try:
-        nvml.nvmlInit()
-    except nvml.NVMLError as exc:
-        log.info("no power figures: NVML did not start (%s)", exc)
         return None
     try:
         handle = _handle(nvml, int(device.partition(":")[2] or 0))

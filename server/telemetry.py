@@ -97,21 +97,30 @@ class GpuCollector(Collector):
             log.debug("nvmlShutdown: %s", exc)
 
 
+def start_nvml(nvml: ModuleType | None, why_none: str) -> ModuleType | None:
+    """``nvml`` (``pynvml`` when None) initialized, or None, logged once at info level as ``why_none: reason``,
+    when nvidia-ml-py is missing or NVML does not start."""
+    if nvml is None:
+        try:
+            import pynvml as nvml
+        except ImportError:
+            log.info("%s: nvidia-ml-py is not installed (pip install nvidia-ml-py)", why_none)
+            return None
+    try:
+        nvml.nvmlInit()
+    except nvml.NVMLError as exc:
+        log.info("%s: NVML did not start (%s)", why_none, exc)
+        return None
+    return nvml
+
+
 def open_gpu_collector(nvml: ModuleType | None = None) -> GpuCollector | None:
     """A collector over every GPU NVML sees, or None (logged once, at info level) when there is none to watch.
 
     ``nvml`` is the ``pynvml`` module, imported here when not given.
     """
+    nvml = start_nvml(nvml, "no GPU telemetry")
     if nvml is None:
-        try:
-            import pynvml as nvml
-        except ImportError:
-            log.info("no GPU telemetry: nvidia-ml-py is not installed (pip install nvidia-ml-py)")
-            return None
-    try:
-        nvml.nvmlInit()
-    except nvml.NVMLError as exc:
-        log.info("no GPU telemetry: NVML did not start (%s)", exc)
         return None
     try:
         handles = []
