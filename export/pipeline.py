@@ -222,4 +222,10 @@ def write_fronts(args: ExportSettings, spec: models.NetworkSpec, name: str, prog
         with progress.step(f"writing the {kind} preprocessing front for {name}"):
             written.append(write_preprocess_front(args.out, name, kind, spec.recipe, args.preprocess_device))
         print(f"wrote the {kind} front {written[-1]}", flush=True)
+    if args.triton_fronts is not None:
+        from ipsbench.export.triton_fronts import write_triton_fronts
+
+        with progress.step(f"writing Triton's preprocessing models and ensembles for {name}"):
+            triton = write_triton_fronts(args.out, args.triton_fronts, name, args.front, spec.recipe)
+        print(f"wrote for Triton: {', '.join(str(folder) for folder in triton)}", flush=True)
     return written

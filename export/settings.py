@@ -20,7 +20,7 @@ FORMATS = ("onnx", "torchscript", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
 DEVICES = ("cpu", "gpu")
 NOT_SIMULATED = ("format", "device", "precision", "channels_last", "cuda_graphs", "max_batch_size", "opt_batch_size",
-                 "calibration_images", "verify_images", "weights", "front", "min_agreement")
+                 "calibration_images", "verify_images", "weights", "front", "min_agreement", "triton_fronts")
 """Options of a network's export that ``--simulate`` (which exports none) refuses when given."""
 
 
@@ -91,12 +91,17 @@ class ExportSettings:
     )
     seed: int = option(0, "seed for the random weights")
     weights: str = option("", "local state-dict file to load (weights_only=True) instead of random weights")
+    triton_fronts: Path | None = option(
+        None, "also write Triton's equivalent of each --front into this folder: a Python-backend preprocessing model "
+        "and an ensemble named like the front, beside a copy of the classifier", metavar="DIR",
+    )
 
     def __post_init__(self) -> None:
         check_bounds(self)
         self._check_ranges()
         self._check_simulate_options()
         self._check_format_options()
+        self._check_triton_fronts()
         device = self.device or ("gpu" if self.format == "tensorrt" else "cpu")
         object.__setattr__(self, "device", device)
         if self.format == "torchscript" and self.channels_last is None:
@@ -116,6 +121,10 @@ class ExportSettings:
             raise ValueError("--instance-count must be at least 1")
         if self.preprocess_device != "auto" and not self.front:
             raise ValueError("--preprocess-device applies to the fronts --front writes: give --front too")
+
+    def _check_triton_fronts(self) -> None:
+        if self.triton_fronts is not None and not self.front:
+            raise ValueError("--triton-fronts writes Triton's equivalent of the fronts --front writes: give --front too")
 
     def _check_simulate_options(self) -> None:
         """``--simulate`` writes a config and the profile: the options of a network's export do not apply."""
