@@ -125,6 +125,9 @@ class ExportSettings:
     def _check_triton_fronts(self) -> None:
         if self.triton_fronts is not None and not self.front:
             raise ValueError("--triton-fronts writes Triton's equivalent of the fronts --front writes: give --front too")
+        if self.triton_fronts is not None and Path(self.triton_fronts).resolve() == Path(self.out).resolve():
+            raise ValueError("--triton-fronts needs a folder of its own, not --out: Triton's <name>_<kind> entries "
+                             "differ from ipsbench's of the same names")
 
     def _check_simulate_options(self) -> None:
         """``--simulate`` writes a config and the profile: the options of a network's export do not apply."""
